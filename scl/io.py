@@ -1,0 +1,67 @@
+"""Atomic result files: a run that is stopped never leaves a half-written table, JSON or checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w") -> Iterator[Any]:
+  """Open a temporary file beside ``path``; on success rename it onto ``path`` (atomic on POSIX)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+  try:
+    with os.fdopen(fd, mode) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+
+
+def to_jsonable(value: Any) -> Any:
+  """Arrays and numpy scalars to lists and floats (NaN/inf become None, which JSON can hold)."""
+  if isinstance(value, Mapping):
+    return {str(k): to_jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [to_jsonable(v) for v in value]
+  if hasattr(value, "__array__"):
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+      return to_jsonable(arr.item())
+    return to_jsonable(arr.tolist())
+  if isinstance(value, float) and not np.isfinite(value):
+    return None
+  return value
+
+
+def write_json(path: str, obj: Any) -> None:
+  with atomic_open(path) as f:
+    json.dump(to_jsonable(obj), f, indent=2)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  with atomic_open(path, "wb") as f:
+    f.write(data)
+
+
+def write_csv(path: str, frame) -> None:
+  """Write a pandas DataFrame atomically."""
+  with atomic_open(path) as f:
+    frame.to_csv(f, index=False)
+
+
+def save_figure(path: str, fig) -> None:
+  """Save a matplotlib figure atomically as PNG."""
+  with atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
