@@ -1,0 +1,21 @@
+"""scl: self-consuming generative loops with curated (and adversarially curated) data, in JAX.
+
+Public face::
+
+    import scl
+    cfg = scl.configs.gaussian8(K=4, lam=1.0, model="gmm", iterations=10)
+    result = scl.run(cfg, seed=0)
+    result.metrics["expected_reward"]      # [iterations + 1]
+"""
+
+from scl import configs
+from scl import curation
+from scl import data
+from scl import metrics
+from scl import rewards
+from scl.loop import Result, make_run, run
+from scl.types import Config, Hyper
+
+__all__ = ["configs", "curation", "data", "metrics", "rewards", "Config", "Hyper", "Result", "make_run",
+           "run"]
+__version__ = "0.1.0"

@@ -1,0 +1,122 @@
+"""Curation: which of the model's samples the users keep.
+
+Every curation returns **weights over the pool** of model samples ``[P]`` (non-negative, summing to 1), so
+the kept set has a static shape whatever ``K``, ``β`` or ``φ`` are (they are all traced):
+
+* :func:`choice_weights` — Bradley–Terry / Luce K-choice (Ferbach et al.): for each of ``n_keep`` kept
+  samples, ``K`` candidates are shown and the user keeps ``x_k`` with probability
+  ``exp(r(x_k)) / sum_j exp(r(x_j))``. ``K`` is traced: ``K_max`` candidates are drawn and those beyond ``K``
+  get logit ``-inf``.
+* :func:`topk_weights` — keep the ``β`` fraction of the pool with the highest reward (the papers' code).
+* :func:`luce_pool_weights` — Plackett–Luce sampling without replacement of the ``β`` fraction of the pool
+  (Gumbel top-k: ``argsort(r + Gumbel)``), the other filter of the papers' code.
+
+Mixed users: a fraction ``φ`` of users curates with the adversarial reward ``r~``. For K-choice each kept
+sample's user is malicious with probability ``φ``; for the pool filters each pool sample is judged by a
+malicious user with probability ``φ``, and each group keeps the ``β`` fraction of what it judged.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+
+def keep_count(fraction: chex.Numeric, n: chex.Numeric) -> chex.Array:
+  """``floor(fraction * n)`` robust to float32 rounding (``0.7 * 10`` is 7, not 6), as int32."""
+  n = jnp.asarray(n, jnp.float32)
+  exact = jnp.asarray(fraction, jnp.float32) * n
+  return jnp.floor(exact + 1e-4 + 1e-6 * n).astype(jnp.int32)
+
+
+def choice_indices(key: chex.PRNGKey, r_cand: chex.Array, K: chex.Numeric,
+                   r_adv_cand: chex.Array | None = None, phi: chex.Numeric = 0.0) -> chex.Array:
+  """Luce choice among the first ``K`` of ``K_max`` candidates per row.
+
+  Args:
+    key: PRNG key.
+    r_cand: ``[n, K_max]`` rewards of the candidates (any magnitude: used as logits).
+    K: traced number of candidates shown, ``1 <= K <= K_max``.
+    r_adv_cand: ``[n, K_max]`` adversarial rewards ``r~`` (None: no malicious users).
+    phi: probability that a row's user is malicious (``φ``).
+
+  Returns:
+    ``[n]`` int32 index of the kept candidate in each row.
+  """
+  chex.assert_rank(r_cand, 2)
+  n, k_max = r_cand.shape
+  k_choice, k_user = jax.random.split(key)
+  logits = r_cand
+  if r_adv_cand is not None:
+    chex.assert_equal_shape([r_cand, r_adv_cand])
+    malicious = jax.random.bernoulli(k_user, phi, (n,))
+    logits = jnp.where(malicious[:, None], r_adv_cand, r_cand)
+  shown = jnp.arange(k_max) < K
+  logits = jnp.where(shown[None, :], logits, -jnp.inf)
+  return jax.random.categorical(k_choice, logits, axis=-1)
+
+
+def choice_weights(key: chex.PRNGKey, r_pool: chex.Array, K: chex.Numeric, *, n_keep: int, K_max: int,
+                   fresh: bool = False, r_adv_pool: chex.Array | None = None,
+                   phi: chex.Numeric = 0.0) -> chex.Array:
+  """K-choice curation of a pool: weights ``[P]`` (counts of each pool sample among the kept, / n_keep).
+
+  With ``fresh=True`` the pool must hold ``n_keep * K_max`` samples and row ``i`` of candidates is
+  ``pool[i * K_max:(i + 1) * K_max]``: every candidate is an independent model sample. Otherwise candidates
+  are drawn uniformly with replacement from the pool, i.e. K-choice under the pool's empirical measure.
+  """
+  chex.assert_rank(r_pool, 1)
+  pool_size = r_pool.shape[0]
+  k_cand, k_choice = jax.random.split(key)
+  if fresh:
+    if pool_size != n_keep * K_max:
+      raise ValueError(f"fresh candidates need a pool of n_keep * K_max = {n_keep * K_max}, got {pool_size}")
+    cand = jnp.arange(pool_size, dtype=jnp.int32).reshape(n_keep, K_max)
+  else:
+    cand = jax.random.randint(k_cand, (n_keep, K_max), 0, pool_size)
+  r_adv_cand = None if r_adv_pool is None else r_adv_pool[cand]
+  pick = choice_indices(k_choice, r_pool[cand], K, r_adv_cand, phi)
+  kept = jnp.take_along_axis(cand, pick[:, None], axis=1)[:, 0]
+  return jnp.zeros(pool_size, jnp.float32).at[kept].add(1.0 / n_keep)
+
+
+def _keep_top_fraction(scores: chex.Array, beta: chex.Numeric, group: chex.Array) -> chex.Array:
+  """Keep, within each group (0 or 1), the ``floor(β · group size)`` highest scores; weights ``[P]``."""
+  order = jnp.argsort(-scores, stable=True)
+  sorted_group = group[order]
+  rank_in_group = jnp.where(sorted_group, jnp.cumsum(sorted_group), jnp.cumsum(~sorted_group)) - 1
+  n_mal = jnp.sum(group)
+  budget = jnp.where(sorted_group, keep_count(beta, n_mal), keep_count(beta, group.shape[0] - n_mal))
+  keep = jnp.zeros(scores.shape, jnp.float32).at[order].set((rank_in_group < budget).astype(jnp.float32))
+  return keep / jnp.maximum(jnp.sum(keep), 1.0)
+
+
+def _user_groups(key, r_pool, r_adv_pool, phi):
+  if r_adv_pool is None:
+    return r_pool, jnp.zeros(r_pool.shape, bool)
+  chex.assert_equal_shape([r_pool, r_adv_pool])
+  malicious = jax.random.bernoulli(key, phi, r_pool.shape)
+  return jnp.where(malicious, r_adv_pool, r_pool), malicious
+
+
+def topk_weights(key: chex.PRNGKey, r_pool: chex.Array, beta: chex.Numeric, *,
+                 r_adv_pool: chex.Array | None = None, phi: chex.Numeric = 0.0) -> chex.Array:
+  """Keep the ``β`` fraction of the pool with the highest reward (per user group); weights ``[P]``."""
+  chex.assert_rank(r_pool, 1)
+  scores, group = _user_groups(key, r_pool, r_adv_pool, phi)
+  return _keep_top_fraction(scores, beta, group)
+
+
+def luce_pool_weights(key: chex.PRNGKey, r_pool: chex.Array, beta: chex.Numeric, *,
+                      r_adv_pool: chex.Array | None = None, phi: chex.Numeric = 0.0) -> chex.Array:
+  """Plackett–Luce sampling without replacement of the ``β`` fraction of the pool; weights ``[P]``.
+
+  Adding i.i.d. Gumbel noise to the rewards and keeping the top ``m`` draws ``m`` items without
+  replacement, each successive pick with probability ``softmax(r)`` over what is left.
+  """
+  chex.assert_rank(r_pool, 1)
+  k_group, k_gumbel = jax.random.split(key)
+  scores, group = _user_groups(k_group, r_pool, r_adv_pool, phi)
+  scores = scores + jax.random.gumbel(k_gumbel, scores.shape)
+  return _keep_top_fraction(scores, beta, group)

@@ -1,0 +1,60 @@
+"""Data sets of the papers: the Gaussian-8 ring, two-moons, and any finite point set."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def ring_modes(n_modes: int = 8, radius: float = 2.0) -> np.ndarray:
+  """Centres of the Gaussian ring, ``[n_modes, 2]``; mode 0 is ``(radius, 0)``."""
+  angles = 2.0 * np.pi * np.arange(n_modes) / n_modes
+  return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=-1).astype(np.float32)
+
+
+def sample_gaussian8(key: chex.PRNGKey, n: int, n_modes: int = 8, radius: float = 2.0,
+                     std: float = 0.02, scale: float = 1.0) -> chex.Array:
+  """``n`` points of the ring: a uniform mode plus isotropic noise of ``std``, divided by ``scale``.
+
+  Returns ``[n, 2]`` float32. ``scale`` reproduces the second paper's code, which divides its data by the
+  ring's standard deviation (about 1.414) while keeping ``x* = (2, 0)``.
+  """
+  k_mode, k_noise = jax.random.split(key)
+  modes = jnp.asarray(ring_modes(n_modes, radius))
+  which = jax.random.randint(k_mode, (n,), 0, n_modes)
+  x = modes[which] + std * jax.random.normal(k_noise, (n, 2))
+  return x / scale
+
+
+def sample_two_moons(key: chex.PRNGKey, n: int, noise: float = 0.05) -> chex.Array:
+  """Two interleaving half circles (scikit-learn's ``make_moons``), ``[n, 2]`` float32."""
+  k_side, k_angle, k_noise = jax.random.split(key, 3)
+  side = jax.random.bernoulli(k_side, 0.5, (n,))
+  angle = jnp.pi * jax.random.uniform(k_angle, (n,))
+  upper = jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1)
+  lower = jnp.stack([1.0 - jnp.cos(angle), 0.5 - jnp.sin(angle)], -1)
+  x = jnp.where(side[:, None], lower, upper)
+  return x + noise * jax.random.normal(k_noise, (n, 2))
+
+
+def validate_points(points, weights=None) -> tuple[np.ndarray, np.ndarray]:
+  """Check a finite support ``[n, d]`` and its weights ``[n]``; return them as float32 numpy arrays."""
+  pts = np.asarray(points, dtype=np.float32)
+  if pts.ndim == 1:
+    pts = pts[:, None]
+  if pts.ndim != 2 or pts.shape[0] < 1:
+    raise ValueError(f"points must have shape [n, d] with n >= 1, got shape {np.shape(points)}")
+  if not np.all(np.isfinite(pts)):
+    raise ValueError("points contains non-finite values")
+  if weights is None:
+    w = np.full(pts.shape[0], 1.0 / pts.shape[0], np.float32)
+  else:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (pts.shape[0],):
+      raise ValueError(f"point_weights must have shape [{pts.shape[0]}], got {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+      raise ValueError(f"point_weights must be finite, >= 0 and not all 0, got {w}")
+    w = (w / w.sum()).astype(np.float32)
+  return pts, w
