@@ -1,0 +1,266 @@
+"""Label-flip attacks on preference data (DESIGN §1, "Label-flip attacks"; Wei & Zhang 2025).
+
+The attacker sees model samples ``x_pool [P, *event]`` of ``p_t``, preference pairs ``x, z [n, *event]`` with
+their genuine labels ``o [n]`` (``o_i = 1``: ``z_i`` preferred) and its own reward estimate ``R_θ`` (fitted on
+the genuine labels with :func:`scl.reward_model.fit_reward`). It flips ``o_i -> 1 - o_i`` on EXACTLY
+``floor(κ n)`` pairs, ``κ`` a traced scalar: every attack scores the pairs, ranks them with a stable
+descending argsort (ties go to the lower index, so the choice is deterministic) and flips those whose rank is
+``< floor(κ n)`` (:func:`flip_top`). A flipped tie (``o = 1/2``) stays ``1/2``; it still counts in the budget.
+
+Attacks (``name`` static in :func:`attack`):
+  * ``"none"``: no flips (``κ`` ignored).
+  * ``"random"``: a uniformly random subset of ``floor(κ n)`` pairs.
+  * ``"dist"``: the pairs with the largest ``|R_θ(x) - R_θ(z)|`` (the most confident preferences).
+  * ``"top"``: the pairs holding the highest-reward samples, score ``max(R_θ(x), R_θ(z))``.
+  * ``"gradient"``: the bi-level attack. Relax the flips to ``o + δ`` with ``o + δ ∈ [0, 1]``, let
+    ``θ~(δ) = argmin_θ L(θ; o + δ)`` (the platform's Bradley–Terry fit) and minimise
+
+        J(δ) = Cov_{p_t}[e^{R_θ(x) - c}, e^{R_θ~(δ)(x) - c}] + α · dist(R_θ, R_θ~(δ)),
+        dist(R, R~) = mean_x [((R(x) - mean R) - (R~(x) - mean R~))²] / Var_x[R(x)]     (x over x_pool)
+
+    with ``c = max_x R_θ(x)`` over the pool. ``c`` is a constant (it does not depend on ``δ``), so the first
+    term is ``e^{-2c} Cov[e^{R_θ}, e^{R_θ~}]``: the same minimisers and the same sign as the paper's
+    covariance, without overflow (the exponents are ``<= 0`` for ``R_θ``), and on a scale (``|Cov| <= 1``
+    for ``R_θ~ <= c``) where the stealth weight ``α`` means the same thing whatever the reward's offset.
+    ``dist`` is centred because Bradley–Terry rewards are only defined up to a shift, and relative to the
+    attacker's reward variance (a constant) so that it is scale free like the covariance term; ``α = 1``
+    then prices a centred mean squared error of one reward standard deviation as much as the largest
+    possible covariance.
+    ``dJ/dδ`` flows through the implicit-differentiation solve of ``θ~(δ)`` (one matrix-free CG solve per
+    gradient, no Hessian). ``steps`` outer iterations (static) each re-fit ``θ~`` (warm-started) and take
+    ``dJ/dδ``; all but the last take a projected step ``δ <- Π(δ - η g / max|g|)``, with ``Π`` the projection
+    onto ``{o + δ ∈ [0, 1]} ∩ {||δ||_1 <= floor(κ n)}`` (the convex hull of the allowed flips). The last
+    gradient scores each pair by the first-order decrease of ``J`` that flipping it brings,
+    ``-g_i (1 - 2 o_i)``, and the top ``floor(κ n)`` pairs are flipped.
+
+All functions are pure and jittable (``n``, ``P``, ``steps``, solver iteration caps, ``apply_fn`` and the
+attack name static; ``κ``, ``α``, ``l2`` and the data traced), and vmappable over ``κ`` and ``α``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from scl import reward_model
+
+Params = Any
+ApplyFn = Callable[[Params, chex.Array], chex.Array]
+
+ATTACKS = ("none", "random", "dist", "top", "gradient")
+
+
+def flip_budget(kappa: chex.Array, n: int) -> chex.Array:
+  """``floor(κ n)`` as int32, clipped to ``[0, n]``.
+
+  ``κ n`` within float rounding of an integer counts as that integer: ``κ = 0.7`` is stored as
+  ``0.69999999`` in float32, and ``0.7 · 10`` must give 7, not 6.
+  """
+  m = jnp.asarray(kappa, jnp.float32) * n
+  nearest = jnp.round(m)
+  close = jnp.abs(m - nearest) <= 8 * jnp.finfo(jnp.float32).eps * jnp.maximum(n, 1)
+  k = jnp.where(close, nearest, jnp.floor(m))
+  return jnp.clip(k, 0, n).astype(jnp.int32)
+
+
+def flip_top(o: chex.Array, scores: chex.Array,
+             kappa: chex.Array) -> tuple[chex.Array, chex.Array]:
+  """Flip the ``floor(κ n)`` pairs with the largest scores.
+
+  Args:
+    o: labels ``[n]`` in ``[0, 1]``.
+    scores: ``[n]``; NaN counts as ``-inf``. Ties are broken by index (lower index first).
+    kappa: flip budget ``κ`` (traced scalar).
+
+  Returns:
+    ``(o_flipped [n], mask [n] bool)`` with ``sum(mask) == floor(κ n)`` exactly.
+  """
+  chex.assert_rank([o, scores], 1)
+  chex.assert_equal_shape([o, scores])
+  n = o.shape[0]
+  scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+  order = jnp.argsort(-scores, stable=True)
+  rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+  mask = rank < flip_budget(kappa, n)
+  return jnp.where(mask, 1.0 - o, o), mask
+
+
+def random_attack(key: chex.PRNGKey, o: chex.Array,
+                  kappa: chex.Array) -> tuple[chex.Array, chex.Array]:
+  """Flip a uniformly random subset of ``floor(κ n)`` pairs (the same key gives the same subset)."""
+  chex.assert_rank(o, 1)
+  return flip_top(o, jax.random.uniform(key, o.shape), kappa)
+
+
+def dist_attack(o: chex.Array, r_x: chex.Array, r_z: chex.Array,
+                kappa: chex.Array) -> tuple[chex.Array, chex.Array]:
+  """Flip the pairs with the largest reward gap ``|R_θ(x) - R_θ(z)|`` (``r_x, r_z [n]``)."""
+  chex.assert_equal_shape([o, r_x, r_z])
+  return flip_top(o, jnp.abs(r_x - r_z), kappa)
+
+
+def top_attack(o: chex.Array, r_x: chex.Array, r_z: chex.Array,
+               kappa: chex.Array) -> tuple[chex.Array, chex.Array]:
+  """Flip the pairs that contain the highest-reward samples, score ``max(R_θ(x), R_θ(z))``."""
+  chex.assert_equal_shape([o, r_x, r_z])
+  return flip_top(o, jnp.maximum(r_x, r_z), kappa)
+
+
+def exp_covariance(r: chex.Array, r_tilde: chex.Array, shift: chex.Array) -> chex.Array:
+  """``Cov_x[e^{r(x) - c}, e^{r~(x) - c}]`` over samples (``r, r~ [P]``, ``c = shift``), the population form."""
+  chex.assert_rank([r, r_tilde], 1)
+  a = jnp.exp(r - shift)
+  b = jnp.exp(r_tilde - shift)
+  return jnp.mean((a - jnp.mean(a)) * (b - jnp.mean(b)))
+
+
+def reward_distance(r: chex.Array, r_tilde: chex.Array) -> chex.Array:
+  """``dist(R, R~) = mean[((R - mean R) - (R~ - mean R~))²] / Var[R]`` over samples (``[P]`` each).
+
+  Invariant to shifting either reward and to a common rescaling of both; ``Var[R]`` (of the attacker's
+  reward ``r``, floored at ``1e-12``) is a constant of the attack.
+  """
+  chex.assert_rank([r, r_tilde], 1)
+  d = (r - jnp.mean(r)) - (r_tilde - jnp.mean(r_tilde))
+  return jnp.mean(jnp.square(d)) / jnp.maximum(jnp.var(r), 1e-12)
+
+
+def attack_objective(r: chex.Array, r_tilde: chex.Array, alpha: chex.Array,
+                     shift: chex.Array) -> chex.Array:
+  """``J = Cov[e^{R - c}, e^{R~ - c}] + α dist(R, R~)`` on the pool (``r, r~ [P]``, ``c = shift``)."""
+  return exp_covariance(r, r_tilde, shift) + alpha * reward_distance(r, r_tilde)
+
+
+def relaxed_objective(delta: chex.Array, theta_init: Params, *, o: chex.Array, x: chex.Array,
+                      z: chex.Array, x_pool: chex.Array, r_pool: chex.Array, apply_fn: ApplyFn,
+                      alpha: chex.Array, l2: chex.Array, shift: chex.Array,
+                      **fit_kwargs) -> tuple[chex.Array, Params]:
+  """``J(δ)``: re-fit ``θ~ = argmin L(θ; o + δ)`` from ``theta_init`` and evaluate the attack objective.
+
+  Args:
+    delta: label perturbation ``δ [n]`` (``o + δ ∈ [0, 1]``).
+    theta_init: warm start of the fit (not differentiated).
+    o, x, z: genuine labels ``[n]`` and pairs ``[n, *event]``.
+    x_pool, r_pool: samples of ``p_t`` ``[P, *event]`` and the attacker's ``R_θ`` on them ``[P]``.
+    apply_fn: the reward network (static).
+    alpha, l2, shift: ``α``, the platform's L2 weight and the constant ``c``.
+    **fit_kwargs: solver settings for :func:`scl.reward_model.fit_reward`.
+
+  Returns:
+    ``(J, θ~)``; ``jax.grad`` w.r.t. ``delta`` (with ``has_aux``) differentiates through the solve implicitly.
+  """
+  theta_tilde = reward_model.fit_reward(theta_init, apply_fn, x, z, o + delta, l2, **fit_kwargs)
+  r_tilde = apply_fn(theta_tilde, x_pool)
+  return attack_objective(r_pool, r_tilde, alpha, shift), theta_tilde
+
+
+def project_flips(v: chex.Array, o: chex.Array, budget: chex.Array,
+                  bisection_steps: int = 40) -> chex.Array:
+  """Euclidean projection of ``v [n]`` onto ``{δ : o + δ ∈ [0, 1], ||δ||_1 <= budget}``.
+
+  The box ``[-o, 1 - o]`` contains 0, so the projection is the soft threshold ``sign(v) max(|v| - λ, 0)``
+  clipped to the box, with the smallest ``λ >= 0`` meeting the budget (found by bisection, static steps).
+  """
+  lo_box, hi_box = -o, 1.0 - o
+
+  def shrink(lam):
+    return jnp.clip(jnp.sign(v) * jnp.maximum(jnp.abs(v) - lam, 0.0), lo_box, hi_box)
+
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    over = jnp.sum(jnp.abs(shrink(mid))) > budget
+    return jnp.where(over, mid, lo), jnp.where(over, hi, mid)
+
+  hi0 = jnp.max(jnp.abs(v))
+  _, lam = jax.lax.fori_loop(0, bisection_steps, body, (jnp.zeros_like(hi0), hi0))
+  inside = jnp.sum(jnp.abs(shrink(0.0))) <= budget
+  return jnp.where(inside, shrink(0.0), shrink(lam))
+
+
+def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Array, params: Params,
+                    apply_fn: ApplyFn, kappa: chex.Array, alpha: chex.Array, l2: chex.Array, *,
+                    steps: int = 5, step_size: float | chex.Array = 1.0, return_scores: bool = False,
+                    **fit_kwargs):
+  """The bi-level gradient attack (module docstring): flip the ``floor(κ n)`` pairs that lower ``J`` most.
+
+  Args:
+    x, z: pairs ``[n, *event]``; o: genuine labels ``[n]``.
+    x_pool: samples of ``p_t`` ``[P, *event]`` on which ``Cov`` and ``dist`` are estimated.
+    params: the attacker's ``θ`` (its reward fitted on the genuine labels); warm start of every re-fit.
+    apply_fn: reward network ``(θ, x) -> [n]`` (static).
+    kappa, alpha, l2: ``κ``, ``α`` and the platform's L2 weight (traced scalars).
+    steps: outer iterations (static, >= 1); each costs one warm-started fit and one CG solve.
+    step_size: ``η``, the largest label move of one projected step (in label units).
+    return_scores: also return the final scores ``-g (1 - 2o)`` ``[n]`` and the relaxed ``δ [n]``.
+    **fit_kwargs: solver settings for :func:`scl.reward_model.fit_reward` (``maxiter``, ``tol``, ...).
+
+  Returns:
+    ``(o_flipped [n], mask [n] bool)`` (plus ``(scores, delta)`` if ``return_scores``).
+  """
+  chex.assert_rank(o, 1)
+  chex.assert_equal_shape([x, z])
+  chex.assert_equal_shape_prefix([x, o], 1)
+  chex.assert_equal_shape_suffix([x, x_pool], x.ndim - 1)
+  n = o.shape[0]
+  r_pool = apply_fn(params, x_pool)
+  shift = jax.lax.stop_gradient(jnp.max(r_pool))
+  budget = flip_budget(kappa, n).astype(o.dtype)
+  grad_j = jax.grad(relaxed_objective, has_aux=True)
+
+  def outer(carry, _):
+    delta, theta = carry
+    g, theta = grad_j(delta, theta, o=o, x=x, z=z, x_pool=x_pool, r_pool=r_pool, apply_fn=apply_fn,
+                      alpha=alpha, l2=l2, shift=shift, **fit_kwargs)
+    step = g / (jnp.max(jnp.abs(g)) + jnp.finfo(g.dtype).tiny)
+    new_delta = project_flips(delta - step_size * step, o, budget)
+    return (new_delta, jax.lax.stop_gradient(theta)), (g, delta)
+
+  _, (gs, deltas) = jax.lax.scan(outer, (jnp.zeros_like(o), params), None, length=steps)
+  g, delta = gs[-1], deltas[-1]  # the last gradient, taken at the last relaxed point
+  scores = -g * (1.0 - 2.0 * o)
+  o_flipped, mask = flip_top(o, scores, kappa)
+  return (o_flipped, mask, scores, delta) if return_scores else (o_flipped, mask)
+
+
+def attack(name: str, key: chex.PRNGKey, x: chex.Array, z: chex.Array, o: chex.Array, *,
+           kappa: chex.Array, alpha: chex.Array = 0.0, params: Params = None,
+           apply_fn: ApplyFn | None = None, x_pool: chex.Array | None = None,
+           l2: chex.Array = 1e-3, steps: int = 5, step_size: float | chex.Array = 1.0,
+           **fit_kwargs) -> tuple[chex.Array, chex.Array]:
+  """Dispatch to one attack by (static) ``name``; returns ``(o_flipped [n], mask [n] bool)``.
+
+  Args:
+    name (static): one of :data:`ATTACKS`.
+    key: PRNG key (used by ``"random"``).
+    x, z: pairs ``[n, *event]``; o: genuine labels ``[n]``.
+    kappa: flip budget ``κ`` (ignored by ``"none"``).
+    alpha: stealth weight ``α`` (``"gradient"`` only).
+    params, apply_fn: the attacker's reward ``R_θ`` (``"dist"``, ``"top"``, ``"gradient"``).
+    x_pool: samples of ``p_t`` ``[P, *event]`` (``"gradient"``).
+    l2: the platform's L2 weight (``"gradient"``).
+    steps, step_size, **fit_kwargs: see :func:`gradient_attack`.
+  """
+  chex.assert_rank(o, 1)
+  if name == "none":
+    return o, jnp.zeros(o.shape, bool)
+  if name == "random":
+    return random_attack(key, o, kappa)
+  if name not in ATTACKS:
+    raise ValueError(f"unknown attack {name!r}; expected one of {ATTACKS}")
+  if params is None or apply_fn is None:
+    raise ValueError(f"attack {name!r} needs the attacker's reward (params, apply_fn)")
+  if name == "gradient":
+    if x_pool is None:
+      raise ValueError("the gradient attack needs samples x_pool of the current model p_t")
+    return gradient_attack(x, z, o, x_pool, params, apply_fn, kappa, alpha, l2, steps=steps,
+                           step_size=step_size, **fit_kwargs)
+  n = o.shape[0]
+  r = apply_fn(params, jnp.concatenate([x, z], axis=0))
+  r_x, r_z = r[:n], r[n:]
+  if name == "dist":
+    return dist_attack(o, r_x, r_z, kappa)
+  return top_attack(o, r_x, r_z, kappa)

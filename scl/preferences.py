@@ -1,0 +1,78 @@
+"""Pairwise preferences ``(x_i, z_i, o_i)`` between model samples, ``o_i = 1`` when ``z_i`` is preferred.
+
+Shapes: ``n`` pairs (static), samples with any event shape ``[n, *event]`` (2-D points ``[n, 2]``, images
+``[n, H, W, C]``), labels ``o`` float ``[n]`` in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+
+LABEL_MODES = ("deterministic", "bradley_terry")
+
+
+def label_pairs(key: chex.PRNGKey, r_x: chex.Array, r_z: chex.Array,
+                mode: str = "deterministic") -> chex.Array:
+  """Preference labels ``o_i`` (``1`` when ``z_i`` is preferred) from the users' rewards of the two samples.
+
+  Args:
+    key: PRNG key (unused for ``"deterministic"``).
+    r_x, r_z: rewards ``r(x_i)``, ``r(z_i)``, shape ``[n]``.
+    mode (static): ``"deterministic"``: ``o = 1[r(z) > r(x)]`` with ``o = 0.5`` on exact ties (as the second
+      paper's code); ``"bradley_terry"``: ``o ~ Bernoulli(s(r(z) - r(x)))`` with ``s`` the logistic sigmoid.
+
+  Returns:
+    ``o``: float32 ``[n]`` with values in ``{0, 0.5, 1}`` (deterministic) or ``{0, 1}`` (Bradley–Terry).
+  """
+  chex.assert_rank([r_x, r_z], 1)
+  chex.assert_equal_shape([r_x, r_z])
+  if mode == "deterministic":
+    return jnp.where(r_z > r_x, 1.0, jnp.where(r_z < r_x, 0.0, 0.5)).astype(jnp.float32)
+  if mode == "bradley_terry":
+    p = jax.nn.sigmoid(r_z - r_x)
+    return jax.random.bernoulli(key, p).astype(jnp.float32)
+  raise ValueError(f"unknown label mode {mode!r}; expected one of {LABEL_MODES}")
+
+
+def draw_pairs(key: chex.PRNGKey, pool: chex.Array, n: int) -> tuple[chex.Array, chex.Array]:
+  """``n`` pairs ``(x_i, z_i)`` of independent uniform draws (with replacement) from a pool of samples.
+
+  Args:
+    key: PRNG key.
+    pool: model samples ``[P, *event]`` (draws of ``p_t``).
+    n (static): number of pairs.
+
+  Returns:
+    ``(x, z)``, each ``[n, *event]``; ``x`` and ``z`` are drawn independently of each other.
+  """
+  chex.assert_rank(pool, {1, 2, 3, 4, 5})
+  kx, kz = jax.random.split(key)
+  size = pool.shape[0]
+  ix = jax.random.randint(kx, (n,), 0, size)
+  iz = jax.random.randint(kz, (n,), 0, size)
+  return pool[ix], pool[iz]
+
+
+def make_preferences(key: chex.PRNGKey, pool: chex.Array, n: int,
+                     reward_fn: Callable[[chex.Array], chex.Array],
+                     mode: str = "deterministic") -> tuple[chex.Array, chex.Array, chex.Array]:
+  """Draw ``n`` pairs from ``pool`` and label them with the users' reward ``r``.
+
+  Args:
+    key: PRNG key.
+    pool: model samples ``[P, *event]``.
+    n (static): number of pairs.
+    reward_fn: the true reward ``r``: ``[n, *event] -> [n]``.
+    mode (static): see :func:`label_pairs`.
+
+  Returns:
+    ``(x, z, o)``: ``[n, *event]``, ``[n, *event]``, ``[n]``.
+  """
+  k_pairs, k_labels = jax.random.split(key)
+  x, z = draw_pairs(k_pairs, pool, n)
+  o = label_pairs(k_labels, reward_fn(x), reward_fn(z), mode)
+  return x, z, o

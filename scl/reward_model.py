@@ -1,0 +1,175 @@
+"""The learned Bradley–Terry reward ``R_θ`` (DESIGN §1, "Learned reward").
+
+Given pairs ``(x_i, z_i, o_i)``, ``o_i = 1`` when ``z_i`` is preferred, ``θ`` minimises
+
+    L(θ; o) = -1/n Σ_i [o_i log s(R(z_i) - R(x_i)) + (1 - o_i) log s(R(x_i) - R(z_i))] + l2/2 ||θ||²
+
+(``s`` the logistic sigmoid, computed with ``log_sigmoid``). The fit is ONE full-batch L-BFGS solve
+(:func:`scl._solvers.minimize`), differentiable w.r.t. the labels ``o`` (and ``l2``, ``x``, ``z``) by
+implicit differentiation; this is what the gradient attack (:mod:`scl.attacks`) differentiates through.
+
+Reward networks are :class:`RewardNet` pairs of pure functions ``init(key, x) -> θ`` and
+``apply(θ, x [n, *event]) -> [n]``. Build them with :func:`mlp_reward` / :func:`linear_reward`; both are
+cached, so equal arguments give the same (hashable) object and jitted callers that take it as a static
+argument do not recompile.
+
+Notes:
+  * ``L`` only sees reward differences, so the output bias of the network is pinned to 0 by the L2 term.
+  * The default activation is ``silu`` (smooth): the implicit function theorem needs ``L`` twice
+    differentiable in ``θ``; ReLU networks work but their Hessian is only piecewise defined.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple, Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from scl import _solvers
+
+Params = Any
+ApplyFn = Callable[[Params, chex.Array], chex.Array]
+
+
+class MLPReward(nn.Module):
+  """MLP reward ``R_θ: [n, *event] -> [n]`` (event flattened), e.g. ``2 -> 64 -> 1`` for ``hidden=(64,)``."""
+
+  hidden: Sequence[int] = (64,)
+  activation: Callable[[chex.Array], chex.Array] = nn.silu
+
+  @nn.compact
+  def __call__(self, x: chex.Array) -> chex.Array:
+    h = x.reshape(x.shape[0], -1)
+    for width in self.hidden:
+      h = self.activation(nn.Dense(width)(h))
+    return nn.Dense(1)(h)[:, 0]
+
+
+class LinearReward(nn.Module):
+  """Linear head on fixed features: ``R(x) = w · f(x) + b``, ``f: [n, *event] -> [n, F]`` (identity if None).
+
+  ``f`` is not trained (e.g. a frozen image embedding); only ``w [F]`` and ``b`` are parameters.
+  """
+
+  features: Callable[[chex.Array], chex.Array] | None = None
+
+  @nn.compact
+  def __call__(self, x: chex.Array) -> chex.Array:
+    f = x if self.features is None else self.features(x)
+    f = jax.lax.stop_gradient(f.reshape(f.shape[0], -1))
+    return nn.Dense(1)(f)[:, 0]
+
+
+class RewardNet(NamedTuple):
+  """A reward family as pure functions.
+
+  Attributes:
+    init: ``(key, x [n, *event]) -> θ`` (``x`` only fixes shapes).
+    apply: ``(θ, x [n, *event]) -> R_θ(x) [n]``.
+  """
+
+  init: Callable[[chex.PRNGKey, chex.Array], Params]
+  apply: ApplyFn
+
+
+@functools.lru_cache(maxsize=None)
+def mlp_reward(hidden: tuple[int, ...] = (64,),
+               activation: Callable[[chex.Array], chex.Array] = nn.silu) -> RewardNet:
+  """An MLP reward (cached: the same arguments return the same object)."""
+  module = MLPReward(hidden=tuple(hidden), activation=activation)
+  return RewardNet(init=module.init, apply=module.apply)
+
+
+@functools.lru_cache(maxsize=None)
+def linear_reward(features: Callable[[chex.Array], chex.Array] | None = None) -> RewardNet:
+  """A linear reward head ``w · f(x) + b`` on fixed features ``f`` (cached)."""
+  module = LinearReward(features=features)
+  return RewardNet(init=module.init, apply=module.apply)
+
+
+def _pair_rewards(params: Params, apply_fn: ApplyFn, x: chex.Array,
+                  z: chex.Array) -> tuple[chex.Array, chex.Array]:
+  """``(R(x), R(z))``, each ``[n]``, from one network call on ``[2n, *event]``."""
+  n = x.shape[0]
+  r = apply_fn(params, jnp.concatenate([x, z], axis=0))
+  return r[:n], r[n:]
+
+
+def bt_loss(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: chex.Array,
+            l2: chex.Array) -> chex.Array:
+  """Bradley–Terry negative log-likelihood (mean over pairs) plus ``l2/2 ||θ||²``.
+
+  Args:
+    params: ``θ``.
+    apply_fn: ``(θ, x [n, *event]) -> [n]``.
+    x, z: the two samples of each pair, ``[n, *event]``.
+    o: labels in ``[0, 1]``, ``[n]`` (``1``: ``z`` preferred; fractional labels are soft labels).
+    l2: L2 weight (scalar, traced).
+
+  Returns:
+    scalar ``L(θ; o)``.
+  """
+  r_x, r_z = _pair_rewards(params, apply_fn, x, z)
+  d = r_z - r_x
+  nll = -jnp.mean(o * jax.nn.log_sigmoid(d) + (1.0 - o) * jax.nn.log_sigmoid(-d))
+  sq = sum(jnp.sum(jnp.square(p)) for p in jax.tree_util.tree_leaves(params))
+  return nll + 0.5 * l2 * sq
+
+
+def fit_reward(params0: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: chex.Array,
+               l2: chex.Array, *, maxiter: int = 500, tol: float = 1e-5, cg_maxiter: int = 100,
+               cg_tol: float = 1e-6, return_info: bool = False):
+  """``θ(o) = argmin_θ L(θ; o)`` by one full-batch L-BFGS solve, warm-started at ``params0``.
+
+  Differentiable w.r.t. ``o`` (and ``x``, ``z``, ``l2``) by implicit differentiation (matrix-free CG on
+  Hessian-vector products); no gradient flows into ``params0``. Pure and jittable with ``apply_fn``,
+  ``maxiter``, ``cg_maxiter`` static and everything else traced.
+
+  Args:
+    params0: warm start ``θ_0``.
+    apply_fn: ``(θ, x [n, *event]) -> [n]`` (static).
+    x, z: ``[n, *event]``.
+    o: ``[n]`` labels in ``[0, 1]``.
+    l2: L2 weight, scalar (the platform's ``Hyper.l2``); must be > 0 for a well-posed fit.
+    maxiter, tol: L-BFGS iteration cap (static) and gradient-norm tolerance.
+    cg_maxiter, cg_tol: CG iterations (static) and tolerance of the backward Hessian solve.
+    return_info: also return :class:`scl._solvers.SolveInfo`.
+
+  Returns:
+    ``θ`` (same structure as ``params0``), or ``(θ, info)`` if ``return_info``.
+  """
+  chex.assert_rank(o, 1)
+  chex.assert_equal_shape_prefix([x, z, o], 1)
+  chex.assert_equal_shape([x, z])
+
+  def loss(params, x, z, o, l2):
+    return bt_loss(params, apply_fn, x, z, o, l2)
+
+  params, info = _solvers.minimize(
+      loss, params0, x, z, jnp.asarray(o, jnp.result_type(float)), jnp.asarray(l2, jnp.result_type(float)),
+      maxiter=maxiter, tol=tol, cg_maxiter=cg_maxiter, cg_tol=cg_tol)
+  return (params, info) if return_info else params
+
+
+def pairwise_accuracy(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array,
+                      o: chex.Array) -> chex.Array:
+  """Fraction of (held-out) pairs ordered as their labels say: ``1[R(z) > R(x)] == 1[o > 1/2]``.
+
+  Pairs with ``o = 1/2`` (ties) carry no order and are left out; a tie ``R(z) = R(x)`` counts as wrong.
+
+  Args:
+    params, apply_fn: the reward ``R_θ``.
+    x, z: ``[n, *event]``; o: ``[n]``.
+
+  Returns:
+    scalar accuracy in ``[0, 1]`` (NaN if every pair is a tie).
+  """
+  chex.assert_rank(o, 1)
+  r_x, r_z = _pair_rewards(params, apply_fn, x, z)
+  decided = (o != 0.5)
+  correct = jnp.where(o > 0.5, r_z > r_x, r_x > r_z) & decided
+  return jnp.sum(correct) / jnp.sum(decided)
