@@ -29,7 +29,7 @@ below. The node count ``num_nodes`` is static; the spread that fits at ``h <= 0.
 ``Δ_cap ≈ 0.45 (num_nodes - 1) - L - log L - log K`` (about 80 for the default 256 nodes and K = 4096, about 90
 for K = 2). Rewards further than ``Δ_cap`` below the maximum are clamped to ``r* - Δ_cap``: such atoms are
 chosen only when every candidate lies that far below, and the clamp only loses their ordering among
-themselves (results stay finite and normalised for rewards of any magnitude; raise ``num_nodes`` for exact
+themselves (the clamp is also at most 75 in float32, 650 in float64, to stay in range; results stay finite and normalised for rewards of any magnitude; raise ``num_nodes`` for exact
 results on wider spreads). Measured accuracy (tests/test_exact.py): better than 1e-7 relative in float64 against
 brute-force enumeration and adaptive scipy quadrature for spreads up to 50 and K up to 4096, and better than
 1e-4 in float32. The output is renormalised to sum to 1 (the exact ``Σ_x p_x H_K(x)`` is 1).
@@ -96,6 +96,8 @@ def _curation_weight(p: Array, r: Array, K: Array, num_nodes: int) -> Array:
   # Integration range in s = log u (see module docstring), with the spread clamped to what fits.
   spread = -jnp.min(jnp.where(support, rho, 0.0))
   delta_cap = jnp.maximum(_H_MAX * (num_nodes - 1) - _L - math.log(_L) - log_K, 1.0)
+  # Keep e^{-Δ} normal and u = e^{s_hi} finite in the working precision.
+  delta_cap = jnp.minimum(delta_cap, 75.0 if dtype == jnp.float32 else 650.0)
   delta = jnp.minimum(spread, delta_cap)
   rho_c = jnp.maximum(rho, -delta)
   a = jnp.exp(rho_c)                                         # (0, 1]
