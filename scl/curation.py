@@ -54,6 +54,8 @@ def choice_indices(key: chex.PRNGKey, r_cand: chex.Array, K: chex.Numeric,
     logits = jnp.where(malicious[:, None], r_adv_cand, r_cand)
   shown = jnp.arange(k_max) < K
   logits = jnp.where(shown[None, :], logits, -jnp.inf)
+  # Shift by the row max: Gumbel noise added to logits of 1e6 in float32 would be quantised to 1/16.
+  logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
   return jax.random.categorical(k_choice, logits, axis=-1)
 
 
@@ -118,5 +120,8 @@ def luce_pool_weights(key: chex.PRNGKey, r_pool: chex.Array, beta: chex.Numeric,
   chex.assert_rank(r_pool, 1)
   k_group, k_gumbel = jax.random.split(key)
   scores, group = _user_groups(k_group, r_pool, r_adv_pool, phi)
-  scores = scores + jax.random.gumbel(k_gumbel, scores.shape)
+  # Shift each group's scores by its max so that the Gumbel noise keeps its precision for large rewards.
+  top = jnp.where(group, jnp.max(jnp.where(group, scores, -jnp.inf)),
+                  jnp.max(jnp.where(group, -jnp.inf, scores)))
+  scores = scores - top + jax.random.gumbel(k_gumbel, scores.shape)
   return _keep_top_fraction(scores, beta, group)
