@@ -18,10 +18,11 @@ Attacks (``name`` static in :func:`attack`):
         J(δ) = Cov_{p_t}[e^{R_θ(x) - c}, e^{R_θ~(δ)(x) - c}] + α · dist(R_θ, R_θ~(δ)),
         dist(R, R~) = mean_x [((R(x) - mean R) - (R~(x) - mean R~))²] / Var_x[R(x)]     (x over x_pool)
 
-    with ``c = max_x R_θ(x)`` over the pool. ``c`` is a constant (it does not depend on ``δ``), so the first
-    term is ``e^{-2c} Cov[e^{R_θ}, e^{R_θ~}]``: the same minimisers and the same sign as the paper's
-    covariance, without overflow (the exponents are ``<= 0`` for ``R_θ``), and on a scale (``|Cov| <= 1``
-    for ``R_θ~ <= c``) where the stealth weight ``α`` means the same thing whatever the reward's offset.
+    with ``c = max_x R_θ(x)`` over the pool, divided by ``V = Var[e^{R_θ - c}]`` (in code; left out above).
+    ``c`` and ``V`` are constants (they do not depend on ``δ``), so the first term is
+    ``Cov[e^{R_θ}, e^{R_θ~}] / Var[e^{R_θ}]``, a positive multiple of the paper's covariance: the same
+    minimisers and the same sign, computed without overflow (the exponents are ``<= 0`` for ``R_θ``), and
+    scale free (it is 1 at ``δ = 0``), so the stealth weight ``α`` means the same thing for any reward.
     ``dist`` is centred because Bradley–Terry rewards are only defined up to a shift, and relative to the
     attacker's reward variance (a constant) so that it is scale free like the covariance term; ``α = 1``
     then prices a centred mean squared error of one reward standard deviation as much as the largest
@@ -130,8 +131,13 @@ def reward_distance(r: chex.Array, r_tilde: chex.Array) -> chex.Array:
 
 def attack_objective(r: chex.Array, r_tilde: chex.Array, alpha: chex.Array,
                      shift: chex.Array) -> chex.Array:
-  """``J = Cov[e^{R - c}, e^{R~ - c}] + α dist(R, R~)`` on the pool (``r, r~ [P]``, ``c = shift``)."""
-  return exp_covariance(r, r_tilde, shift) + alpha * reward_distance(r, r_tilde)
+  """``J = Cov[e^{R-c}, e^{R~-c}] / Var[e^{R-c}] + α dist(R, R~)`` on the pool (``r, r~ [P]``, ``c = shift``).
+
+  ``Var[e^{R - c}]`` (floored at ``1e-30``) is a positive constant of the attack, so it changes neither the
+  sign nor the minimisers of the covariance; it makes the term scale free (1 when ``R~ = R``).
+  """
+  var = jnp.maximum(exp_covariance(r, r, shift), 1e-30)
+  return exp_covariance(r, r_tilde, shift) / var + alpha * reward_distance(r, r_tilde)
 
 
 def relaxed_objective(delta: chex.Array, theta_init: Params, *, o: chex.Array, x: chex.Array,
