@@ -1,0 +1,223 @@
+"""Conditional flow matching: the neural generative model family.
+
+The model transports ``x0 ~ N(0, I)`` to the data along the linear (rectified-flow / OT) path
+``x_t = (1 - t) x0 + t x1``, whose conditional velocity is ``x1 - x0``. A velocity field ``v_θ(x, t)`` is
+regressed onto it (Lipman et al. 2023, "Flow matching for generative modelling"):
+
+    L(θ) = E_{t ~ U[0, 1], x0 ~ N(0, I), x1 ~ Σ_i w_i δ_{x_i}} || v_θ(x_t, t) - (x1 - x0) ||² ,
+
+and samples are drawn by integrating ``dx/dt = v_θ(x, t)`` from ``t = 0`` to ``t = 1``.
+
+Everything lives in a standardised space ``z = (x - loc) / scale``; ``loc`` and ``scale`` are the weighted
+per-coordinate mean and standard deviation of the data given to :func:`init` (that of ``p_0``), kept in the
+params and never changed by :func:`fit`, so the loop's retraining sees one fixed coordinate system.
+
+Params pytree: ``{"net": flax params, "loc": [*event], "scale": [*event]}``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from scl.models.base import Model
+
+Array = chex.Array
+
+#: Frequencies of the sinusoidal time features: ``π·2^k`` for ``k = 0..N_FREQ-1`` (periods 2 down to 1/64).
+N_FREQ = 8
+#: Floor on the standardisation scale, so a degenerate coordinate does not blow up.
+MIN_SCALE = 1e-3
+#: Fraction of :func:`init`'s steps spent on the linear learning-rate warm-up (then cosine decay to 0).
+INIT_WARMUP = 0.02
+
+
+def time_features(t: Array) -> Array:
+  """Time embedding ``[t, sin(π 2^k t), cos(π 2^k t)]_{k < N_FREQ}``.
+
+  Args:
+    t: times in [0, 1], shape ``[...]``.
+
+  Returns:
+    ``[..., 2 * N_FREQ + 1]`` float32.
+  """
+  t = jnp.asarray(t, jnp.float32)[..., None]
+  freqs = math.pi * 2.0 ** jnp.arange(N_FREQ, dtype=jnp.float32)
+  angles = t * freqs
+  return jnp.concatenate([t, jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class VelocityMLP(nn.Module):
+  """Residual MLP velocity field ``v(z, t)`` on flattened samples.
+
+  ``Dense(width)`` on ``[z, time_features(t)]`` (split into a Dense on ``z`` plus a bias-free Dense on the
+  time features, which is the same map but lets a single time ``t []`` be broadcast over the batch without
+  materialising ``[n, features]``), then ``depth`` residual blocks ``h + silu(Dense(width)(h))``, then
+  ``Dense(d)``.
+
+  Attributes:
+    width: hidden width.
+    depth: number of residual blocks.
+    out_dim: ``d``, the flattened event size.
+  """
+
+  width: int
+  depth: int
+  out_dim: int
+
+  @nn.compact
+  def __call__(self, z: Array, t: Array) -> Array:
+    """``z [n, d]``, ``t [n]`` or ``[]`` -> velocity ``[n, d]``."""
+    temb = time_features(t)
+    if temb.ndim == 1:
+      temb = temb[None]
+    h = nn.Dense(self.width, name="in_x")(z) + nn.Dense(self.width, use_bias=False, name="in_t")(temb)
+    h = nn.silu(h)
+    for i in range(self.depth):
+      h = h + nn.silu(nn.Dense(self.width, name=f"block_{i}")(h))
+    return nn.Dense(self.out_dim, name="out")(h)
+
+
+def _warmup_cosine(i: Array, steps: int) -> Array:
+  """Learning-rate multiplier at step ``i`` of ``steps``: linear warm-up over ``INIT_WARMUP``, cosine to 0."""
+  warm = max(1.0, INIT_WARMUP * steps)
+  frac = jnp.clip((i - warm) / max(1.0, steps - warm), 0.0, 1.0)
+  return jnp.minimum((i + 1.0) / warm, 0.5 * (1.0 + jnp.cos(jnp.pi * frac)))
+
+
+def _weighted_standardisation(x: Array, w: Array) -> tuple[Array, Array]:
+  """Weighted per-coordinate mean and std of ``x [N, *event]`` under ``w [N]`` -> ``([*event], [*event])``."""
+  w = w / jnp.sum(w)
+  wx = w.reshape((-1,) + (1,) * (x.ndim - 1))
+  loc = jnp.sum(wx * x, axis=0)
+  var = jnp.sum(wx * jnp.square(x - loc), axis=0)
+  return loc, jnp.maximum(jnp.sqrt(var), MIN_SCALE)
+
+
+def make_flow(
+    event_shape: Sequence[int] = (2,),
+    width: int = 128,
+    depth: int = 3,
+    train_steps: int = 1250,
+    init_steps: int = 3000,
+    batch_size: int = 1000,
+    sample_steps: int = 100,
+    init_lr: float = 1e-2,
+    solver: str = "midpoint",
+) -> Model:
+  """Build the flow-matching :class:`~scl.models.base.Model` (name ``"flow"``).
+
+  Args:
+    event_shape: shape of one sample; samples are ``[n, *event_shape]`` float32.
+    width, depth: the residual MLP velocity field (see :class:`VelocityMLP`).
+    train_steps: Adam steps per :func:`fit` (one ``lax.scan``).
+    init_steps: Adam steps of :func:`init` (``p_0``, trained from scratch on the real data).
+    batch_size: minibatch size; minibatches are drawn with replacement with probability ``∝ w``.
+    sample_steps: network evaluations (NFE) per sample when integrating the ODE.
+    init_lr: peak learning rate of :func:`init`, which warms up linearly over the first 2% of its steps and
+      then decays to 0 on a cosine (measured on Gaussian-8 at 3000 steps, this sharpens the modes far more
+      than a constant 1e-3). ``fit`` uses the traced ``hyper.lr``, constant, with fresh Adam moments.
+    solver: ``"midpoint"`` (``sample_steps // 2`` explicit-midpoint steps, 2 NFE each) or ``"euler"``
+      (``sample_steps`` Euler steps).
+
+  Returns:
+    ``Model(name="flow", init, fit, sample, log_prob=None, probs=None)``.
+  """
+  event_shape = tuple(int(s) for s in event_shape)
+  d = math.prod(event_shape)
+  if solver not in ("midpoint", "euler"):
+    raise ValueError(f"unknown solver {solver!r}")
+  if solver == "midpoint" and sample_steps < 2:
+    raise ValueError("the midpoint solver needs sample_steps >= 2")
+  net = VelocityMLP(width=width, depth=depth, out_dim=d)
+  # Adam's moment estimates; the learning rate is applied outside so it can be a traced scalar.
+  adam = optax.scale_by_adam()
+
+  def flatten(x: Array) -> Array:
+    return x.reshape((x.shape[0], d)).astype(jnp.float32)
+
+  def train(net_params, key: Array, x: Array, w: Array, loc: Array, scale: Array, lr: Array,
+            steps: int, decay: bool = False):
+    """``steps`` Adam steps of the CFM loss on ``(x [N, *event], w [N])``; returns the new net params."""
+    chex.assert_shape(x, (None,) + event_shape)
+    n = x.shape[0]
+    chex.assert_shape(w, (n,))
+    z1_all = flatten((x - loc) / scale)                      # [N, d]
+    cdf = jnp.cumsum(w.astype(jnp.float32))                  # [N], inverse-CDF minibatch sampling
+    total = cdf[-1]
+
+    def loss_fn(p, z1, z0, t):
+      zt = (1.0 - t)[:, None] * z0 + t[:, None] * z1
+      v = net.apply(p, zt, t)
+      return jnp.mean(jnp.sum(jnp.square(v - (z1 - z0)), axis=-1))
+
+    grad_fn = jax.grad(loss_fn)
+
+    def step(carry, inputs):
+      p, opt_state = carry
+      step_key, i = inputs
+      lr_i = lr * _warmup_cosine(i, steps) if decay else lr
+      k_idx, k_z0, k_t = jax.random.split(step_key, 3)
+      u = jax.random.uniform(k_idx, (batch_size,), jnp.float32) * total
+      idx = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), n - 1)
+      z1 = z1_all[idx]
+      z0 = jax.random.normal(k_z0, (batch_size, d), jnp.float32)
+      t = jax.random.uniform(k_t, (batch_size,), jnp.float32)
+      grads = grad_fn(p, z1, z0, t)
+      updates, opt_state = adam.update(grads, opt_state, p)
+      p = jax.tree.map(lambda a, g: a - lr_i * g, p, updates)
+      return (p, opt_state), None
+
+    (net_params, _), _ = jax.lax.scan(step, (net_params, adam.init(net_params)),
+                                      (jax.random.split(key, steps), jnp.arange(steps, dtype=jnp.float32)))
+    return net_params
+
+  def init(key: Array, x: Array, w: Array, lr: float | Array = init_lr):
+    """Fresh network + ``init_steps`` Adam steps on ``(x [N, *event], w [N])``: ``p_0``."""
+    k_net, k_train = jax.random.split(key)
+    loc, scale = _weighted_standardisation(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+    net_params = net.init(k_net, jnp.zeros((1, d), jnp.float32), jnp.zeros((1,), jnp.float32))
+    net_params = train(net_params, k_train, x, w, loc, scale, jnp.asarray(lr, jnp.float32), init_steps,
+                       decay=True)
+    return {"net": net_params, "loc": loc, "scale": scale}
+
+  def fit(params, key: Array, x: Array, w: Array, hyper):
+    """Warm-started retraining: ``train_steps`` Adam steps (fresh moments, lr ``hyper.lr``) on ``(x, w)``."""
+    lr = jnp.asarray(hyper.lr, jnp.float32)
+    net_params = train(params["net"], key, x, w, params["loc"], params["scale"], lr, train_steps)
+    return {"net": net_params, "loc": params["loc"], "scale": params["scale"]}
+
+  def sample(params, key: Array, n: int) -> Array:
+    """Integrate ``dz/dt = v(z, t)`` from ``z ~ N(0, I)`` at t=0 to t=1 (``sample_steps`` NFE) -> ``[n, *event]``."""
+    velocity = functools.partial(net.apply, params["net"])
+    z = jax.random.normal(key, (n, d), jnp.float32)
+    if solver == "euler":
+      h = 1.0 / sample_steps
+
+      def euler(z, i):
+        t = i.astype(jnp.float32) * h
+        return z + h * velocity(z, t), None
+
+      z, _ = jax.lax.scan(euler, z, jnp.arange(sample_steps))
+    else:
+      m = sample_steps // 2
+      h = 1.0 / m
+
+      def midpoint(z, i):
+        t = i.astype(jnp.float32) * h
+        z_half = z + 0.5 * h * velocity(z, t)
+        return z + h * velocity(z_half, t + 0.5 * h), None
+
+      z, _ = jax.lax.scan(midpoint, z, jnp.arange(m))
+    x = z.reshape((n,) + event_shape) * params["scale"] + params["loc"]
+    chex.assert_shape(x, (n,) + event_shape)
+    return x
+
+  return Model(name="flow", init=init, fit=fit, sample=sample, log_prob=None, probs=None)
