@@ -92,8 +92,8 @@ def x64():
 # ----------------------------------------------------------------------------- accuracy
 
 
-@pytest.mark.parametrize("n,K", [(2, 2), (3, 2), (4, 3), (5, 4), (6, 4), (6, 3), (3, 4)])
-@pytest.mark.parametrize("spread", [1.0, 8.0, 50.0])
+@pytest.mark.parametrize("n,K", [(2, 2), (4, 3), (5, 4), (6, 4), (6, 3)])
+@pytest.mark.parametrize("spread", [1.0, 50.0])
 def test_brute_force_float64(x64, n, K, spread):
   rng = np.random.default_rng(100 * n + K + int(spread))
   for sparse in (False, True):
