@@ -45,16 +45,17 @@ def validate_points(points, weights=None) -> tuple[np.ndarray, np.ndarray]:
   if pts.ndim == 1:
     pts = pts[:, None]
   if pts.ndim != 2 or pts.shape[0] < 1:
-    raise ValueError(f"points must have shape [n, d] with n >= 1, got shape {np.shape(points)}")
+    raise ValueError(f"invalid config: points: must have shape [n, d] with n >= 1, got shape "
+                     f"{np.shape(points)}")
   if not np.all(np.isfinite(pts)):
-    raise ValueError("points contains non-finite values")
+    raise ValueError("invalid config: points: contains non-finite values")
   if weights is None:
     w = np.full(pts.shape[0], 1.0 / pts.shape[0], np.float32)
   else:
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (pts.shape[0],):
-      raise ValueError(f"point_weights must have shape [{pts.shape[0]}], got {w.shape}")
+      raise ValueError(f"invalid config: point_weights: must have shape [{pts.shape[0]}], got {w.shape}")
     if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-      raise ValueError(f"point_weights must be finite, >= 0 and not all 0, got {w}")
+      raise ValueError(f"invalid config: point_weights={w}: must be finite, >= 0 and not all 0")
     w = (w / w.sum()).astype(np.float32)
   return pts, w

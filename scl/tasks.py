@@ -89,6 +89,10 @@ def validate_static(cfg: types.Config) -> None:
     value = getattr(cfg, field)
     if not isinstance(value, (int, np.integer)) or value < 1:
       _fail(field, value, "must be an integer >= 1")
+  if cfg.dataset == "points":
+    if cfg.points is None:
+      _fail("points", None, "dataset='points' needs a [n, d] array of points")
+    data_lib.validate_points(cfg.points, cfg.point_weights)
   if cfg.fresh_candidates and cfg.curation == "choice" and cfg.pool_size != cfg.n_keep * cfg.K_max:
     _fail("pool_size", cfg.pool_size, f"fresh_candidates needs pool_size = n_keep * K_max = "
           f"{cfg.n_keep * cfg.K_max}")
@@ -152,8 +156,6 @@ def build(cfg: types.Config) -> Task:
     draw = lambda k, n: data_lib.sample_two_moons(k, n, cfg.moons_noise)
     default_x_star = (-1.0, 0.0)
   else:
-    if cfg.points is None:
-      _fail("points", None, "dataset='points' needs a [n, d] array of points")
     points, weights = data_lib.validate_points(cfg.points, cfg.point_weights)
     draw = None
     default_x_star = tuple(points[0].tolist())
