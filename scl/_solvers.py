@@ -51,7 +51,8 @@ def minimize(fun: Callable[..., chex.Array],
              history_size: int = 10,
              cg_maxiter: int = 100,
              cg_tol: float = 1e-6,
-             ridge: float = 0.0) -> tuple[Params, SolveInfo]:
+             ridge: float = 0.0,
+             linesearch: str = "zoom") -> tuple[Params, SolveInfo]:
   """``argmin_θ fun(θ, *args)``, differentiable w.r.t. ``args`` by implicit differentiation.
 
   Args:
@@ -65,13 +66,15 @@ def minimize(fun: Callable[..., chex.Array],
     history_size: L-BFGS memory.
     cg_maxiter, cg_tol: conjugate-gradient iterations and tolerance of the Hessian solve in the backward pass.
     ridge: added to the Hessian in that solve (``(H + ridge I) u = v``); 0 keeps the exact implicit gradient.
+    linesearch: jaxopt line search; "zoom" (strong Wolfe) converges in far fewer iterations than
+      "backtracking" on Bradley–Terry fits, at about twice the compile time.
 
   Returns:
     ``(params, info)``: the minimiser (same pytree structure as ``init_params``) and :class:`SolveInfo`.
   """
   linear_solve = functools.partial(
       jaxopt.linear_solve.solve_cg, ridge=ridge or None, maxiter=cg_maxiter, tol=cg_tol)
-  solver = jaxopt.LBFGS(
+  solver = jaxopt.LBFGS(linesearch=linesearch,
       fun=fun, maxiter=maxiter, tol=tol, history_size=history_size,
       implicit_diff=True, implicit_diff_solve=linear_solve)
   params, state = solver.run(init_params, *args)
