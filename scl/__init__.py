@@ -11,11 +11,13 @@ Public face::
 from scl import configs
 from scl import curation
 from scl import data
+from scl import exact
 from scl import metrics
 from scl import rewards
+from scl import theory
 from scl.loop import Result, make_run, run
 from scl.types import Config, Hyper
 
-__all__ = ["configs", "curation", "data", "metrics", "rewards", "Config", "Hyper", "Result", "make_run",
+__all__ = ["configs", "curation", "data", "exact", "metrics", "rewards", "theory", "Config", "Hyper", "Result", "make_run",
            "run"]
 __version__ = "0.1.0"
