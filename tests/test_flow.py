@@ -1,0 +1,169 @@
+"""Tests of the flow-matching model against closed forms of the training distribution.
+
+The networks here are small (width 64, depth 2, a few hundred Adam steps) so the file runs in well under a
+minute on 2 CPU cores; tolerances are stated next to each check as a sampling (binomial / normal) part plus
+a slack for the model's own fitting error.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scl.models.flow import make_flow
+from scl.types import Config
+
+SMALL = dict(width=64, depth=2, batch_size=256, sample_steps=40)
+
+
+def _hyper(lr):
+  return Config(lr=lr).hyper()
+
+
+def _uniform(n):
+  return jnp.full((n,), 1.0 / n, jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def clusters():
+  """Three clusters of 1000 points each, centres (-2, 0), (2, 0), (0, 3), std 0.1, weights 0.8/0.2/0."""
+  centres = jnp.array([[-2.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+  x = centres.repeat(1000, axis=0) + 0.1 * jax.random.normal(jax.random.PRNGKey(0), (3000, 2))
+  w = jnp.concatenate([jnp.full((1000,), 0.8), jnp.full((1000,), 0.2), jnp.zeros((1000,))]) / 1000.0
+  return centres, x, w
+
+
+def test_weighted_clusters_fractions(clusters):
+  """Samples land near each cluster in proportion to its total weight (0.8 / 0.2 / 0)."""
+  centres, x, w = clusters
+  model = make_flow(init_steps=600, **SMALL)
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), x, w)
+  n = 4000
+  y = jax.jit(model.sample, static_argnums=2)(params, jax.random.PRNGKey(2), n)
+  chex.assert_shape(y, (n, 2))
+  assert bool(jnp.all(jnp.isfinite(y)))
+  nearest = jnp.argmin(jnp.linalg.norm(y[:, None, :] - centres[None], axis=-1), axis=1)
+  frac = np.bincount(np.asarray(nearest), minlength=3) / n
+  # Binomial sd of a fraction 0.8 over 4000 samples is 0.0063: allow 4 sd (0.025) plus 0.03 model slack.
+  tol = 4 * np.sqrt(0.8 * 0.2 / n) + 0.03
+  np.testing.assert_allclose(frac[:2], [0.8, 0.2], atol=tol)
+  # The weight-0 cluster is never drawn into a minibatch; a few stray samples between modes may be nearest.
+  assert frac[2] < 0.01
+  # Most samples sit within 0.5 (5 std) of a cluster centre.
+  dist = jnp.min(jnp.linalg.norm(y[:, None, :] - centres[None], axis=-1), axis=1)
+  assert float(jnp.mean(dist < 0.5)) > 0.9
+
+
+@pytest.fixture(scope="module")
+def gaussian_fit():
+  """A correlated Gaussian, and a flow trained on it."""
+  mean = jnp.array([1.0, -2.0])
+  cov = jnp.array([[1.0, 0.6], [0.6, 0.5]])
+  chol = jnp.linalg.cholesky(cov)
+  x = mean + jax.random.normal(jax.random.PRNGKey(3), (4000, 2)) @ chol.T
+  model = make_flow(init_steps=500, train_steps=300, **SMALL)
+  params = jax.jit(model.init)(jax.random.PRNGKey(4), x, _uniform(4000))
+  return model, params, mean, cov, x
+
+
+def test_gaussian_mean_and_covariance(gaussian_fit):
+  """Mean and covariance of the samples match N(mean, cov) and the training set's own moments."""
+  model, params, mean, cov, x = gaussian_fit
+  n = 8000
+  y = jax.jit(model.sample, static_argnums=2)(params, jax.random.PRNGKey(5), n)
+  # Against the closed form: the training set (4000 points) and the samples (8000) each put a sampling sd
+  # of about sqrt(1/4000 + 1/8000) = 0.02 on a mean and sqrt(2/4000 + 2/8000) = 0.03 on a (co)variance.
+  np.testing.assert_allclose(jnp.mean(y, axis=0), mean, atol=0.08)
+  np.testing.assert_allclose(jnp.cov(y.T), cov, atol=0.15)
+  # Against the training distribution itself (the empirical measure): only the samples' noise (sd 0.011
+  # on a mean, 0.016 on a (co)variance) and the model's fitting error remain.
+  np.testing.assert_allclose(jnp.mean(y, axis=0), jnp.mean(x, axis=0), atol=0.05)
+  np.testing.assert_allclose(jnp.cov(y.T), jnp.cov(x.T), atol=0.06)
+
+
+def test_standardisation_stored_and_kept_by_fit(gaussian_fit):
+  """``loc``/``scale`` are the weighted mean/std of the init data and are not changed by ``fit``."""
+  model, params, _, _, x = gaussian_fit
+  xn = np.asarray(x, np.float64)
+  np.testing.assert_allclose(params["loc"], xn.mean(0), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(params["scale"], xn.std(0), rtol=1e-5)
+  # Non-uniform weights: the weighted moments (numpy, float64).
+  model_w = make_flow(width=8, depth=1, batch_size=8, init_steps=1, sample_steps=2)
+  wts = np.array(jax.random.uniform(jax.random.PRNGKey(11), (4000,)), np.float64)
+  wts[:1000] = 0.0
+  wts /= wts.sum()
+  p_w = jax.jit(model_w.init)(jax.random.PRNGKey(0), x, jnp.asarray(wts, jnp.float32))
+  loc_w = (wts[:, None] * xn).sum(0)
+  np.testing.assert_allclose(p_w["loc"], loc_w, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(p_w["scale"], np.sqrt((wts[:, None] * (xn - loc_w) ** 2).sum(0)), rtol=1e-4)
+  x_new = jnp.zeros((100, 2)) + 5.0
+  new = jax.jit(model.fit)(params, jax.random.PRNGKey(0), x_new, _uniform(100), _hyper(1e-3))
+  np.testing.assert_array_equal(new["loc"], params["loc"])
+  np.testing.assert_array_equal(new["scale"], params["scale"])
+
+
+def test_warm_start_fit_moves_towards_new_data(gaussian_fit):
+  """Retraining on a shifted Gaussian moves the model's mean most of the way to the new mean."""
+  model, params, mean, cov, _ = gaussian_fit
+  shift = jnp.array([1.5, 1.0])
+  chol = jnp.linalg.cholesky(cov)
+  x_new = mean + shift + jax.random.normal(jax.random.PRNGKey(6), (4000, 2)) @ chol.T
+  new = jax.jit(model.fit)(params, jax.random.PRNGKey(7), x_new, _uniform(4000), _hyper(3e-3))
+  sample = jax.jit(model.sample, static_argnums=2)
+  before = jnp.mean(sample(params, jax.random.PRNGKey(8), 4000), axis=0)
+  after = jnp.mean(sample(new, jax.random.PRNGKey(8), 4000), axis=0)
+  target = mean + shift
+  assert float(jnp.linalg.norm(after - target)) < 0.25 * float(jnp.linalg.norm(before - target))
+  # The network weights changed, i.e. fit warm-started from params and trained.
+  leaves_old, leaves_new = jax.tree.leaves(params["net"]), jax.tree.leaves(new["net"])
+  assert any(not np.array_equal(a, b) for a, b in zip(leaves_old, leaves_new))
+
+
+def test_same_key_same_samples(gaussian_fit):
+  model, params, _, _, _ = gaussian_fit
+  sample = jax.jit(model.sample, static_argnums=2)
+  a = sample(params, jax.random.PRNGKey(9), 500)
+  b = sample(params, jax.random.PRNGKey(9), 500)
+  c = sample(params, jax.random.PRNGKey(10), 500)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_changing_lr_does_not_retrace():
+  model = make_flow(width=16, depth=1, batch_size=32, train_steps=5, init_steps=5, sample_steps=2)
+  x = jax.random.normal(jax.random.PRNGKey(0), (64, 2))
+  w = _uniform(64)
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), x, w)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def fit(params, key, hyper):
+    return model.fit(params, key, x, w, hyper)
+
+  outs = [fit(params, jax.random.PRNGKey(2), _hyper(lr)) for lr in (0.0, 1e-3, 1e-2)]
+  # lr = 0 leaves the params unchanged; a different lr gives different weights from the same key.
+  chex.assert_trees_all_equal(outs[0], params)
+  assert not np.array_equal(outs[1]["net"]["params"]["out"]["kernel"],
+                            outs[2]["net"]["params"]["out"]["kernel"])
+
+
+@pytest.mark.parametrize("solver", ["midpoint", "euler"])
+def test_non_2d_event_shape(solver):
+  """Event shape (3, 2): shapes round-trip and the per-coordinate mean is learned."""
+  event = (3, 2)
+  loc = jnp.arange(6, dtype=jnp.float32).reshape(event)
+  x = loc + 0.5 * jax.random.normal(jax.random.PRNGKey(0), (2000,) + event)
+  model = make_flow(event_shape=event, init_steps=300, solver=solver, **SMALL)
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), x, _uniform(2000))
+  chex.assert_shape([params["loc"], params["scale"]], event)
+  y = jax.jit(model.sample, static_argnums=2)(params, jax.random.PRNGKey(2), 3000)
+  chex.assert_shape(y, (3000,) + event)
+  # Sampling sd of each mean is 0.5 / sqrt(3000) = 0.009; allow 0.1 with model error.
+  np.testing.assert_allclose(jnp.mean(y, axis=0), loc, atol=0.1)
+  np.testing.assert_allclose(jnp.std(y, axis=0), jnp.full(event, 0.5), atol=0.1)
+
+
+def test_rejects_unknown_solver():
+  with pytest.raises(ValueError):
+    make_flow(solver="rk4")
