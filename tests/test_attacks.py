@@ -1,0 +1,175 @@
+"""Tests of scl.attacks against independent computations (numpy ranking, finite differences, numpy Cov)."""
+
+from fractions import Fraction
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scl import attacks
+from scl import preferences
+from scl import reward_model as rm
+
+KAPPAS = (0.0, 0.1, 0.2, 0.3, 0.7, 1.0)
+
+
+def _expected_budget(kappa, n):
+  return math.floor(Fraction(str(kappa)) * n)
+
+
+def _ring(key, n, radius=2.0, std=0.02, modes=8):
+  kc, kn = jax.random.split(key)
+  ang = 2 * jnp.pi * jax.random.randint(kc, (n,), 0, modes) / modes
+  return radius * jnp.stack([jnp.cos(ang), jnp.sin(ang)], -1) + std * jax.random.normal(kn, (n, 2))
+
+
+def _true_reward(x):
+  return -10.0 * jnp.maximum(jnp.linalg.norm(x - jnp.array([2.0, 0.0]), axis=-1) - 3.0, 0.0)
+
+
+@pytest.mark.parametrize("n,kappa", [(50, 0.2), (10, 0.7), (10, 0.3), (37, 0.5), (50, 0.93),
+                                     (1000, 0.001), (7, 1.0), (50, 0.0)])
+def test_flip_budget_is_exact_floor(n, kappa):
+  assert int(attacks.flip_budget(jnp.float32(kappa), n)) == _expected_budget(kappa, n)
+
+
+@pytest.fixture(scope="module")
+def small_instance():
+  n = 50
+  x = jax.random.normal(jax.random.key(0), (n, 2))
+  z = jax.random.normal(jax.random.key(1), (n, 2))
+  o = jnp.asarray(np.random.default_rng(0).integers(0, 2, n), jnp.float32)
+  net = rm.mlp_reward((8,))
+  return x, z, o, net, net.init(jax.random.key(2), x[:1])
+
+
+@pytest.mark.parametrize("name", ["random", "dist", "top"])
+def test_heuristic_attacks_exact_budget_and_choice(small_instance, name):
+  x, z, o, net, params = small_instance
+  run = jax.jit(jax.vmap(lambda kappa: attacks.attack(name, jax.random.key(3), x, z, o, kappa=kappa,
+                                                      params=params, apply_fn=net.apply)))
+  o_flip, mask = run(jnp.asarray(KAPPAS, jnp.float32))
+  rx, rz = np.asarray(net.apply(params, x)), np.asarray(net.apply(params, z))
+  for kappa, of, m in zip(KAPPAS, np.asarray(o_flip), np.asarray(mask)):
+    k = _expected_budget(kappa, len(o))
+    assert m.sum() == k
+    np.testing.assert_array_equal(of, np.where(m, 1 - np.asarray(o), np.asarray(o)))
+    if name != "random":  # independent ranking: numpy's top-k of the score
+      score = np.abs(rx - rz) if name == "dist" else np.maximum(rx, rz)
+      assert set(np.flatnonzero(m)) == set(np.argsort(-score, kind="stable")[:k])
+  np.testing.assert_array_equal(np.asarray(o_flip[0]), np.asarray(o))  # κ = 0 changes nothing
+
+
+def test_random_attack_same_seed_same_flips(small_instance):
+  _, _, o, _, _ = small_instance
+  a = attacks.random_attack(jax.random.key(7), o, 0.3)[1]
+  b = attacks.random_attack(jax.random.key(7), o, 0.3)[1]
+  c = attacks.random_attack(jax.random.key(8), o, 0.3)[1]
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_none_attack_changes_nothing(small_instance):
+  x, z, o, _, _ = small_instance
+  o_flip, mask = attacks.attack("none", jax.random.key(0), x, z, o, kappa=0.5)
+  np.testing.assert_array_equal(o_flip, o)
+  assert not mask.any()
+
+
+def test_project_flips_matches_scipy_projection():
+  """Projection onto {o + δ in [0,1], ||δ||_1 <= B} vs a generic constrained solver."""
+  scipy_opt = pytest.importorskip("scipy.optimize")
+  rng = np.random.default_rng(0)
+  o = rng.integers(0, 2, 12).astype(float)
+  v = rng.normal(size=12)
+  budget = 2.0
+  ours = np.asarray(attacks.project_flips(jnp.asarray(v, jnp.float32), jnp.asarray(o, jnp.float32),
+                                          jnp.float32(budget)))
+  # split δ = p - m, p, m >= 0: min ||p - m - v||² s.t. sum(p + m) <= B, box on p - m
+  bounds = [(0, 1 - oi) for oi in o] + [(0, oi) for oi in o]
+  res = scipy_opt.minimize(
+      lambda u: np.sum((u[:12] - u[12:] - v) ** 2), np.zeros(24), method="SLSQP", bounds=bounds,
+      constraints=[{"type": "ineq", "fun": lambda u: budget - u.sum()}], options={"ftol": 1e-12})
+  np.testing.assert_allclose(ours, res.x[:12] - res.x[12:], atol=1e-4)
+
+
+def test_gradient_of_attack_objective_matches_finite_differences():
+  """dJ/dδ through the implicit-diff solve vs central differences of J with θ~ re-solved (float64)."""
+  with jax.enable_x64(True):
+    n, pool_size, l2, alpha = 40, 120, 1e-2, 0.5
+    pool = jax.random.normal(jax.random.key(0), (pool_size, 2), jnp.float64)
+    x, z, o = preferences.make_preferences(
+        jax.random.key(1), pool, n, lambda s: -jnp.sum((s - 0.5) ** 2, -1), "bradley_terry")
+    net = rm.mlp_reward((8,))
+    p0 = jax.tree.map(lambda a: a.astype(jnp.float64), net.init(jax.random.key(2), x[:1]))
+    tight = dict(maxiter=3000, tol=1e-11, cg_maxiter=500, cg_tol=1e-12)
+    theta = jax.jit(lambda o: rm.fit_reward(p0, net.apply, x, z, o, l2, **tight))(o)
+    r_pool = net.apply(theta, pool)
+    shift = jnp.max(r_pool)
+    kw = dict(o=o, x=x, z=z, x_pool=pool, r_pool=r_pool, apply_fn=net.apply, alpha=alpha, l2=l2,
+              shift=shift, **tight)
+    delta0 = jnp.asarray(np.random.default_rng(3).uniform(0, 0.4, n)) * (1 - 2 * o)  # interior point
+    grad = np.asarray(jax.jit(lambda d: jax.grad(attacks.relaxed_objective, has_aux=True)(
+        d, theta, **kw)[0])(delta0))
+    j_of = jax.jit(jax.vmap(lambda d: attacks.relaxed_objective(d, theta, **kw)[0]))
+    h = 1e-4
+    eye = np.eye(n)
+    fd = (np.asarray(j_of(delta0 + h * eye)) - np.asarray(j_of(delta0 - h * eye))) / (2 * h)
+    assert np.linalg.norm(grad - fd) <= 1e-5 * np.linalg.norm(fd), (grad, fd)
+    assert np.linalg.norm(fd) > 1e-3  # not a vacuous comparison
+
+
+@pytest.fixture(scope="module")
+def ring_instance():
+  n, pool_size, l2 = 400, 800, 1e-3
+  pool = _ring(jax.random.key(10), pool_size)
+  x, z, o = preferences.make_preferences(jax.random.key(11), pool, n, _true_reward)
+  net = rm.mlp_reward((16,))
+  p0 = net.init(jax.random.key(12), x[:1])
+  fit = jax.jit(jax.vmap(lambda o: rm.fit_reward(p0, net.apply, x, z, o, l2)))
+  theta = jax.tree.map(lambda a: a[0], fit(o[None]))
+
+  @chex.assert_max_traces(n=1)
+  def gradient_attack_many(kappas, alpha):  # vmapped over κ, α traced
+    return jax.vmap(lambda k: attacks.attack("gradient", jax.random.key(0), x, z, o, kappa=k, alpha=alpha,
+                                             params=theta, apply_fn=net.apply, x_pool=pool, l2=l2))(kappas)
+
+  return dict(x=x, z=z, o=o, pool=pool, net=net, theta=theta, fit=fit, l2=l2,
+              attack=jax.jit(gradient_attack_many))
+
+
+def test_gradient_attack_budget_determinism_and_no_retrace(ring_instance):
+  chex.clear_trace_counter()
+  run, o = ring_instance["attack"], ring_instance["o"]
+  kappas = jnp.asarray(KAPPAS, jnp.float32)
+  o_flip, mask = run(kappas, jnp.float32(0.0))
+  for kappa, m in zip(KAPPAS, np.asarray(mask)):
+    assert m.sum() == _expected_budget(kappa, len(o))
+  np.testing.assert_array_equal(o_flip[0], o)  # κ = 0
+  # other κ and α values: same compiled program (assert_max_traces raises on a retrace), same result for
+  # the same inputs
+  o_flip2, mask2 = run(kappas, jnp.float32(0.8))
+  _, mask3 = run(kappas[::-1], jnp.float32(0.0))
+  np.testing.assert_array_equal(mask3[::-1], mask)
+  for kappa, m in zip(KAPPAS, np.asarray(mask2)):
+    assert m.sum() == _expected_budget(kappa, len(o))
+
+
+def test_gradient_attack_lowers_covariance_more_than_random(ring_instance):
+  d = ring_instance
+  o, theta, net, pool = d["o"], d["theta"], d["net"], d["pool"]
+  kappa = 0.2
+  o_grad = d["attack"](jnp.full((6,), kappa, jnp.float32), jnp.float32(0.0))[0][0]
+  o_rand = [attacks.attack("random", jax.random.key(s), d["x"], d["z"], o, kappa=kappa)[0] for s in range(3)]
+  thetas = d["fit"](jnp.stack([o_grad] + o_rand))  # the platform's fits on the flipped labels
+  r = np.asarray(net.apply(theta, pool), np.float64)
+  r_tilde = np.asarray(jax.vmap(net.apply, (0, None))(thetas, pool), np.float64)
+  c = r.max()
+  # independent covariance (numpy, float64), the same positive scale e^{-2c} for every attack
+  covs = [np.cov(np.exp(r - c), np.exp(rt - c), bias=True)[0, 1] for rt in r_tilde]
+  benign = np.var(np.exp(r - c))
+  assert covs[0] < np.mean(covs[1:]), covs
+  assert covs[0] < 0.5 * benign, (covs, benign)
