@@ -1,0 +1,37 @@
+# Quick start: `make demo` runs the main job, `make test` runs the tests. Each creates .venv by itself.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/demo
+
+.PHONY: install demo test test-all bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: Gaussian-8, benign fully synthetic loop vs mixed with real data; plots in $(WORKDIR).
+demo: $(STAMP)
+	$(PY) experiments/curated_loop.py --config=experiments/configs/gaussian8.py:demo --workdir=$(WORKDIR)
+
+## The default test suite (slow tests excluded), on all cores.
+test: $(STAMP)
+	$(PY) -m pytest -n auto -q
+
+## Everything, slow tests included.
+test-all: $(STAMP)
+	$(PY) -m pytest -n auto -q -m ""
+
+bench: $(STAMP)
+	$(PY) benchmarks/loop.py
+	$(PY) benchmarks/exact.py
+	$(PY) benchmarks/attack.py
+	$(PY) benchmarks/sweep.py
+
+clean:
+	rm -rf $(VENV) runs *.egg-info
