@@ -1,0 +1,185 @@
+"""Speed of scl's flow model against the second paper's public code, and of the whole loop; prints JSON.
+
+(a) ``equal_work``: the public code of Wei & Zhang (``osu-srml/Adversarial-Curation``) retrains its 2-D DDPM
+(MLP width 128, 3 residual layers, 100 diffusion steps) for 50 epochs of 25,000 samples at batch 1,000
+(1,250 Adam steps), then draws 50,000 samples with 100 network evaluations. Measured on an idle 2-CPU
+machine that takes about 22 s of training and 18 s of sampling per iteration, each including about 3 s of
+process start-up. Here scl's flow does the same work: width 128, depth 3, 1,250 Adam steps at batch 1,000 on
+25,000 weighted samples, then 50,000 samples with 100 NFE. Reported: compile seconds, run seconds (median
+and best of ``--repeats``, ``block_until_ready``), FLOPs and GFLOP/s, and the speed-up over the reference.
+
+FLOPs: XLA's ``compiled.cost_analysis()["flops"]`` counts the body of a ``while`` loop (a ``lax.scan``)
+once, not times its trip count, so the FLOPs of a whole fit/sample are taken as those of the same program
+compiled with one training step (resp. one midpoint step = 2 NFE) times the number of steps.
+
+(b) ``loop``: seconds per iteration of the whole jitted loop (``scl.loop.make_run``) at paper scale (50,000
+candidates, 25,000 kept, 10 iterations) for each model family; the per-iteration time is
+``(t(T=10) - t(T=0)) / 10``, where ``T=0`` runs only ``init`` of ``p_0`` and the final evaluation.
+
+    python benchmarks/loop.py [--quick] [--repeats 3] [--families categorical,gmm,flow] [--skip_loop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from scl.models.flow import make_flow
+from scl.types import Config
+
+# The second paper's public code, one loop iteration on an idle 2-CPU machine (seconds).
+REFERENCE = dict(train_seconds=22.0, sample_seconds=18.0, startup_seconds_each=3.0)
+
+
+def _time(fn, args, repeats):
+  """Run ``fn(*args)`` ``repeats`` times (after a warm-up) -> (median, best, list) of seconds."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times), min(times), times
+
+
+def _compile(jitted, *args):
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def _flops(compiled) -> float:
+  ca = compiled.cost_analysis()
+  if isinstance(ca, (list, tuple)):  # older jax returned one dict per device
+    ca = ca[0]
+  return float(ca.get("flops", float("nan")))
+
+
+def _ring(key, n, radius=2.0, std=0.02, modes=8):
+  k_mode, k_noise = jax.random.split(key)
+  angle = 2 * jnp.pi * jax.random.randint(k_mode, (n,), 0, modes) / modes
+  centres = radius * jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1)
+  return centres + std * jax.random.normal(k_noise, (n, 2))
+
+
+def equal_work(args) -> dict:
+  """(a): scl's flow fit + sample at the reference code's size and work."""
+  n_data, n_samples = args.n_data, args.n_samples
+  kw = dict(width=args.width, depth=3, batch_size=args.batch_size, sample_steps=args.nfe)
+  model = make_flow(train_steps=args.train_steps, init_steps=args.init_steps, **kw)
+  x = _ring(jax.random.PRNGKey(0), n_data)
+  # Weighted like a curated set: positive random weights summing to 1 (cost does not depend on them).
+  w = jax.random.uniform(jax.random.PRNGKey(1), (n_data,), minval=0.5, maxval=1.5)
+  w = w / jnp.sum(w)
+  hyper = Config().hyper()
+  key = jax.random.PRNGKey(2)
+
+  init_c, init_compile = _compile(jax.jit(model.init), key, x, w)
+  t0 = time.perf_counter()
+  params = jax.block_until_ready(init_c(key, x, w))
+  init_seconds = time.perf_counter() - t0
+
+  fit_c, fit_compile = _compile(jax.jit(model.fit), params, key, x, w, hyper)
+  fit_med, fit_best, fit_all = _time(fit_c, (params, key, x, w, hyper), args.repeats)
+  sample_c, sample_compile = _compile(jax.jit(model.sample, static_argnums=2), params, key, n_samples)
+  sample_med, sample_best, sample_all = _time(sample_c, (params, key), args.repeats)
+
+  # FLOPs of one training step and of one midpoint step (2 NFE), times the number of steps.
+  one = make_flow(train_steps=1, init_steps=1, **{**kw, "sample_steps": 2})
+  fit_flops = _flops(jax.jit(one.fit).lower(params, key, x, w, hyper).compile()) * args.train_steps
+  sample_flops = _flops(
+      jax.jit(one.sample, static_argnums=2).lower(params, key, n_samples).compile()) * (args.nfe / 2)
+
+  ref_train, ref_sample, start = (REFERENCE["train_seconds"], REFERENCE["sample_seconds"],
+                                  REFERENCE["startup_seconds_each"])
+  return dict(
+      size=dict(width=args.width, depth=3, train_steps=args.train_steps, batch_size=args.batch_size,
+                n_data=n_data, n_samples=n_samples, nfe=args.nfe, solver="midpoint", dtype="float32"),
+      init=dict(steps=args.init_steps, compile_seconds=init_compile, seconds=init_seconds),
+      fit=dict(compile_seconds=fit_compile, seconds_median=fit_med, seconds_best=fit_best,
+               seconds_all=fit_all, gflop=fit_flops / 1e9, gflops_per_second=fit_flops / fit_med / 1e9,
+               ms_per_step=1e3 * fit_med / args.train_steps),
+      sample=dict(compile_seconds=sample_compile, seconds_median=sample_med, seconds_best=sample_best,
+                  seconds_all=sample_all, gflop=sample_flops / 1e9,
+                  gflops_per_second=sample_flops / sample_med / 1e9),
+      reference=REFERENCE,
+      speedup=dict(
+          fit_vs_reference_with_startup=ref_train / fit_med,
+          fit_vs_reference_without_startup=(ref_train - start) / fit_med,
+          sample_vs_reference_with_startup=ref_sample / sample_med,
+          sample_vs_reference_without_startup=(ref_sample - start) / sample_med,
+          iteration_vs_reference_with_startup=(ref_train + ref_sample) / (fit_med + sample_med),
+          iteration_vs_reference_without_startup=(ref_train + ref_sample - 2 * start)
+          / (fit_med + sample_med),
+      ),
+  )
+
+
+def loop_family(family: str, args) -> dict:
+  """(b): seconds per iteration of the whole jitted loop for one model family."""
+  from scl import configs, loop  # imported here so (a) runs even without the loop
+  overrides = dict(model=family)
+  if args.quick:
+    overrides.update(pool_size=2000, n_keep=1000, n_real=1000, n_eval=1000, train_steps=20,
+                     init_steps=20, batch_size=100, sample_steps=4, em_steps=5)
+  key = jax.random.PRNGKey(0)
+  out = dict(model=family)
+  runs = {}
+  for T in (0, args.iterations):
+    cfg = configs.gaussian8(iterations=T, **overrides)
+    hyper = cfg.hyper()
+    compiled, compile_s = _compile(loop.make_run(cfg), hyper, key)
+    # The flow's loop is expensive: run it once (after the warm-up); the others `repeats` times.
+    repeats = 1 if family == "flow" and not args.quick else args.repeats
+    med, best, _ = _time(compiled, (hyper, key), repeats)
+    runs[T] = med
+    out[f"T{T}"] = dict(compile_seconds=compile_s, seconds_median=med, seconds_best=best)
+    if T == args.iterations:
+      out["pool_size"], out["n_keep"], out["iterations"] = cfg.pool_size, cfg.n_keep, T
+  out["seconds_per_iteration"] = (runs[args.iterations] - runs[0]) / args.iterations
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="small smoke run (seconds)")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--families", default="categorical,gmm,flow")
+  parser.add_argument("--iterations", type=int, default=10)
+  parser.add_argument("--skip_loop", action="store_true", help="only (a)")
+  parser.add_argument("--skip_equal_work", action="store_true", help="only (b)")
+  args = parser.parse_args()
+  if args.quick:
+    args.n_data, args.n_samples, args.width, args.batch_size = 2000, 2000, 32, 100
+    args.train_steps, args.init_steps, args.nfe, args.repeats, args.iterations = 20, 20, 4, 1, 2
+  else:
+    args.n_data, args.n_samples, args.width, args.batch_size = 25_000, 50_000, 128, 1000
+    args.train_steps, args.init_steps, args.nfe = 1250, 3000, 100
+
+  result = dict(device=str(jax.devices()[0]), backend=jax.default_backend(), machine=platform.machine(),
+                cpu_count=os.cpu_count(), jax_version=jax.__version__, quick=args.quick)
+  try:
+    result["load_average_1min_at_start"] = os.getloadavg()[0]
+  except OSError:
+    pass
+  if not args.skip_equal_work:
+    result["equal_work"] = equal_work(args)
+  if not args.skip_loop:
+    result["loop"] = {}
+    for family in args.families.split(","):
+      try:
+        result["loop"][family] = loop_family(family, args)
+      except Exception as e:  # report and keep going: one broken family should not hide the others
+        result["loop"][family] = dict(error=f"{type(e).__name__}: {e}")
+  print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+  main()
