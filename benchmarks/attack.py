@@ -1,0 +1,90 @@
+"""Benchmark of the gradient label-flip attack (scl.attacks.gradient_attack), printed as JSON.
+
+Data: the 2-D Gaussian-8 ring (8 modes, radius 2, std 0.02), true reward ``-10 max(|x - (2, 0)| - 3, 0)``,
+deterministic labels, a pool of ``2n`` model samples (the pairs are drawn from it; ``Cov`` and ``dist`` are
+estimated on it, as the paper's code does on the pairs' samples), ``κ = 0.2``, ``α = 0.8``, 5 outer steps.
+The attacker's ``θ`` is fitted first (timed separately, not part of the attack time).
+
+Each setting runs in a fresh subprocess so that ``ru_maxrss`` (peak resident memory) is its own.
+Reference: the paper's PyTorch code, ~24 s at n = 1,000, ~92 s at n = 4,000, ~20 min at n = 50,000.
+
+  python benchmarks/attack.py                 # all settings
+  python benchmarks/attack.py --one 1000 64   # one setting (n, hidden widths comma-separated)
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+REFERENCE_S = {1000: 24.0, 4000: 92.0, 50000: 1200.0}
+SETTINGS = [(1000, (64,)), (4000, (64,)), (50000, (64,)), (50000, (256, 256, 256))]
+
+
+def one(n, hidden):
+  import jax
+  import jax.numpy as jnp
+  from scl import attacks, preferences, reward_model as rm
+
+  def ring(key, m):
+    kc, kn = jax.random.split(key)
+    ang = 2 * jnp.pi * jax.random.randint(kc, (m,), 0, 8) / 8
+    return 2.0 * jnp.stack([jnp.cos(ang), jnp.sin(ang)], -1) + 0.02 * jax.random.normal(kn, (m, 2))
+
+  def reward(x):
+    return -10.0 * jnp.maximum(jnp.linalg.norm(x - jnp.array([2.0, 0.0]), axis=-1) - 3.0, 0.0)
+
+  pool = ring(jax.random.key(0), 2 * n)
+  x, z, o = preferences.make_preferences(jax.random.key(1), pool, n, reward, "deterministic")
+  net = rm.mlp_reward(tuple(hidden))
+  p0 = net.init(jax.random.key(2), x[:1])
+  n_params = sum(a.size for a in jax.tree_util.tree_leaves(p0))
+  l2, kappa, alpha = jnp.float32(1e-3), jnp.float32(0.2), jnp.float32(0.8)
+
+  fit = jax.jit(lambda p, o: rm.fit_reward(p, net.apply, x, z, o, l2))
+  t = time.perf_counter()
+  theta = jax.block_until_ready(fit(p0, o))
+  fit_s = time.perf_counter() - t
+
+  run = jax.jit(lambda theta, kappa, alpha: attacks.gradient_attack(
+      x, z, o, pool, theta, net.apply, kappa, alpha, l2, steps=5))
+  t = time.perf_counter()
+  compiled = run.lower(theta, kappa, alpha).compile()
+  compile_s = time.perf_counter() - t
+  times = []
+  for _ in range(2 if n <= 4000 else 1):
+    t = time.perf_counter()
+    o_flip, mask = jax.block_until_ready(compiled(theta, kappa, alpha))
+    times.append(time.perf_counter() - t)
+  out = dict(n_pairs=n, hidden=list(hidden), n_params=int(n_params), pool=2 * n, steps=5,
+             attack_s=min(times), compile_s=compile_s, fit_theta_s_incl_compile=fit_s,
+             flips=int(mask.sum()), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             device=str(jax.devices()[0]))
+  if tuple(hidden) == (64,) and n in REFERENCE_S:
+    out["reference_pytorch_s"] = REFERENCE_S[n]
+    out["speedup"] = REFERENCE_S[n] / out["attack_s"]
+  print(json.dumps(out))
+
+
+def main():
+  if len(sys.argv) > 1 and sys.argv[1] == "--one":
+    one(int(sys.argv[2]), [int(w) for w in sys.argv[3].split(",")])
+    return
+  timeout = float(os.environ.get("BENCH_TIMEOUT_S", "1800"))
+  results = []
+  for n, hidden in SETTINGS:
+    cmd = [sys.executable, __file__, "--one", str(n), ",".join(map(str, hidden))]
+    try:
+      proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+      line = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+      results.append(json.loads(line[-1]) if line else
+                     dict(n_pairs=n, hidden=list(hidden), error=proc.stderr[-500:]))
+    except subprocess.TimeoutExpired:
+      results.append(dict(n_pairs=n, hidden=list(hidden), error=f"timed out after {timeout:.0f} s"))
+  print(json.dumps(dict(benchmark="gradient_attack", cpu_count=os.cpu_count(), results=results), indent=1))
+
+
+if __name__ == "__main__":
+  main()
