@@ -108,6 +108,8 @@ class SweepResult:
     fixed: the values every grid point shares (the base config's dynamic fields, or the exact engine's
       scalar arguments).
     config: the base :class:`~scl.types.Config` (None for the exact engine).
+    info: how it ran: ``devices``, ``points`` (grid points), ``chunk`` (points per compiled call),
+      ``chunks`` and ``bytes_per_device`` (from the compiled program's memory analysis).
   """
 
   axes: dict[str, np.ndarray]
@@ -115,6 +117,7 @@ class SweepResult:
   samples: np.ndarray | None = None
   fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
   config: types.Config | None = None
+  info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def dims(self) -> tuple[str, ...]:
@@ -149,7 +152,8 @@ class SweepResult:
     metrics = {k: v[index] for k, v in self.metrics.items()}
     samples = None if self.samples is None else self.samples[index]
     fixed = {**self.fixed, **{n: self.axes[n][self._index(n, v)].item() for n, v in coords.items()}}
-    return SweepResult(axes=axes, metrics=metrics, samples=samples, fixed=fixed, config=self.config)
+    return SweepResult(axes=axes, metrics=metrics, samples=samples, fixed=fixed, config=self.config,
+                       info=self.info)
 
   def final(self) -> "SweepResult":
     """The last iteration ``p_T`` (the ``iteration`` axis removed)."""
@@ -343,7 +347,9 @@ def _plan(compile_chunk: Callable[[int], Any], n_points: int, n_dev: int, max_ch
   compiled = compile_chunk(chunk)
   used = _bytes(compiled)
   while used > memory_budget and chunk > n_dev:
-    per_point = used / (chunk // n_dev)
+    per_point = used / (chunk // n_dev)  # Memory is affine in the chunk: one point needs at least this.
+    if per_point > memory_budget:
+      break
     target = int(memory_budget // per_point) * n_dev if per_point > 0 else chunk // 2
     new_chunk = _round_chunk(target if target < chunk else chunk // 2, n_dev)
     logging.info("sweep: %d points per chunk need %.3g GB per device > budget %.3g GB; using %d",
@@ -352,8 +358,9 @@ def _plan(compile_chunk: Callable[[int], Any], n_points: int, n_dev: int, max_ch
     compiled = compile_chunk(chunk)
     used = _bytes(compiled)
   if used > memory_budget:
-    raise ValueError(f"sweep does not fit even in chunks: one grid point per device needs {used / 1e9:.3g} GB "
-                     f"per device, over the memory budget of {memory_budget / 1e9:.3g} GB (pass a larger "
+    per_point = used / (chunk // n_dev)
+    raise ValueError(f"sweep does not fit even in chunks: one grid point per device needs at least "
+                     f"{per_point / 1e9:.3g} GB per device, over the memory budget of {memory_budget / 1e9:.3g} GB (pass a larger "
                      "memory_budget, use more devices, or shrink the static config: pool_size, n_keep, "
                      "K_max, n_eval)")
   host = out_bytes_per_point(compiled, chunk) * n_points
@@ -371,6 +378,11 @@ def _out_bytes_per_point(compiled, chunk: int) -> float:
     return sum(np.prod(l.shape) * np.dtype(l.dtype).itemsize for l in leaves) / chunk
   except Exception:
     return 0.0
+
+
+def _info(plan: _Plan, devices, n_points: int) -> dict[str, Any]:
+  return dict(devices=len(devices), points=n_points, chunk=plan.chunk, chunks=plan.n_chunks,
+              bytes_per_device=plan.bytes_per_device)
 
 
 def _global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -534,7 +546,7 @@ def sweep(cfg: types.Config, *, seeds: int | Iterable[int] = (0,), keep_samples:
   return SweepResult(axes=result_axes, metrics=metrics,
                      samples=None if samples is None else samples.reshape(lead + samples.shape[1:]),
                      fixed={f: getattr(cfg, f) for f in types.DYNAMIC_FIELDS if f not in axes},
-                     config=cfg)
+                     config=cfg, info=_info(plan, devices, n))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -635,4 +647,5 @@ def exact_sweep(p0, r, *, iterations: int, K: Any = 2.0, lam: Any = float("inf")
   _warn_nonfinite(metrics, result_axes)
   return SweepResult(axes=result_axes, metrics=metrics,
                      samples=None if samples is None else samples.reshape(lead + samples.shape[1:]),
-                     fixed={k: float(v) for k, v in fixed.items()}, config=None)
+                     fixed={k: float(v) for k, v in fixed.items()}, config=None,
+                     info=_info(plan, devices, n))

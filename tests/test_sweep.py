@@ -1,0 +1,228 @@
+"""Tests of scl.sweeps: grid points equal single runs, sharding and chunking change nothing, one trace.
+
+The multi-device checks run in a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
+(the flag must be set before JAX starts), so the rest of the suite keeps one CPU device.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import scl
+from scl import exact
+from scl import sweeps
+
+INF = float("inf")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small(model, **overrides):
+  extra = dict(n_atoms=64) if model == "categorical" else dict(em_steps=3)
+  base = dict(model=model, pool_size=1000, n_keep=500, n_real=500, n_eval=500, iterations=1, K_max=4)
+  return scl.configs.gaussian8(**{**base, **extra, **overrides})
+
+
+def assert_same_metrics(sweep_metrics, run_metrics, rtol=1e-5, atol=1e-5):
+  assert set(run_metrics) <= set(sweep_metrics), set(run_metrics) - set(sweep_metrics)
+  for name, value in run_metrics.items():
+    np.testing.assert_allclose(sweep_metrics[name], value, rtol=rtol, atol=atol, err_msg=name)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Eight devices, in a subprocess: categorical model (every point vs scl.run), sharded == unsharded,
+# chunked == unchunked, traced once for the grid and not again when only the values change.
+
+_MULTI_DEVICE = textwrap.dedent("""
+  import jax, numpy as np, scl
+  from scl import loop, sweeps
+  assert jax.device_count() == 8, jax.devices()
+  traces = []
+  make_run_fn = loop.make_run_fn
+  def counting_make_run_fn(cfg):
+    fn = make_run_fn(cfg)
+    def counted(*args):
+      traces.append(1)
+      return fn(*args)
+    return counted
+  loop.make_run_fn = counting_make_run_fn
+
+  cfg = scl.configs.gaussian8(model="categorical", n_atoms=64, pool_size=1000, n_keep=500, n_real=500,
+                              n_eval=500, iterations=2, K_max=4, data_seed=11)
+  grid = dict(K=[1, 2, 4], lam=[1.0, float("inf")], phi=0.0)
+  a = sweeps.sweep(cfg, seeds=[0, 7], **grid)                 # 12 points over 8 devices: padded to 16
+  assert a.info["devices"] == 8 and a.info["chunk"] == 16 and a.info["chunks"] == 1, a.info
+  assert len(traces) == 1, f"traced {len(traces)} times for one grid"
+  b = sweeps.sweep(cfg, K=[3, 4, 2], lam=[0.5, 2.0], seeds=[1, 2])   # only the values change
+  assert len(traces) == 1, f"retraced when only the values changed ({len(traces)} traces)"
+  assert a.dims == ("K", "lam", "seed", "iteration") and a.metrics["expected_reward"].shape == (3, 2, 2, 3)
+  assert a.metrics["mode_props"].shape == (3, 2, 2, 3, 8) and a.samples is None
+
+  for res, points in ((a, [(1, 1.0, 0), (2, float("inf"), 7), (4, 1.0, 7)]), (b, [(3, 0.5, 2), (2, 2.0, 1)])):
+    for K, lam, seed in points:
+      single = scl.run(cfg.replace(K=K, lam=lam), seed=seed)
+      point = res.sel(K=K, lam=lam, seed=seed)
+      for name, value in single.metrics.items():
+        np.testing.assert_allclose(point.metrics[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+
+  one = sweeps.sweep(cfg, seeds=[0, 7], devices=jax.devices()[:1], **grid)
+  assert one.info["devices"] == 1 and one.info["chunk"] == 12, one.info
+  chunked = sweeps.sweep(cfg, seeds=[0, 7], max_chunk=8, **grid)
+  assert chunked.info["chunk"] == 8 and chunked.info["chunks"] == 2, chunked.info
+  for other in (one, chunked):
+    for name in a.metrics:
+      np.testing.assert_allclose(other.metrics[name], a.metrics[name], rtol=1e-6, atol=1e-6, err_msg=name)
+
+  try:
+    sweeps.sweep(cfg, seeds=[0, 7], memory_budget=1000, **grid)
+  except ValueError as e:
+    assert "does not fit even in chunks" in str(e), e
+  else:
+    raise AssertionError("a grid larger than the memory budget ran")
+  print("OK", len(traces))
+""")
+
+
+def test_eight_devices_sharded_chunked_equal_single_runs_and_trace_once():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, "-c", _MULTI_DEVICE], env=env, capture_output=True, text=True,
+                        timeout=600, cwd=ROOT)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+  assert "OK" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------------------
+# One device: the Gaussian mixture (every point vs scl.run) and the exact engine.
+
+
+def test_gmm_grid_points_equal_single_runs():
+  cfg = small("gmm", lam=1.0)
+  res = sweeps.sweep(cfg, phi=[0.0, 0.5], K=[4, 1], seeds=2, keep_samples=True)
+  assert res.dims == ("phi", "K", "seed", "iteration")
+  assert res.samples.shape == (2, 2, 2, 2, 1000, 2)
+  assert res.fixed["lam"] == 1.0 and "phi" not in res.fixed
+  for phi, K, seed in ((0.0, 4, 0), (0.5, 1, 1), (0.5, 4, 0)):
+    single = scl.run(cfg.replace(phi=phi, K=K), seed=seed)
+    point = res.sel(phi=phi, K=K, seed=seed)
+    assert_same_metrics(point.metrics, single.metrics)
+    np.testing.assert_allclose(point.samples, single.samples, rtol=1e-5, atol=1e-5)
+
+
+def test_exact_grid_points_equal_exact_run():
+  rng = np.random.default_rng(0)
+  p0 = rng.dirichlet(np.ones(12)).astype(np.float32)
+  r = rng.uniform(-3, 0, 12).astype(np.float32)
+  r_adv = -r
+  res = sweeps.exact_sweep(p0, r, iterations=4, K=[1, 3, INF], lam=[0.5, INF], phi=[0.0, 0.3], r_adv=r_adv,
+                           keep_trajectory=True)
+  assert res.dims == ("K", "lam", "phi", "iteration")
+  assert res.samples.shape == (3, 2, 2, 5, 12)
+  for K in (1, 3, INF):
+    for lam in (0.5, INF):
+      for phi in (0.0, 0.3):
+        traj, metrics = exact.run(p0, r, K, lam, iterations=4, r_adv=r_adv, phi=phi)
+        point = res.sel(K=K, lam=lam, phi=phi)
+        assert_same_metrics(point.metrics, {k: np.asarray(v) for k, v in metrics.items()}, 1e-6, 1e-7)
+        np.testing.assert_allclose(point.samples, traj, rtol=1e-6, atol=1e-7)
+  # A scalar is a fixed value, not an axis; chunking changes nothing.
+  chunked = sweeps.exact_sweep(p0, r, iterations=4, K=[1, 3, INF], lam=INF, max_chunk=2)
+  assert chunked.dims == ("K", "iteration") and chunked.info["chunks"] == 2
+  np.testing.assert_allclose(chunked.metrics["expected_reward"],
+                             res.sel(lam=INF, phi=0.0).metrics["expected_reward"], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bad input fails before compute.
+
+
+@pytest.mark.parametrize("grid, message", [
+    (dict(K=[]), "empty"),
+    (dict(lam=[1.0, 1.0]), "duplicate"),
+    (dict(K=[2, 2.0]), "duplicate"),
+    (dict(phi=[0.0, 1.5]), "phi"),
+    (dict(kappa=[-0.1]), "kappa"),
+    (dict(lam=[-1.0, 1.0]), "lam"),
+    (dict(K=[0, 1]), "K"),
+    (dict(K=[1.5]), "K"),
+    (dict(K=[2, 8]), "K_max"),
+    (dict(lr=[0.0]), "lr"),
+    (dict(lam="inf"), "sequence"),
+    (dict(seeds=[]), "seeds is empty"),
+    (dict(seeds=[1, 1]), "duplicate seeds"),
+    (dict(seeds=[0.5]), "integers"),
+])
+def test_bad_grids_fail_before_compute(grid, message, monkeypatch):
+  def no_compile(*args, **kwargs):
+    raise AssertionError("compiled before validating")
+  monkeypatch.setattr(sweeps, "_mc_compile", no_compile)
+  with pytest.raises(ValueError, match=message):
+    sweeps.sweep(small("categorical"), **grid)
+
+
+def test_unknown_names_fail():
+  with pytest.raises(TypeError, match="cannot sweep"):
+    sweeps.sweep(small("categorical"), iterations=[1, 2])
+  with pytest.raises(ValueError, match="r_adv"):
+    sweeps.exact_sweep(np.full(3, 1 / 3), np.zeros(3), iterations=1, phi=[0.0, 0.5])
+  with pytest.raises(ValueError, match="K"):
+    sweeps.exact_sweep(np.full(3, 1 / 3), np.zeros(3), iterations=1, K=[0.5, 2])
+
+
+# --------------------------------------------------------------------------------------------------------
+# The labelled result: long table, selection, mean and confidence interval over seeds.
+
+
+def toy_result():
+  rng = np.random.default_rng(1)
+  axes = {"K": np.array([1, 2]), "lam": np.array([1.0, INF]), "seed": np.arange(5), "iteration": np.arange(3)}
+  metrics = {"expected_reward": rng.normal(size=(2, 2, 5, 3)), "mode_props": rng.uniform(size=(2, 2, 5, 3, 4))}
+  return sweeps.SweepResult(axes=axes, metrics=metrics)
+
+
+def test_to_frame_is_long_format():
+  res = toy_result()
+  frame = res.to_frame()
+  assert len(frame) == 2 * 2 * 5 * 3
+  assert list(frame.columns[:4]) == ["K", "lam", "seed", "iteration"]
+  assert {"expected_reward", "mode_props_0", "mode_props_3"} <= set(frame.columns)
+  row = frame[(frame.K == 2) & np.isinf(frame.lam) & (frame.seed == 3) & (frame.iteration == 1)]
+  assert float(row.expected_reward.iloc[0]) == res.metrics["expected_reward"][1, 1, 3, 1]
+  assert float(row.mode_props_2.iloc[0]) == res.metrics["mode_props"][1, 1, 3, 1, 2]
+
+
+def test_sel_and_final():
+  res = toy_result()
+  sub = res.sel(lam=INF, K=1)
+  assert sub.dims == ("seed", "iteration") and sub.fixed == {"lam": INF, "K": 1}
+  np.testing.assert_array_equal(sub.metrics["expected_reward"], res.metrics["expected_reward"][0, 1])
+  np.testing.assert_array_equal(res.final().metrics["expected_reward"], res.metrics["expected_reward"][..., -1])
+  with pytest.raises(KeyError, match="not on the grid"):
+    res.sel(K=3)
+  with pytest.raises(KeyError, match="no axis"):
+    res.sel(phi=0.0)
+
+
+def test_mean_ci_matches_scipy():
+  res = toy_result()
+  ci = res.mean_ci("expected_reward", level=0.9)
+  x = res.metrics["expected_reward"][1, 0, :, 2]
+  lo, hi = stats.t.interval(0.9, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+  assert ci.mean.shape == (2, 2, 3) and ci.n == 5
+  np.testing.assert_allclose([ci.mean[1, 0, 2], ci.low[1, 0, 2], ci.high[1, 0, 2]], [x.mean(), lo, hi])
+  table = res.summary("expected_reward")
+  assert len(table) == 2 * 2 * 3 and {"mean", "low", "high"} <= set(table.columns)
+  single = res.sel(seed=0)
+  with pytest.raises(ValueError, match="no seed axis"):
+    single.mean_ci("expected_reward")
+  one_seed = sweeps.SweepResult(axes={**res.axes, "seed": np.arange(1)},
+                                metrics={"expected_reward": res.metrics["expected_reward"][:, :, :1]})
+  assert np.all(np.isnan(one_seed.mean_ci("expected_reward").low))
+  assert math.isclose(ci.level, 0.9)
