@@ -31,6 +31,7 @@ from scl import curation
 from scl import io as io_lib
 from scl import metrics as metrics_lib
 from scl import tasks as tasks_lib
+from scl import theory
 from scl import types
 
 N_SNAPSHOT = 1000  # points kept per iteration for scatter plots
@@ -56,8 +57,9 @@ class Program:
     task: the concrete data, rewards and model.
     init: ``(hyper, key) -> params`` of ``p_0``.
     step: ``(params, hyper, key) -> (params_next, outputs_t)``; ``outputs_t`` holds the metrics of
-      ``p_t`` and ``samples``, a snapshot ``[N_SNAPSHOT, d]`` of its points.
-    evaluate: ``(params, key) -> outputs`` for the final model.
+      ``p_t``, ``samples``, a snapshot ``[N_SNAPSHOT, d]`` of its points, and for models with a probability
+      vector ``monitors``, the theorem monitors of the step ``p_t -> p_{t+1}`` (:func:`scl.theory.monitors`).
+    evaluate: ``(params, hyper, key) -> outputs`` for the final model.
   """
 
   task: tasks_lib.Task
@@ -89,6 +91,12 @@ def make_program(cfg: types.Config) -> Program:
       return curation.topk_weights(key, r_pool, hyper.beta, r_adv_pool=r_adv_pool, phi=hyper.phi)
     return curation.luce_pool_weights(key, r_pool, hyper.beta, r_adv_pool=r_adv_pool, phi=hyper.phi)
 
+  def monitors(p_prev, p_next, hyper):
+    # Ferbach Lemma 2.2 / Thm 2.3 / Thm 2.4 and Wei Lemma 3.3 for the step p_t -> p_{t+1} (finite support).
+    return theory.monitors(p_prev, p_next, task.support_rewards, hyper.K.astype(jnp.float32),
+                           hyper.real_share, task.p_data, r_adv=task.support_adv_rewards, phi=hyper.phi,
+                           rtol=1e-5)
+
   def init(hyper, key):
     del hyper
     return model.init(key, task.real_x, task.real_w)
@@ -103,10 +111,17 @@ def make_program(cfg: types.Config) -> Program:
     w_pool = curate(k_curate, r_pool, r_adv_pool, hyper)
     x_train = jnp.concatenate([task.real_x, pool], 0)
     w_train = jnp.concatenate([hyper.real_share * task.real_w, (1.0 - hyper.real_share) * w_pool], 0)
-    return model.fit(params, k_fit, x_train, w_train, hyper), out
+    new_params = model.fit(params, k_fit, x_train, w_train, hyper)
+    if model.probs is not None:
+      out["monitors"] = monitors(model.probs(params), model.probs(new_params), hyper)
+    return new_params, out
 
-  def evaluate(params, key):
-    return outputs(params, model.sample(params, key, max(n_eval, N_SNAPSHOT)))
+  def evaluate(params, hyper, key):
+    out = outputs(params, model.sample(params, key, max(n_eval, N_SNAPSHOT)))
+    if model.probs is not None:  # No step follows p_T: same keys, NaN values.
+      p = model.probs(params)
+      out["monitors"] = jax.tree.map(lambda v: jnp.full_like(v, jnp.nan), monitors(p, p, hyper))
+    return out
 
   return Program(task=task, init=init, step=step, evaluate=evaluate)
 
@@ -117,10 +132,19 @@ def _scan(program: Program, params, hyper, key, ts):
   return jax.lax.scan(body, params, ts)
 
 
-def _stack(first: dict, rest: dict | None) -> dict:
-  if rest is None:
-    return jax.tree.map(lambda a: a[None], first)
-  return jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]], 0), rest, first)
+def _stack(last: dict, history: dict | None) -> dict:
+  """Append the final evaluation to the scanned outputs and align the monitors.
+
+  A step's monitors describe ``p_t -> p_{t+1}``; rolling them down one row puts them at row ``t + 1``, as in
+  :func:`scl.exact.run` (row 0, and only it, is NaN: the final evaluation's NaN row wraps around).
+  """
+  if history is None:
+    outs = jax.tree.map(lambda a: a[None], last)
+  else:
+    outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]], 0), history, last)
+  if "monitors" in outs:
+    outs = dict(outs, monitors=jax.tree.map(lambda v: jnp.roll(v, 1, axis=0), outs["monitors"]))
+  return outs
 
 
 def make_run_fn(cfg: types.Config) -> Callable:
@@ -135,7 +159,7 @@ def make_run_fn(cfg: types.Config) -> Callable:
   def run_fn(hyper: types.Hyper, key: chex.PRNGKey):
     params = program.init(hyper, iteration_key(key, -1))
     params, outs = _scan(program, params, hyper, key, jnp.arange(T))
-    final = program.evaluate(params, iteration_key(key, T))
+    final = program.evaluate(params, hyper, iteration_key(key, T))
     outs = _stack(final, outs if T > 0 else None)
     return params, outs
 
@@ -161,7 +185,8 @@ def _jitted_pieces(static_cfg: types.Config):
   program = make_program(static_cfg)
   init = jax.jit(lambda hyper, key: program.init(hyper, iteration_key(key, -1)))
   chunk = jax.jit(functools.partial(_scan, program), static_argnames=())
-  evaluate = jax.jit(lambda params, key: program.evaluate(params, iteration_key(key, static_cfg.iterations)))
+  evaluate = jax.jit(lambda params, hyper, key: program.evaluate(params, hyper,
+                                                                 iteration_key(key, static_cfg.iterations)))
   return init, chunk, evaluate
 
 
@@ -200,6 +225,7 @@ class Result:
 def _to_result(cfg, seed, params, outs) -> Result:
   outs = jax.device_get(outs)
   samples = np.asarray(outs.pop("samples"))
+  outs.update(outs.pop("monitors", {}))
   metrics = {k: np.asarray(v) for k, v in outs.items()}
   bad = np.flatnonzero(~np.isfinite(metrics["expected_reward"]))
   if bad.size:
@@ -288,6 +314,6 @@ def _run_with_checkpoints(cfg, seed, hyper, key, workdir, every, progress) -> Re
       bar.set_postfix(expected_reward=float(outs["expected_reward"][-1]))
   if bar is not None:
     bar.close()
-  final = evaluate(params, key)
+  final = evaluate(params, hyper, key)
   outs = _stack(final, history)
   return _to_result(cfg, seed, params, outs)

@@ -35,6 +35,7 @@ class Task(NamedTuple):
     support: atoms ``[n_atoms, d]`` of a finite support, else None.
     p_data: ``[n_atoms]`` the real distribution on the support, else None.
     support_rewards: ``[n_atoms]`` ``r`` on the atoms, else None.
+    support_adv_rewards: ``[n_atoms]`` ``r~`` on the atoms, else None.
     modes: ``[m, d]`` mode centres for the mode proportions (Gaussian-8), else None.
     mode_radius: points farther than this from every mode count as off-mode.
     real_points: ``[E, d]`` a fixed sample of ``p_data`` for the energy distance.
@@ -49,6 +50,7 @@ class Task(NamedTuple):
   support: chex.Array | None
   p_data: chex.Array | None
   support_rewards: chex.Array | None
+  support_adv_rewards: chex.Array | None
   modes: chex.Array | None
   mode_radius: float
   real_points: chex.Array
@@ -177,7 +179,8 @@ def build(cfg: types.Config) -> Task:
     if support_rewards.shape != (support.shape[0],):
       _fail("reward_fn", reward, f"must map [n, d] to [n]; got shape {support_rewards.shape}")
     _check_rewards("r", support_rewards)
-    _check_rewards("r~", adv_reward(support))
+    support_adv_rewards = adv_reward(support)
+    _check_rewards("r~", support_adv_rewards)
     eval_idx = jax.random.categorical(k_eval, jnp.log(p_data), shape=(2000,))
     real_points = support[eval_idx]
     if cfg.model == "categorical":
@@ -188,7 +191,7 @@ def build(cfg: types.Config) -> Task:
       real_x, real_w, to_points = support, p_data, lambda x: x
     model = make_model(cfg, (support.shape[1],), support.shape[0])
   else:
-    support = p_data = support_rewards = None
+    support = p_data = support_rewards = support_adv_rewards = None
     real_x = draw(k_real, cfg.n_real)
     real_w = jnp.full((cfg.n_real,), 1.0 / cfg.n_real)
     real_points = draw(k_eval, 2000)
@@ -202,4 +205,5 @@ def build(cfg: types.Config) -> Task:
 
   return Task(model=model, real_x=real_x, real_w=real_w, to_points=to_points, reward=reward,
               adv_reward=adv_reward, support=support, p_data=p_data, support_rewards=support_rewards,
+              support_adv_rewards=support_adv_rewards,
               modes=modes, mode_radius=mode_radius, real_points=real_points)
