@@ -1,0 +1,139 @@
+"""One vmapped, sharded ``scl.sweeps.sweep`` against sequential ``scl.run`` calls; prints JSON.
+
+The grid: 64 points on Gaussian-8 (``K ∈ {1, 2, 4, 8}`` × ``λ ∈ {0.25, 1, 4, inf}`` × 4 seeds), the Gaussian
+mixture model at a reduced sample scale (``--pool_size``, ``--n_keep``, ``--iterations``; every field of the
+config is the same for both sides).
+
+Reported (seconds, wall clock, results fetched to the host):
+  ``sweep_with_compile``    the first ``sweep`` call (trace + compile + run);
+  ``sweep_warm``            a second ``sweep`` with other values of the same shape (cached program: run only);
+  ``sequential_with_compile`` 64 ``scl.run`` calls from a cold cache (the first one compiles);
+  ``sequential_warm``       the same 64 calls again (compiled program reused);
+and the speed-ups. ``devices``: where more than one device exists, the warm sweep on 1 device against all of
+them; on a CPU-only machine this runs in a subprocess with
+``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` (each core a device).
+
+    python benchmarks/sweep.py [--quick] [--model gmm] [--skip_devices]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Run from a checkout.
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import scl  # noqa: E402
+from scl import sweeps  # noqa: E402
+
+GRID = dict(K=[1, 2, 4, 8], lam=[0.25, 1.0, 4.0, float("inf")])
+GRID_WARM = dict(K=[2, 3, 5, 8], lam=[0.5, 2.0, 8.0, float("inf")])   # same shape, other values
+SEEDS, SEEDS_WARM = [0, 1, 2, 3], [4, 5, 6, 7]
+
+
+def make_config(args) -> scl.Config:
+  return scl.configs.gaussian8(model=args.model, pool_size=args.pool_size, n_keep=args.n_keep,
+                               n_real=args.n_keep, n_eval=args.n_eval, iterations=args.iterations, K_max=8,
+                               em_steps=args.em_steps, n_atoms=args.n_atoms)
+
+
+def timed(fn):
+  t0 = time.perf_counter()
+  out = fn()
+  return time.perf_counter() - t0, out
+
+
+def device_scaling(cfg, repeats: int) -> dict:
+  """Warm sweep time on 1 device and on all devices (this process's devices)."""
+  devices = jax.devices()
+  out = dict(device_count=len(devices), device_kind=devices[0].device_kind)
+  for name, devs in (("one_device", devices[:1]), ("all_devices", devices)):
+    sweeps.sweep(cfg, seeds=SEEDS, devices=devs, **GRID)           # compile
+    times = [timed(lambda: sweeps.sweep(cfg, seeds=SEEDS_WARM, devices=devs, **GRID_WARM))[0]
+             for _ in range(repeats)]
+    out[f"{name}_seconds"] = min(times)
+  out["speedup"] = out["one_device_seconds"] / out["all_devices_seconds"]
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--model", default="gmm")
+  parser.add_argument("--pool_size", type=int, default=10_000)
+  parser.add_argument("--n_keep", type=int, default=5_000)
+  parser.add_argument("--n_eval", type=int, default=2_000)
+  parser.add_argument("--iterations", type=int, default=5)
+  parser.add_argument("--em_steps", type=int, default=10)
+  parser.add_argument("--n_atoms", type=int, default=1024)
+  parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--quick", action="store_true", help="smaller samples (pool 2,000, 2 iterations)")
+  parser.add_argument("--skip_devices", action="store_true")
+  parser.add_argument("--devices_only", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.quick:
+    args.pool_size, args.n_keep, args.n_eval, args.iterations = 2000, 1000, 1000, 2
+  cfg = make_config(args)
+
+  if args.devices_only:  # The subprocess with several CPU devices.
+    print(json.dumps(device_scaling(cfg, args.repeats)))
+    return
+
+  points = [(K, lam, s) for K in GRID["K"] for lam in GRID["lam"] for s in SEEDS]
+  points_warm = [(K, lam, s) for K in GRID_WARM["K"] for lam in GRID_WARM["lam"] for s in SEEDS_WARM]
+  assert len(points) == 64
+
+  def sequential(pts):
+    return [scl.run(cfg.replace(K=K, lam=lam), seed=s).metrics["expected_reward"] for K, lam, s in pts]
+
+  seq_cold, seq_values = timed(lambda: sequential(points))
+  seq_warm = min(timed(lambda: sequential(points_warm))[0] for _ in range(args.repeats))
+  sweep_cold, grid = timed(lambda: sweeps.sweep(cfg, seeds=SEEDS, **GRID))
+  sweep_warm = min(timed(lambda: sweeps.sweep(cfg, seeds=SEEDS_WARM, **GRID_WARM))[0]
+                   for _ in range(args.repeats))
+  max_diff = max(float(np.max(np.abs(grid.sel(K=K, lam=lam, seed=s).metrics["expected_reward"] - v)))
+                 for (K, lam, s), v in zip(points, seq_values))
+
+  result = dict(
+      backend=jax.default_backend(), device=str(jax.devices()[0]), device_count=jax.device_count(),
+      machine=platform.machine(), cpu_count=os.cpu_count(),
+      config=dict(dataset="gaussian8", model=cfg.model, pool_size=cfg.pool_size, n_keep=cfg.n_keep,
+                  iterations=cfg.iterations, K_max=cfg.K_max, em_steps=cfg.em_steps),
+      grid=dict(points=64, **GRID, seeds=SEEDS),
+      sweep_with_compile_seconds=sweep_cold, sweep_warm_seconds=sweep_warm,
+      sequential_with_compile_seconds=seq_cold, sequential_warm_seconds=seq_warm,
+      speedup_with_compile=seq_cold / sweep_cold, speedup_warm=seq_warm / sweep_warm,
+      max_abs_diff_expected_reward_vs_run=max_diff, sweep_info=grid.info)
+
+  if not args.skip_devices:
+    if jax.device_count() > 1:
+      result["devices"] = device_scaling(cfg, args.repeats)
+    elif jax.default_backend() == "cpu" and (os.cpu_count() or 1) > 1:
+      env = dict(os.environ, JAX_PLATFORMS="cpu",
+                 XLA_FLAGS=f"--xla_force_host_platform_device_count={os.cpu_count()}")
+      cmd = [sys.executable, os.path.abspath(__file__), "--devices_only", "--repeats", str(args.repeats),
+             "--model", args.model, "--pool_size", str(args.pool_size), "--n_keep", str(args.n_keep),
+             "--n_eval", str(args.n_eval), "--iterations", str(args.iterations), "--em_steps",
+             str(args.em_steps), "--n_atoms", str(args.n_atoms)]
+      proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+      if proc.returncode == 0:
+        result["devices"] = dict(json.loads(proc.stdout.strip().splitlines()[-1]),
+                                 note="CPU cores as separate devices (XLA flag); one device already uses "
+                                      "every core for large ops, so this measures sharding overhead and "
+                                      "extra parallelism, not 1 core against N")
+      else:
+        result["devices"] = dict(error=proc.stderr[-2000:])
+    else:
+      result["devices"] = dict(note="a single device: no device speed-up to measure")
+  print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+  main()
