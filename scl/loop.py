@@ -27,9 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from scl import attacks as attacks_lib
 from scl import curation
 from scl import io as io_lib
 from scl import metrics as metrics_lib
+from scl import preferences
+from scl import reward_model
 from scl import tasks as tasks_lib
 from scl import theory
 from scl import types
@@ -97,18 +100,53 @@ def make_program(cfg: types.Config) -> Program:
                            hyper.real_share, task.p_data, r_adv=task.support_adv_rewards, phi=hyper.phi,
                            rtol=1e-5)
 
+  learned = cfg.attack != "none" or cfg.learned_reward
+  net = reward_model.mlp_reward(tuple(cfg.reward_hidden)) if learned else None
+  n_attack_pool = min(P, 4 * cfg.n_pairs)
+
+  def platform_reward(key, points, r_pool, hyper):
+    """Wei & Zhang's system: preferences on pairs of p_t's samples, an attacker who flips κn labels,
+    and the platform's Bradley–Terry reward R~ fitted on the (partly flipped) labels. Returns R~ on the pool
+    and the step's preference metrics."""
+    k_pairs, k_labels, k_init, k_attack, k_held = jax.random.split(key, 5)
+    x, z = preferences.draw_pairs(k_pairs, points, cfg.n_pairs)
+    o = preferences.label_pairs(k_labels, task.reward(x), task.reward(z), cfg.labels)
+    theta0 = net.init(k_init, x[:1])
+    # The attacker's estimate R_θ of the users' reward, from genuine preferences it collected itself.
+    theta = reward_model.fit_reward(theta0, net.apply, x, z, o, hyper.l2)
+    o_flipped, mask = attacks_lib.attack(cfg.attack, k_attack, x, z, o, kappa=hyper.kappa, alpha=hyper.alpha,
+                                         params=theta, apply_fn=net.apply, x_pool=points[:n_attack_pool],
+                                         l2=hyper.l2, steps=cfg.attack_steps)
+    theta_platform = reward_model.fit_reward(theta, net.apply, x, z, o_flipped, hyper.l2)
+    r_tilde = net.apply(theta_platform, points)
+    xh, zh = preferences.draw_pairs(k_held, points, cfg.n_pairs)
+    oh = preferences.label_pairs(k_held, task.reward(xh), task.reward(zh), "deterministic")
+    a = jnp.exp(r_pool - jnp.max(r_pool))
+    b = jnp.exp(r_tilde - jnp.max(r_tilde))
+    stats = {
+        "n_flips": jnp.sum(mask).astype(jnp.float32),
+        "cov_r_rtilde": jnp.mean((a - a.mean()) * (b - b.mean())),
+        "corr_r_rtilde": jnp.mean((a - a.mean()) * (b - b.mean())) / jnp.maximum(a.std() * b.std(), 1e-30),
+        "reward_accuracy": reward_model.pairwise_accuracy(theta_platform, net.apply, xh, zh, oh),
+    }
+    return r_tilde, stats
+
   def init(hyper, key):
     del hyper
     return model.init(key, task.real_x, task.real_w)
 
   def step(params, hyper, key):
-    k_pool, k_curate, k_fit = jax.random.split(key, 3)
+    k_pool, k_curate, k_fit, k_prefs = jax.random.split(key, 4)
     pool = model.sample(params, k_pool, P)
     points = task.to_points(pool)
     r_pool = task.reward(points)
     r_adv_pool = task.adv_reward(points)
     out = outputs(params, pool)
-    w_pool = curate(k_curate, r_pool, r_adv_pool, hyper)
+    r_curator = r_pool
+    if learned:
+      r_curator, stats = platform_reward(k_prefs, points, r_pool, hyper)
+      out.update(stats)
+    w_pool = curate(k_curate, r_curator, r_adv_pool, hyper)
     x_train = jnp.concatenate([task.real_x, pool], 0)
     w_train = jnp.concatenate([hyper.real_share * task.real_w, (1.0 - hyper.real_share) * w_pool], 0)
     new_params = model.fit(params, k_fit, x_train, w_train, hyper)
@@ -118,6 +156,9 @@ def make_program(cfg: types.Config) -> Program:
 
   def evaluate(params, hyper, key):
     out = outputs(params, model.sample(params, key, max(n_eval, N_SNAPSHOT)))
+    if learned:  # No preferences are collected from p_T: same keys, NaN values.
+      out.update({k: jnp.asarray(jnp.nan) for k in ("n_flips", "cov_r_rtilde", "corr_r_rtilde",
+                                                     "reward_accuracy")})
     if model.probs is not None:  # No step follows p_T: same keys, NaN values.
       p = model.probs(params)
       out["monitors"] = jax.tree.map(lambda v: jnp.full_like(v, jnp.nan), monitors(p, p, hyper))

@@ -76,3 +76,43 @@ def mode_proportions(results: Mapping[str, "scl.Result"], rewarded: Sequence[int
   axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
   fig.tight_layout()
   return fig
+
+
+def curve_panels(panels: Mapping[str, Mapping[str, "scl.Result"]], metric: str = "expected_reward",
+                 ylabel: str | None = None, title: str | None = None):
+  """One panel per outer key, one line per inner key: ``metric`` against iteration, shared y axis."""
+  names = list(panels)
+  fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False, sharey=True)
+  for ax, name in zip(axes[0], names):
+    for label, res in panels[name].items():
+      values = np.asarray(res.metrics[metric])
+      ax.plot(np.arange(values.shape[0]), values, marker="o", ms=3, label=label)
+    ax.set_title(name)
+    ax.set_xlabel("iteration t")
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel(ylabel or metric)
+  axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  return fig
+
+
+def final_mode_bars(panels: Mapping[str, Mapping[str, "scl.Result"]], rewarded: Sequence[int] | None = None):
+  """Stacked bars of the final mode proportions: one panel per outer key, one bar per inner key."""
+  names = list(panels)
+  fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False, sharey=True)
+  for ax, name in zip(axes[0], names):
+    labels = list(panels[name])
+    props = np.stack([np.asarray(panels[name][k].metrics["mode_props"])[-1] for k in labels])  # [bars, m]
+    bottom = np.zeros(len(labels))
+    for j in range(props.shape[1]):
+      hatch = None if rewarded is None or j in rewarded else "//"
+      ax.bar(labels, props[:, j], bottom=bottom, hatch=hatch, label=f"mode {j}" + ("" if hatch is None else " (penalised)"))
+      bottom += props[:, j]
+    ax.set_title(name)
+    ax.tick_params(axis="x", rotation=45)
+  axes[0][0].set_ylabel("final fraction of samples per mode")
+  axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+  fig.tight_layout()
+  return fig
