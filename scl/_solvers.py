@@ -22,6 +22,9 @@ from typing import Any, Callable, NamedTuple
 import warnings
 
 import chex
+import jax
+from jax.flatten_util import ravel_pytree
+import jax.numpy as jnp
 
 with warnings.catch_warnings():
   # jaxopt 0.8.5 (pinned) warns at import that it is no longer maintained; its solvers still work.
@@ -43,6 +46,111 @@ class SolveInfo(NamedTuple):
   grad_norm: chex.Array
 
 
+def _two_loop(g: chex.Array, s_hist: chex.Array, y_hist: chex.Array, rho: chex.Array, gamma: chex.Array,
+              newest: chex.Array) -> chex.Array:
+  """L-BFGS two-loop recursion: ``-H g`` from the history ``(s, y)`` (circular buffers ``[m, p]``).
+
+  Empty slots have ``rho = 0`` and contribute nothing; ``newest`` is the slot of the latest pair.
+  """
+  m = s_hist.shape[0]
+  q = g
+  alphas = []
+  for j in range(m):  # newest -> oldest (m is small and static: unrolled)
+    i = (newest - j) % m
+    a = rho[i] * jnp.vdot(s_hist[i], q)
+    q = q - a * y_hist[i]
+    alphas.append(a)
+  r = gamma * q
+  for j in reversed(range(m)):  # oldest -> newest
+    i = (newest - j) % m
+    b = rho[i] * jnp.vdot(y_hist[i], r)
+    r = r + (alphas[j] - b) * s_hist[i]
+  return -r
+
+
+def _lbfgs_armijo(value_and_grad: Callable[[chex.Array], tuple[chex.Array, chex.Array]], x0: chex.Array, *,
+                  maxiter: int, tol: float, history_size: int, max_backtracks: int = 30):
+  """Flat L-BFGS with a backtracking Armijo line search (safeguarded quadratic interpolation).
+
+  One ``value_and_grad`` per iteration when the unit step is accepted (the usual case once the curvature
+  history is built), against several for a strong-Wolfe zoom; compiles to two small nested while loops.
+  Curvature pairs with ``s·y <= 1e-10 |s| |y|`` are skipped (keeps the inverse-Hessian estimate positive
+  definite on non-convex losses). Stops at ``||g|| <= tol``, at ``maxiter`` or when the line search fails
+  to decrease ``f`` (then the iterate is as good as float precision allows).
+
+  Returns ``(x, num_iters, grad_norm)``.
+  """
+  dtype = x0.dtype
+  p = x0.shape[0]
+  m = history_size
+  eps = jnp.finfo(dtype).eps
+  f0, g0 = value_and_grad(x0)
+
+  def cond(state):
+    k, _, _, g, _, _, _, _, _, stalled = state
+    return (k < maxiter) & (jnp.linalg.norm(g) > tol) & ~stalled
+
+  def body(state):
+    k, x, f, g, s_hist, y_hist, rho, gamma, newest, _ = state
+    d = _two_loop(g, s_hist, y_hist, rho, gamma, newest)
+    gd = jnp.vdot(g, d)
+    descent = gd < 0
+    d = jnp.where(descent, d, -gamma * g)  # safeguard: steepest descent if the direction is not downhill
+    gd = jnp.where(descent, gd, -gamma * jnp.vdot(g, g))
+    # f is only known to a few ulps: accept a step whose increase is within rounding (near the optimum
+    # the Armijo decrease c1 t |g·d| is below float resolution).
+    slack = 4 * eps * jnp.abs(f)
+
+    def ls_cond(ls):
+      j, t, f_new, _, ok = ls
+      return (j < max_backtracks) & ~ok
+
+    def ls_body(ls):
+      j, t, _, _, _ = ls
+      f_new, g_new = value_and_grad(x + t * d)
+      ok = jnp.isfinite(f_new) & (f_new <= f + 1e-4 * t * gd + slack)
+      # minimiser of the quadratic through f, g·d and f_new, kept in [0.1 t, 0.5 t]
+      denom = 2 * (f_new - f - t * gd)
+      t_quad = jnp.where(denom > 0, -gd * t * t / jnp.where(denom > 0, denom, 1.0), 0.5 * t)
+      t_next = jnp.where(jnp.isfinite(f_new), jnp.clip(t_quad, 0.1 * t, 0.5 * t), 0.1 * t)
+      return j + 1, jnp.where(ok, t, t_next), f_new, g_new, ok
+
+    ls0 = (jnp.int32(0), jnp.ones((), dtype), f, g, jnp.bool_(False))
+    _, t, f_new, g_new, ok = jax.lax.while_loop(ls_cond, ls_body, ls0)
+    s = t * d
+    y = g_new - g
+    sy = jnp.vdot(s, y)
+    good = ok & (sy > 1e-10 * jnp.linalg.norm(s) * jnp.linalg.norm(y))
+    slot = (newest + 1) % m
+    s_hist = jnp.where(good, s_hist.at[slot].set(s), s_hist)
+    y_hist = jnp.where(good, y_hist.at[slot].set(y), y_hist)
+    rho = jnp.where(good, rho.at[slot].set(1.0 / jnp.where(good, sy, 1.0)), rho)
+    gamma = jnp.where(good, sy / jnp.vdot(y, y), gamma)
+    newest = jnp.where(good, slot, newest)
+    x = jnp.where(ok, x + s, x)
+    f = jnp.where(ok, f_new, f)
+    g = jnp.where(ok, g_new, g)
+    return k + 1, x, f, g, s_hist, y_hist, rho, gamma, newest, ~ok
+
+  gamma0 = jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.linalg.norm(g0), eps)).astype(dtype)
+  state = (jnp.int32(0), x0, f0, g0, jnp.zeros((m, p), dtype), jnp.zeros((m, p), dtype),
+           jnp.zeros((m,), dtype), gamma0, jnp.int32(m - 1), jnp.bool_(False))
+  k, x, _, g, *_ = jax.lax.while_loop(cond, body, state)
+  return x, k, jnp.linalg.norm(g)
+
+
+def _flat_cg_solve(matvec, b, *, ridge: float, maxiter: int, tol: float):
+  """``(A + ridge I)^{-1} b`` by conjugate gradients on the flattened pytree (one vector, few ops per step)."""
+  b_flat, unravel = ravel_pytree(b)
+
+  def mv(v):
+    out = ravel_pytree(matvec(unravel(v)))[0]
+    return out + ridge * v if ridge else out
+
+  u, _ = jax.scipy.sparse.linalg.cg(mv, b_flat, maxiter=maxiter, tol=tol)
+  return unravel(u)
+
+
 def minimize(fun: Callable[..., chex.Array],
              init_params: Params,
              *args,
@@ -52,7 +160,7 @@ def minimize(fun: Callable[..., chex.Array],
              cg_maxiter: int = 100,
              cg_tol: float = 1e-6,
              ridge: float = 0.0,
-             linesearch: str = "zoom") -> tuple[Params, SolveInfo]:
+             linesearch: str = "armijo") -> tuple[Params, SolveInfo]:
   """``argmin_θ fun(θ, *args)``, differentiable w.r.t. ``args`` by implicit differentiation.
 
   Args:
@@ -66,16 +174,32 @@ def minimize(fun: Callable[..., chex.Array],
     history_size: L-BFGS memory.
     cg_maxiter, cg_tol: conjugate-gradient iterations and tolerance of the Hessian solve in the backward pass.
     ridge: added to the Hessian in that solve (``(H + ridge I) u = v``); 0 keeps the exact implicit gradient.
-    linesearch: jaxopt line search; "zoom" (strong Wolfe) converges in far fewer iterations than
-      "backtracking" on Bradley–Terry fits, at about twice the compile time.
+    linesearch: ``"armijo"`` (default): scl's own L-BFGS on the flattened parameters with a backtracking
+      Armijo line search (:func:`_lbfgs_armijo`): about one function-and-gradient evaluation per iteration
+      and a small program (compiles in ~1 s instead of ~10-25 s for jaxopt's). ``"zoom"``,
+      ``"backtracking"``, ``"hager-zhang"``: ``jaxopt.LBFGS`` with that line search (kept for comparison).
+      Both use jaxopt's implicit differentiation (``custom_root``) for the backward pass.
 
   Returns:
     ``(params, info)``: the minimiser (same pytree structure as ``init_params``) and :class:`SolveInfo`.
   """
-  linear_solve = functools.partial(
-      jaxopt.linear_solve.solve_cg, ridge=ridge or None, maxiter=cg_maxiter, tol=cg_tol)
-  solver = jaxopt.LBFGS(linesearch=linesearch,
-      fun=fun, maxiter=maxiter, tol=tol, history_size=history_size,
-      implicit_diff=True, implicit_diff_solve=linear_solve)
-  params, state = solver.run(init_params, *args)
-  return params, SolveInfo(num_iters=state.iter_num, grad_norm=state.error)
+  if linesearch != "armijo":
+    linear_solve = functools.partial(
+        jaxopt.linear_solve.solve_cg, ridge=ridge or None, maxiter=cg_maxiter, tol=cg_tol)
+    solver = jaxopt.LBFGS(linesearch=linesearch,
+        fun=fun, maxiter=maxiter, tol=tol, history_size=history_size,
+        implicit_diff=True, implicit_diff_solve=linear_solve)
+    params, state = solver.run(init_params, *args)
+    return params, SolveInfo(num_iters=state.iter_num, grad_norm=state.error)
+
+  optimality = jax.grad(fun)
+  linear_solve = functools.partial(_flat_cg_solve, ridge=ridge, maxiter=cg_maxiter, tol=cg_tol)
+
+  @jaxopt.implicit_diff.custom_root(optimality, has_aux=True, solve=linear_solve)
+  def solve(params0, *args):
+    x0, unravel = ravel_pytree(params0)
+    vg = jax.value_and_grad(lambda x: fun(unravel(x), *args))
+    x, k, gnorm = _lbfgs_armijo(vg, x0, maxiter=maxiter, tol=tol, history_size=history_size)
+    return unravel(x), SolveInfo(num_iters=k, grad_norm=gnorm)
+
+  return solve(init_params, *args)
