@@ -139,6 +139,20 @@ def test_exact_grid_points_equal_exact_run():
                              res.sel(lam=INF, phi=0.0).metrics["expected_reward"], rtol=1e-6)
 
 
+def test_memory_budget_splits_the_grid_into_chunks():
+  p0 = np.full(200, 1 / 200, np.float32)
+  r = np.linspace(-5, 0, 200).astype(np.float32)
+  Ks = [1, 2, 3, 4, 5, 6, 7, 8]
+  whole = sweeps.exact_sweep(p0, r, iterations=3, K=Ks, lam=1.0, keep_trajectory=True)
+  assert whole.info["chunks"] == 1
+  budget = 0.6 * whole.info["bytes_per_device"]
+  split = sweeps.exact_sweep(p0, r, iterations=3, K=Ks, lam=1.0, keep_trajectory=True, memory_budget=budget)
+  assert split.info["chunks"] >= 2 and split.info["bytes_per_device"] <= budget, split.info
+  np.testing.assert_allclose(split.samples, whole.samples, rtol=1e-6, atol=1e-8)
+  with pytest.raises(ValueError, match="does not fit even in chunks"):
+    sweeps.exact_sweep(p0, r, iterations=3, K=Ks, lam=1.0, memory_budget=100)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Bad input fails before compute.
 
