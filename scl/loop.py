@@ -121,12 +121,15 @@ def make_program(cfg: types.Config) -> Program:
     r_tilde = net.apply(theta_platform, points)
     xh, zh = preferences.draw_pairs(k_held, points, cfg.n_pairs)
     oh = preferences.label_pairs(k_held, task.reward(xh), task.reward(zh), "deterministic")
+    # Cov_{p_t}[e^r, e^{R~}] with each reward shifted by its max (the scale of R~ is arbitrary: only
+    # its sign and the correlation are comparable across attacks).
     a = jnp.exp(r_pool - jnp.max(r_pool))
     b = jnp.exp(r_tilde - jnp.max(r_tilde))
+    cov = jnp.mean((a - a.mean()) * (b - b.mean()))
     stats = {
         "n_flips": jnp.sum(mask).astype(jnp.float32),
-        "cov_r_rtilde": jnp.mean((a - a.mean()) * (b - b.mean())),
-        "corr_r_rtilde": jnp.mean((a - a.mean()) * (b - b.mean())) / jnp.maximum(a.std() * b.std(), 1e-30),
+        "cov_r_rtilde": cov,
+        "corr_r_rtilde": cov / jnp.maximum(a.std() * b.std(), 1e-30),
         "reward_accuracy": reward_model.pairwise_accuracy(theta_platform, net.apply, xh, zh, oh),
     }
     return r_tilde, stats

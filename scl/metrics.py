@@ -13,6 +13,15 @@ Names (each a scalar per iteration, or ``[m]`` for ``mode_props``):
   ``off_mode``         fraction of samples near no mode (Gaussian-8 only).
   ``energy_distance``  energy distance between model samples and a fixed sample of ``p_data`` (2,000 points).
   ``kl_to_data``       KL(p_t || p_data), exact, for the categorical model only.
+
+:func:`scl.run` adds, on a finite support, the theorem monitors of :func:`scl.theory.monitors` (row ``t``
+describes the step ``p_{t-1} -> p_t``; row 0 is NaN), and with a learned reward (``attack != "none"`` or
+``learned_reward=True``; row ``T`` is NaN since no preferences are collected from ``p_T``):
+  ``n_flips``          labels flipped by the attacker (exactly ``floor(κ n_pairs)``).
+  ``cov_r_rtilde``     Cov_{p_t}[e^{r - max r}, e^{R~ - max R~}] between the users' reward and the platform's
+                       learned reward ``R~`` (each shifted by its max); ``corr_r_rtilde`` its correlation.
+  ``reward_accuracy``  pairwise accuracy of ``R~`` on fresh clean pairs of ``p_t``'s samples (ties excluded;
+                       NaN when every pair is a tie).
 """
 
 from __future__ import annotations
