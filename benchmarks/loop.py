@@ -31,6 +31,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from scl.models import flow as flow_lib
 from scl.models.flow import make_flow
 from scl.types import Config
 
@@ -38,15 +39,22 @@ from scl.types import Config
 REFERENCE = dict(train_seconds=22.0, sample_seconds=18.0, startup_seconds_each=3.0)
 
 
-def _time(fn, args, repeats):
-  """Run ``fn(*args)`` ``repeats`` times (after a warm-up) -> (median, best, list) of seconds."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
+def _time(fn, args, repeats, warmup=True) -> dict:
+  """Run ``fn(*args)`` ``repeats`` times (after a warm-up, unless told not to).
+
+  Returns wall seconds (median, best, all) and the process's CPU seconds (median, all threads): on a
+  machine shared with other jobs the wall time depends on their load, the CPU time much less.
+  """
+  if warmup:
     jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), min(times), times
+  walls, cpus = [], []
+  for _ in range(repeats):
+    t0, c0 = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn(*args))
+    walls.append(time.perf_counter() - t0)
+    cpus.append(time.process_time() - c0)
+  return dict(seconds_median=statistics.median(walls), seconds_best=min(walls), seconds_all=walls,
+              cpu_seconds_median=statistics.median(cpus))
 
 
 def _compile(jitted, *args):
@@ -87,15 +95,21 @@ def equal_work(args) -> dict:
   init_seconds = time.perf_counter() - t0
 
   fit_c, fit_compile = _compile(jax.jit(model.fit), params, key, x, w, hyper)
-  fit_med, fit_best, fit_all = _time(fit_c, (params, key, x, w, hyper), args.repeats)
+  fit_t = _time(fit_c, (params, key, x, w, hyper), args.repeats)
   sample_c, sample_compile = _compile(jax.jit(model.sample, static_argnums=2), params, key, n_samples)
-  sample_med, sample_best, sample_all = _time(sample_c, (params, key), args.repeats)
+  sample_t = _time(sample_c, (params, key), args.repeats)
+  fit_med, sample_med = fit_t["seconds_median"], sample_t["seconds_median"]
 
-  # FLOPs of one training step and of one midpoint step (2 NFE), times the number of steps.
+  # FLOPs of one training step and of one midpoint step (2 NFE) on all n samples in one chunk (the
+  # chunks' lax.map is a while loop too), times the number of steps.
   one = make_flow(train_steps=1, init_steps=1, **{**kw, "sample_steps": 2})
   fit_flops = _flops(jax.jit(one.fit).lower(params, key, x, w, hyper).compile()) * args.train_steps
-  sample_flops = _flops(
-      jax.jit(one.sample, static_argnums=2).lower(params, key, n_samples).compile()) * (args.nfe / 2)
+  chunk, flow_lib.SAMPLE_CHUNK = flow_lib.SAMPLE_CHUNK, n_samples
+  try:
+    sample_flops = _flops(
+        jax.jit(one.sample, static_argnums=2).lower(params, key, n_samples).compile()) * (args.nfe / 2)
+  finally:
+    flow_lib.SAMPLE_CHUNK = chunk
 
   ref_train, ref_sample, start = (REFERENCE["train_seconds"], REFERENCE["sample_seconds"],
                                   REFERENCE["startup_seconds_each"])
@@ -103,12 +117,13 @@ def equal_work(args) -> dict:
       size=dict(width=args.width, depth=3, train_steps=args.train_steps, batch_size=args.batch_size,
                 n_data=n_data, n_samples=n_samples, nfe=args.nfe, solver="midpoint", dtype="float32"),
       init=dict(steps=args.init_steps, compile_seconds=init_compile, seconds=init_seconds),
-      fit=dict(compile_seconds=fit_compile, seconds_median=fit_med, seconds_best=fit_best,
-               seconds_all=fit_all, gflop=fit_flops / 1e9, gflops_per_second=fit_flops / fit_med / 1e9,
+      fit=dict(compile_seconds=fit_compile, **fit_t, gflop=fit_flops / 1e9,
+               gflops_per_second=fit_flops / fit_med / 1e9,
+               gflops_per_second_best=fit_flops / fit_t["seconds_best"] / 1e9,
                ms_per_step=1e3 * fit_med / args.train_steps),
-      sample=dict(compile_seconds=sample_compile, seconds_median=sample_med, seconds_best=sample_best,
-                  seconds_all=sample_all, gflop=sample_flops / 1e9,
-                  gflops_per_second=sample_flops / sample_med / 1e9),
+      sample=dict(compile_seconds=sample_compile, **sample_t, gflop=sample_flops / 1e9,
+                  gflops_per_second=sample_flops / sample_med / 1e9,
+                  gflops_per_second_best=sample_flops / sample_t["seconds_best"] / 1e9),
       reference=REFERENCE,
       speedup=dict(
           fit_vs_reference_with_startup=ref_train / fit_med,
@@ -136,14 +151,16 @@ def loop_family(family: str, args) -> dict:
     cfg = configs.gaussian8(iterations=T, **overrides)
     hyper = cfg.hyper()
     compiled, compile_s = _compile(loop.make_run(cfg), hyper, key)
-    # The flow's loop is expensive: run it once (after the warm-up); the others `repeats` times.
-    repeats = 1 if family == "flow" and not args.quick else args.repeats
-    med, best, _ = _time(compiled, (hyper, key), repeats)
-    runs[T] = med
-    out[f"T{T}"] = dict(compile_seconds=compile_s, seconds_median=med, seconds_best=best)
+    # The flow's loop is expensive: run it once (already compiled, so no warm-up); the others `repeats`
+    # times after a warm-up.
+    expensive = family == "flow" and not args.quick
+    timing = _time(compiled, (hyper, key), 1 if expensive else args.repeats, warmup=not expensive)
+    runs[T] = (timing["seconds_median"], timing["cpu_seconds_median"])
+    out[f"T{T}"] = dict(compile_seconds=compile_s, **timing)
     if T == args.iterations:
       out["pool_size"], out["n_keep"], out["iterations"] = cfg.pool_size, cfg.n_keep, T
-  out["seconds_per_iteration"] = (runs[args.iterations] - runs[0]) / args.iterations
+  out["seconds_per_iteration"] = (runs[args.iterations][0] - runs[0][0]) / args.iterations
+  out["cpu_seconds_per_iteration"] = (runs[args.iterations][1] - runs[0][1]) / args.iterations
   return out
 
 
