@@ -46,26 +46,48 @@ class SolveInfo(NamedTuple):
   grad_norm: chex.Array
 
 
-def _two_loop(g: chex.Array, s_hist: chex.Array, y_hist: chex.Array, rho: chex.Array, gamma: chex.Array,
-              newest: chex.Array) -> chex.Array:
-  """L-BFGS two-loop recursion: ``-H g`` from the history ``(s, y)`` (circular buffers ``[m, p]``).
+def _back_substitute(r: chex.Array, b: chex.Array) -> chex.Array:
+  """``r⁻¹ b`` for upper-triangular ``r [m, m]`` (a ``fori_loop``: XLA's CPU expansion of a batched
+  ``triangular_solve`` is a large program that takes seconds to compile under ``vmap``)."""
+  m = b.shape[0]
 
-  Empty slots have ``rho = 0`` and contribute nothing; ``newest`` is the slot of the latest pair.
+  def body(j, u):
+    i = m - 1 - j
+    return u.at[i].set((b[i] - jnp.vdot(r[i], u)) / r[i, i])  # u[i:] still 0 on the left of i
+
+  return jax.lax.fori_loop(0, m, body, jnp.zeros_like(b))
+
+
+def _forward_substitute(low: chex.Array, b: chex.Array) -> chex.Array:
+  """``low⁻¹ b`` for lower-triangular ``low [m, m]``."""
+  m = b.shape[0]
+
+  def body(i, u):
+    return u.at[i].set((b[i] - jnp.vdot(low[i], u)) / low[i, i])
+
+  return jax.lax.fori_loop(0, m, body, jnp.zeros_like(b))
+
+
+def _lbfgs_direction(g: chex.Array, s_hist: chex.Array, y_hist: chex.Array, valid: chex.Array,
+                     gamma: chex.Array) -> chex.Array:
+  """``-H g`` for the L-BFGS inverse-Hessian estimate ``H`` in compact form (Byrd, Nocedal, Schnabel 1994).
+
+  ``s_hist, y_hist [m, p]`` hold the curvature pairs oldest first (rows with ``valid = False`` are zero).
+  With ``S, Y`` the pairs as columns, ``R = triu(SᵀY)``, ``D = diag(SᵀY)``:
+  ``H g = γ g + S R⁻ᵀ((D + γ YᵀY) u - γ Yᵀg) - γ Y u``, ``u = R⁻¹ Sᵀg``; the same vector as the two-loop
+  recursion, from a few matrix products and two ``m × m`` triangular solves (a small program, unlike the
+  ``4m`` dependent vector operations of the unrolled recursion). Invalid rows get ``R_ii = 1`` and
+  contribute exactly zero.
   """
-  m = s_hist.shape[0]
-  q = g
-  alphas = []
-  for j in range(m):  # newest -> oldest (m is small and static: unrolled)
-    i = (newest - j) % m
-    a = rho[i] * jnp.vdot(s_hist[i], q)
-    q = q - a * y_hist[i]
-    alphas.append(a)
-  r = gamma * q
-  for j in reversed(range(m)):  # oldest -> newest
-    i = (newest - j) % m
-    b = rho[i] * jnp.vdot(y_hist[i], r)
-    r = r + (alphas[j] - b) * s_hist[i]
-  return -r
+  sy = s_hist @ y_hist.T  # [m, m], (i, j) = s_i · y_j
+  yy = y_hist @ y_hist.T
+  r = jnp.triu(sy) + jnp.diag(jnp.where(valid, 0.0, 1.0).astype(sy.dtype))
+  d = jnp.diag(jnp.diag(sy))
+  p1 = s_hist @ g
+  p2 = gamma * (y_hist @ g)
+  u = _back_substitute(r, p1)
+  a = _forward_substitute(r.T, (d + gamma * yy) @ u - p2)
+  return -(gamma * g + s_hist.T @ a - gamma * (y_hist.T @ u))
 
 
 def _lbfgs_armijo(value_and_grad: Callable[[chex.Array], tuple[chex.Array, chex.Array]], x0: chex.Array, *,
@@ -87,12 +109,12 @@ def _lbfgs_armijo(value_and_grad: Callable[[chex.Array], tuple[chex.Array, chex.
   f0, g0 = value_and_grad(x0)
 
   def cond(state):
-    k, _, _, g, _, _, _, _, _, stalled = state
+    k, _, _, g, _, _, _, _, stalled = state
     return (k < maxiter) & (jnp.linalg.norm(g) > tol) & ~stalled
 
   def body(state):
-    k, x, f, g, s_hist, y_hist, rho, gamma, newest, _ = state
-    d = _two_loop(g, s_hist, y_hist, rho, gamma, newest)
+    k, x, f, g, s_hist, y_hist, valid, gamma, _ = state
+    d = _lbfgs_direction(g, s_hist, y_hist, valid, gamma)
     gd = jnp.vdot(g, d)
     descent = gd < 0
     d = jnp.where(descent, d, -gamma * g)  # safeguard: steepest descent if the direction is not downhill
@@ -121,20 +143,19 @@ def _lbfgs_armijo(value_and_grad: Callable[[chex.Array], tuple[chex.Array, chex.
     y = g_new - g
     sy = jnp.vdot(s, y)
     good = ok & (sy > 1e-10 * jnp.linalg.norm(s) * jnp.linalg.norm(y))
-    slot = (newest + 1) % m
-    s_hist = jnp.where(good, s_hist.at[slot].set(s), s_hist)
-    y_hist = jnp.where(good, y_hist.at[slot].set(y), y_hist)
-    rho = jnp.where(good, rho.at[slot].set(1.0 / jnp.where(good, sy, 1.0)), rho)
+    # oldest pair out, newest in (the buffers stay in chronological order)
+    s_hist = jnp.where(good, jnp.concatenate([s_hist[1:], s[None]]), s_hist)
+    y_hist = jnp.where(good, jnp.concatenate([y_hist[1:], y[None]]), y_hist)
+    valid = jnp.where(good, jnp.concatenate([valid[1:], jnp.ones((1,), bool)]), valid)
     gamma = jnp.where(good, sy / jnp.vdot(y, y), gamma)
-    newest = jnp.where(good, slot, newest)
     x = jnp.where(ok, x + s, x)
     f = jnp.where(ok, f_new, f)
     g = jnp.where(ok, g_new, g)
-    return k + 1, x, f, g, s_hist, y_hist, rho, gamma, newest, ~ok
+    return k + 1, x, f, g, s_hist, y_hist, valid, gamma, ~ok
 
   gamma0 = jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.linalg.norm(g0), eps)).astype(dtype)
   state = (jnp.int32(0), x0, f0, g0, jnp.zeros((m, p), dtype), jnp.zeros((m, p), dtype),
-           jnp.zeros((m,), dtype), gamma0, jnp.int32(m - 1), jnp.bool_(False))
+           jnp.zeros((m,), bool), gamma0, jnp.bool_(False))
   k, x, _, g, *_ = jax.lax.while_loop(cond, body, state)
   return x, k, jnp.linalg.norm(g)
 

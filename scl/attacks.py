@@ -53,6 +53,14 @@ ApplyFn = Callable[[Params, chex.Array], chex.Array]
 
 ATTACKS = ("none", "random", "dist", "top", "gradient")
 
+# Solver settings of the gradient attack's warm-started re-fits of θ~ (overridable by ``**fit_kwargs``).
+# Each re-fit starts at the previous outer step's θ~, and the attack only uses ``dJ/dδ`` to rank pairs, so a
+# looser stop (||∇L|| <= 1e-4 instead of 1e-5, at most 100 L-BFGS iterations) and a short CG solve (30
+# Hessian-vector products, relative residual 1e-4) are enough: on the Gaussian-8 benchmark they cut the
+# attack time about 2-3x, and the flipped labels lower Cov[e^R, e^R~] about as much as with tight solves
+# (the ranking is dominated by the non-convex re-fit, not by solver tolerance).
+GRADIENT_ATTACK_FIT = dict(maxiter=100, tol=1e-4, cg_maxiter=30, cg_tol=1e-4)
+
 
 def flip_budget(kappa: chex.Array, n: int) -> chex.Array:
   """``floor(κ n)`` as int32, clipped to ``[0, n]``.
@@ -202,11 +210,13 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
     steps: outer iterations (static, >= 1); each costs one warm-started fit and one CG solve.
     step_size: ``η``, the largest label move of one projected step (in label units).
     return_scores: also return the final scores ``-g (1 - 2o)`` ``[n]`` and the relaxed ``δ [n]``.
-    **fit_kwargs: solver settings for :func:`scl.reward_model.fit_reward` (``maxiter``, ``tol``, ...).
+    **fit_kwargs: solver settings for :func:`scl.reward_model.fit_reward` (``maxiter``, ``tol``, ...);
+      unset ones take :data:`GRADIENT_ATTACK_FIT`.
 
   Returns:
     ``(o_flipped [n], mask [n] bool)`` (plus ``(scores, delta)`` if ``return_scores``).
   """
+  fit_kwargs = {**GRADIENT_ATTACK_FIT, **fit_kwargs}
   chex.assert_rank(o, 1)
   chex.assert_equal_shape([x, z])
   chex.assert_equal_shape_prefix([x, o], 1)
