@@ -63,6 +63,9 @@ from scl import types
 #: Keywords of :func:`exact_sweep` that may be swept (the traced arguments of :func:`scl.exact.run`).
 EXACT_FIELDS = ("K", "lam", "phi")
 _GRID_AXIS = "grid"
+#: Default points per ``vmap`` per CPU device (see :func:`default_batch_size`; measured in
+#: ``benchmarks/sweep.py``: on CPU one point at a time is fastest).
+CPU_BATCH_SIZE = 1
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -298,6 +301,7 @@ class _Plan:
   n_chunks: int
   compiled: Any     # the compiled batched program for one chunk
   bytes_per_device: int
+  batch: int        # points per vmap per device (the rest of the shard is a lax.map loop)
 
 
 def _device_budget(devices: Sequence[jax.Device]) -> float:
@@ -335,27 +339,89 @@ def _mesh(devices) -> Mesh:
   return Mesh(np.asarray(devices), (_GRID_AXIS,))
 
 
-def _round_chunk(c: int, n_dev: int) -> int:
-  return max(n_dev, (c // n_dev) * n_dev)
+def _round_chunk(c: int, unit: int) -> int:
+  return max(unit, (c // unit) * unit)
 
 
-def _plan(compile_chunk: Callable[[int], Any], n_points: int, n_dev: int, max_chunk: int | None,
-          memory_budget: float, out_bytes_per_point: Callable[[Any, int], float]) -> _Plan:
-  """Choose the chunk size, compile once for it, and check it fits (raises before any compute)."""
-  padded = -(-n_points // n_dev) * n_dev
-  chunk = padded if max_chunk is None else min(padded, _round_chunk(int(max_chunk), n_dev))
-  compiled = compile_chunk(chunk)
+def default_batch_size(devices: Sequence[jax.Device] | None = None) -> int | None:
+  """The default points per device evaluated together by ``vmap``: ``CPU_BATCH_SIZE`` on CPU, else None.
+
+  None means the whole per-device shard of a chunk (one ``vmap``): accelerators need the batch to fill
+  their cores. XLA:CPU already spreads each op over the cores, so on CPU ``vmap`` adds no parallelism and
+  batched intermediates fall out of cache; there the shard is iterated with ``jax.lax.map``.
+  """
+  devices = _resolve_devices(devices)
+  return CPU_BATCH_SIZE if devices[0].platform == "cpu" else None
+
+
+def _local_batch(batch_size: int | None, n_points: int, n_dev: int, max_chunk: int | None) -> int:
+  """Points per device per ``vmap`` (``b``): ``batch_size`` capped by the shard and by ``max_chunk``."""
+  per_dev = -(-n_points // n_dev)
+  if max_chunk is not None:
+    per_dev = min(per_dev, max(1, int(max_chunk) // n_dev))
+  if batch_size is None:
+    return per_dev
+  if int(batch_size) < 1:
+    raise ValueError(f"batch_size={batch_size!r} must be >= 1 (or None: the whole shard)")
+  return min(int(batch_size), per_dev)
+
+
+def _sharded_map(point: Callable, mesh: Mesh, batch: int, n_shared: int = 0) -> Callable:
+  """``point(inputs, *shared) -> outputs`` (one grid point) -> the jitted program of one chunk.
+
+  ``inputs`` leaves are ``[C, ...]`` sharded as ``P("grid")`` (``C`` a multiple of ``devices * batch``),
+  ``shared`` are replicated; outputs are ``[C, ...]`` sharded the same way. Inside ``jax.shard_map`` each
+  device holds ``C / devices`` points and runs ``jax.lax.map`` over them, ``batch`` at a time with
+  ``jax.vmap`` (``batch == 1``: the unbatched program in a loop; ``batch`` = the shard: one ``vmap``).
+  """
+
+  def local(inputs, *shared):
+    f = lambda x: point(x, *shared)
+    n_local = jax.tree.leaves(inputs)[0].shape[0]
+    if batch >= n_local:
+      return jax.vmap(f)(inputs)
+    if batch == 1:
+      return jax.lax.map(f, inputs)
+    assert n_local % batch == 0, (n_local, batch)  # No remainder: point is traced once.
+    return jax.lax.map(f, inputs, batch_size=batch)
+
+  grid, rep = P(_GRID_AXIS), P()
+  # check_vma=False: run_fn's own scans mix replicated constants with per-point carries; the points are
+  # independent and nothing is communicated, so there is nothing for the check to protect.
+  mapped = jax.shard_map(local, mesh=mesh, in_specs=(grid,) + (rep,) * n_shared, out_specs=grid,
+                         check_vma=False)
+  return jax.jit(mapped, in_shardings=(NamedSharding(mesh, grid),) + (NamedSharding(mesh, rep),) * n_shared,
+                 out_shardings=NamedSharding(mesh, grid))
+
+
+def _plan(compile_chunk: Callable[[int, int], Any], n_points: int, n_dev: int, max_chunk: int | None,
+          memory_budget: float, out_bytes_per_point: Callable[[Any, int], float], batch: int) -> _Plan:
+  """Choose the chunk size, compile once for it, and check it fits (raises before any compute).
+
+  ``compile_chunk(chunk, batch)`` compiles the program of ``chunk`` points, ``batch`` per ``vmap`` per
+  device. Chunks are multiples of ``n_dev * batch``; over the memory budget the chunk shrinks first, then
+  the batch.
+  """
+  unit = n_dev * batch
+  padded = -(-n_points // unit) * unit
+  chunk = padded if max_chunk is None else min(padded, _round_chunk(int(max_chunk), unit))
+  compiled = compile_chunk(chunk, batch)
   used = _bytes(compiled)
   while used > memory_budget and chunk > n_dev:
     per_point = used / (chunk // n_dev)  # Memory is affine in the chunk: one point needs at least this.
-    if per_point > memory_budget:
+    if per_point > memory_budget and batch == 1:
       break
-    target = int(memory_budget // per_point) * n_dev if per_point > 0 else chunk // 2
-    new_chunk = _round_chunk(target if target < chunk else chunk // 2, n_dev)
-    logging.info("sweep: %d points per chunk need %.3g GB per device > budget %.3g GB; using %d",
-                 chunk, used / 1e9, memory_budget / 1e9, new_chunk)
+    if chunk > unit:
+      target = int(memory_budget // per_point) * n_dev if per_point > 0 else chunk // 2
+      new_chunk = _round_chunk(target if target < chunk else chunk // 2, unit)
+    else:  # One batch per device is over budget: halve the batch.
+      batch = max(1, batch // 2)
+      unit = n_dev * batch
+      new_chunk = unit
+    logging.info("sweep: %d points per chunk need %.3g GB per device > budget %.3g GB; using %d (batch %d)",
+                 chunk, used / 1e9, memory_budget / 1e9, new_chunk, batch)
     chunk = new_chunk
-    compiled = compile_chunk(chunk)
+    compiled = compile_chunk(chunk, batch)
     used = _bytes(compiled)
   if used > memory_budget:
     per_point = used / (chunk // n_dev)
@@ -368,7 +434,8 @@ def _plan(compile_chunk: Callable[[int], Any], n_points: int, n_dev: int, max_ch
     raise ValueError(f"sweep does not fit: the gathered results need {host / 1e9:.3g} GB of host memory, more "
                      f"than the {_host_free_bytes() / 1e9:.3g} GB free (fewer grid points, or drop "
                      "keep_samples / keep_trajectory)")
-  return _Plan(chunk=chunk, n_chunks=-(-n_points // chunk), compiled=compiled, bytes_per_device=used)
+  return _Plan(chunk=chunk, n_chunks=-(-n_points // chunk), compiled=compiled, bytes_per_device=used,
+               batch=batch)
 
 
 def _out_bytes_per_point(compiled, chunk: int) -> float:
@@ -382,7 +449,7 @@ def _out_bytes_per_point(compiled, chunk: int) -> float:
 
 def _info(plan: _Plan, devices, n_points: int) -> dict[str, Any]:
   return dict(devices=len(devices), points=n_points, chunk=plan.chunk, chunks=plan.n_chunks,
-              bytes_per_device=plan.bytes_per_device)
+              batch_size=plan.batch, bytes_per_device=plan.bytes_per_device)
 
 
 def _global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -459,8 +526,8 @@ def _hyper_leaves(cfg: types.Config, flat: Mapping[str, np.ndarray], n: int) -> 
   return leaves
 
 
-def _mc_compile(static_cfg: types.Config, devices: tuple, chunk: int, keep_samples: bool):
-  key = ("mc", static_cfg, devices, chunk, keep_samples)
+def _mc_compile(static_cfg: types.Config, devices: tuple, chunk: int, keep_samples: bool, batch: int):
+  key = ("mc", static_cfg, devices, chunk, keep_samples, batch)
   if key not in _COMPILED:
     run_fn = loop.make_run_fn(static_cfg)
 
@@ -477,7 +544,7 @@ def _mc_compile(static_cfg: types.Config, devices: tuple, chunk: int, keep_sampl
 
     mesh = _mesh(devices)
     sharding = NamedSharding(mesh, P(_GRID_AXIS))
-    batched = jax.jit(jax.vmap(point), in_shardings=(sharding,), out_shardings=sharding)
+    batched = _sharded_map(point, mesh, batch)
     spec = {f: jax.ShapeDtypeStruct((chunk,), jnp.int32 if f == "K" else jnp.float32, sharding=sharding)
             for f in types.Hyper.__dataclass_fields__}
     spec["key"] = jax.ShapeDtypeStruct((chunk, 2), jnp.uint32, sharding=sharding)
@@ -487,7 +554,8 @@ def _mc_compile(static_cfg: types.Config, devices: tuple, chunk: int, keep_sampl
 
 def sweep(cfg: types.Config, *, seeds: int | Iterable[int] = (0,), keep_samples: bool = False,
           devices: Sequence[jax.Device] | None = None, max_chunk: int | None = None,
-          memory_budget: float | None = None, **grid) -> SweepResult:
+          memory_budget: float | None = None, batch_size: int | None | str = "auto",
+          **grid) -> SweepResult:
   """Run the curated loop of ``cfg`` on the Cartesian grid of ``grid`` × ``seeds``, vmapped and sharded.
 
   Args:
@@ -499,6 +567,12 @@ def sweep(cfg: types.Config, *, seeds: int | Iterable[int] = (0,), keep_samples:
       every process after ``jax.distributed.initialize``).
     max_chunk: at most this many grid points per compiled call (rounded to a multiple of the devices).
     memory_budget: bytes per device the compiled chunk may use (default: see the module docstring).
+    batch_size: grid points per device evaluated together by ``jax.vmap``; the rest of each device's shard
+      of a chunk is iterated by ``jax.lax.map`` inside the same compiled program. ``"auto"`` (default):
+      :func:`default_batch_size` — ``CPU_BATCH_SIZE`` (1) on CPU, where ``vmap`` adds no parallelism and
+      the batched program is slower than one point at a time, and the whole shard (None) on GPU/TPU.
+      None: the whole shard (a single ``vmap``). Capped by the shard; chunks are padded to a multiple of
+      ``devices * batch_size``. Results do not depend on it.
     **grid: any of ``K``, ``lam`` (λ), ``phi`` (φ), ``kappa`` (κ), ``alpha`` (α), ``beta``, ``lr``, ``l2``:
       a sequence of values is an axis of the grid (axes in keyword order), a scalar fixes the value.
       ``K`` values must be ``<= cfg.K_max``.
@@ -529,8 +603,11 @@ def sweep(cfg: types.Config, *, seeds: int | Iterable[int] = (0,), keep_samples:
   devices = _resolve_devices(devices)
   static = cfg.static()
   budget = _device_budget(devices) if memory_budget is None else float(memory_budget)
-  plan = _plan(lambda c: _mc_compile(static, tuple(devices), c, keep_samples), n, len(devices), max_chunk,
-               budget, _out_bytes_per_point)
+  if isinstance(batch_size, str) and batch_size == "auto":
+    batch_size = default_batch_size(devices)
+  batch = _local_batch(batch_size, n, len(devices), max_chunk)
+  plan = _plan(lambda c, b: _mc_compile(static, tuple(devices), c, keep_samples, b), n, len(devices),
+               max_chunk, budget, _out_bytes_per_point, batch)
   mesh = _mesh(devices)
   flat_out = _run_chunks(plan, inputs, (), n, NamedSharding(mesh, P(_GRID_AXIS)), NamedSharding(mesh, P()))
 
@@ -554,9 +631,9 @@ def sweep(cfg: types.Config, *, seeds: int | Iterable[int] = (0,), keep_samples:
 
 
 def _exact_compile(devices: tuple, chunk: int, shapes: tuple, iterations: int, num_nodes: int,
-                   keep_trajectory: bool):
+                   keep_trajectory: bool, batch: int):
   n, dtype, has_data, has_adv = shapes
-  key = ("exact", devices, chunk, shapes, iterations, num_nodes, keep_trajectory)
+  key = ("exact", devices, chunk, shapes, iterations, num_nodes, keep_trajectory, batch)
   if key not in _COMPILED:
 
     def point(inputs, p0, r, p_data, r_adv):
@@ -568,8 +645,7 @@ def _exact_compile(devices: tuple, chunk: int, shapes: tuple, iterations: int, n
 
     mesh = _mesh(devices)
     sharding, rep = NamedSharding(mesh, P(_GRID_AXIS)), NamedSharding(mesh, P())
-    batched = jax.jit(jax.vmap(point, in_axes=(0, None, None, None, None)),
-                      in_shardings=(sharding, rep, rep, rep, rep), out_shardings=sharding)
+    batched = _sharded_map(point, mesh, batch, n_shared=4)
     spec = {f: jax.ShapeDtypeStruct((chunk,), dtype, sharding=sharding) for f in EXACT_FIELDS}
     vec = jax.ShapeDtypeStruct((n,), dtype, sharding=rep)
     _COMPILED[key] = batched.lower(spec, vec, vec, vec, vec).compile()
@@ -579,7 +655,7 @@ def _exact_compile(devices: tuple, chunk: int, shapes: tuple, iterations: int, n
 def exact_sweep(p0, r, *, iterations: int, K: Any = 2.0, lam: Any = float("inf"), phi: Any = 0.0,
                 p_data=None, r_adv=None, num_nodes: int = exact_lib.NUM_NODES, keep_trajectory: bool = False,
                 devices: Sequence[jax.Device] | None = None, max_chunk: int | None = None,
-                memory_budget: float | None = None) -> SweepResult:
+                memory_budget: float | None = None, batch_size: int | None = None) -> SweepResult:
   """:func:`scl.exact.run` on the Cartesian grid of ``K``, ``lam`` (λ) and ``phi`` (φ), vmapped and sharded.
 
   A sequence is an axis (axes in the order ``K``, ``lam``, ``phi``), a scalar a fixed value. The engine is
@@ -596,6 +672,8 @@ def exact_sweep(p0, r, *, iterations: int, K: Any = 2.0, lam: Any = float("inf")
     num_nodes: quadrature nodes (static).
     keep_trajectory: keep ``p_0 .. p_T`` as ``samples`` ``[*grid, T + 1, n]``.
     devices, max_chunk, memory_budget: as :func:`sweep`.
+    batch_size: as :func:`sweep`, but the default is None (the whole shard in one ``vmap``) on every
+      backend: each point is a few small vector ops, so batching them pays.
 
   Returns:
     A :class:`SweepResult` with axes ``(*swept, "iteration")`` and the metrics of :func:`scl.exact.run`.
@@ -634,9 +712,10 @@ def exact_sweep(p0, r, *, iterations: int, K: Any = 2.0, lam: Any = float("inf")
   devices = _resolve_devices(devices)
   budget = _device_budget(devices) if memory_budget is None else float(memory_budget)
   shapes = (p0.shape[0], jnp.dtype(dtype), p_data is not None, r_adv is not None)
-  plan = _plan(lambda c: _exact_compile(tuple(devices), c, shapes, int(iterations), int(num_nodes),
-                                        keep_trajectory),
-               n, len(devices), max_chunk, budget, _out_bytes_per_point)
+  batch = _local_batch(batch_size, n, len(devices), max_chunk)
+  plan = _plan(lambda c, b: _exact_compile(tuple(devices), c, shapes, int(iterations), int(num_nodes),
+                                           keep_trajectory, b),
+               n, len(devices), max_chunk, budget, _out_bytes_per_point, batch)
   mesh = _mesh(devices)
   flat_out = _run_chunks(plan, inputs, (p0, r, vecs[0], vecs[1]), n, NamedSharding(mesh, P(_GRID_AXIS)),
                          NamedSharding(mesh, P()))
