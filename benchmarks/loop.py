@@ -31,7 +31,6 @@ import time
 import jax
 import jax.numpy as jnp
 
-from scl.models import flow as flow_lib
 from scl.models.flow import make_flow
 from scl.types import Config
 
@@ -102,14 +101,11 @@ def equal_work(args) -> dict:
 
   # FLOPs of one training step and of one midpoint step (2 NFE) on all n samples in one chunk (the
   # chunks' lax.map is a while loop too), times the number of steps.
-  one = make_flow(train_steps=1, init_steps=1, **{**kw, "sample_steps": 2})
-  fit_flops = _flops(jax.jit(one.fit).lower(params, key, x, w, hyper).compile()) * args.train_steps
-  chunk, flow_lib.SAMPLE_CHUNK = flow_lib.SAMPLE_CHUNK, n_samples
-  try:
-    sample_flops = _flops(
-        jax.jit(one.sample, static_argnums=2).lower(params, key, n_samples).compile()) * (args.nfe / 2)
-  finally:
-    flow_lib.SAMPLE_CHUNK = chunk
+  one_step = make_flow(train_steps=1, init_steps=1, **kw)
+  one_midpoint = make_flow(init_steps=1, **{**kw, "sample_steps": 2, "sample_chunk": n_samples})
+  fit_flops = _flops(jax.jit(one_step.fit).lower(params, key, x, w, hyper).compile()) * args.train_steps
+  sample_flops = _flops(jax.jit(one_midpoint.sample, static_argnums=2).lower(
+      params, key, n_samples).compile()) * (args.nfe / 2)
 
   ref_train, ref_sample, start = (REFERENCE["train_seconds"], REFERENCE["sample_seconds"],
                                   REFERENCE["startup_seconds_each"])

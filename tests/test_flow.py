@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scl.models import flow
 from scl.models.flow import make_flow
 from scl.types import Config
 
@@ -122,10 +121,10 @@ def test_warm_start_fit_moves_towards_new_data(gaussian_fit):
 
 
 @pytest.mark.parametrize("n", [1200, 1201])
-def test_chunked_sampling(gaussian_fit, monkeypatch, n):
-  """``n > SAMPLE_CHUNK`` goes through the chunked path (with and without padding rows): same law."""
-  monkeypatch.setattr(flow, "SAMPLE_CHUNK", 500)
-  model, params, _, _, x = gaussian_fit
+def test_chunked_sampling(gaussian_fit, n):
+  """``n > sample_chunk`` goes through the chunked path (with and without padding rows): same law."""
+  _, params, _, _, x = gaussian_fit
+  model = make_flow(init_steps=500, train_steps=300, sample_chunk=500, **SMALL)
   y = jax.jit(model.sample, static_argnums=2)(params, jax.random.PRNGKey(12), n)
   chex.assert_shape(y, (n, 2))
   assert bool(jnp.all(jnp.isfinite(y)))
