@@ -94,68 +94,66 @@ def _lbfgs_armijo(value_and_grad: Callable[[chex.Array], tuple[chex.Array, chex.
                   maxiter: int, tol: float, history_size: int, max_backtracks: int = 30):
   """Flat L-BFGS with a backtracking Armijo line search (safeguarded quadratic interpolation).
 
-  One ``value_and_grad`` per iteration when the unit step is accepted (the usual case once the curvature
-  history is built), against several for a strong-Wolfe zoom; compiles to two small nested while loops.
-  Curvature pairs with ``s·y <= 1e-10 |s| |y|`` are skipped (keeps the inverse-Hessian estimate positive
-  definite on non-convex losses). Stops at ``||g|| <= tol``, at ``maxiter`` or when the line search fails
-  to decrease ``f`` (then the iterate is as good as float precision allows).
+  ONE ``lax.while_loop`` whose body makes exactly one ``value_and_grad`` call at the trial point
+  ``x + t d``: an accepted trial (Armijo, or the very first evaluation at ``x0``) updates the curvature
+  history and takes a new direction with ``t = 1``; a rejected one shrinks ``t``. So the objective and its
+  gradient appear once in the program (small and quick to compile, no nested loop to batch under
+  ``vmap``), and an iteration costs one evaluation when the unit step is accepted (the usual case once
+  the history is built), against several for a strong-Wolfe zoom. Curvature pairs with
+  ``s·y <= 1e-10 |s| |y|`` are skipped (keeps the inverse-Hessian estimate positive definite on
+  non-convex losses). Stops at ``||g|| <= tol``, after ``maxiter`` accepted steps, or after
+  ``max_backtracks`` rejected trials in a row (no decrease is left at float precision).
 
-  Returns ``(x, num_iters, grad_norm)``.
+  Returns ``(x, num_iters, grad_norm)``, ``num_iters`` the accepted steps.
   """
   dtype = x0.dtype
   p = x0.shape[0]
   m = history_size
   eps = jnp.finfo(dtype).eps
-  f0, g0 = value_and_grad(x0)
 
   def cond(state):
-    k, _, _, g, _, _, _, _, stalled = state
-    return (k < maxiter) & (jnp.linalg.norm(g) > tol) & ~stalled
+    k, _, _, g, _, _, _, _, _, _, _, _, started, stalled = state
+    return (k < maxiter) & ((jnp.linalg.norm(g) > tol) | ~started) & ~stalled
 
   def body(state):
-    k, x, f, g, s_hist, y_hist, valid, gamma, _ = state
-    d = _lbfgs_direction(g, s_hist, y_hist, valid, gamma)
-    gd = jnp.vdot(g, d)
-    descent = gd < 0
-    d = jnp.where(descent, d, -gamma * g)  # safeguard: steepest descent if the direction is not downhill
-    gd = jnp.where(descent, gd, -gamma * jnp.vdot(g, g))
+    k, x, f, g, d, t, gd, s_hist, y_hist, valid, gamma, nback, started, _ = state
+    x_try = x + t * d
+    f_try, g_try = value_and_grad(x_try)
+    finite = jnp.isfinite(f_try)
     # f is only known to a few ulps: accept a step whose increase is within rounding (near the optimum
     # the Armijo decrease c1 t |g·d| is below float resolution).
-    slack = 4 * eps * jnp.abs(f)
-
-    def ls_cond(ls):
-      j, t, f_new, _, ok = ls
-      return (j < max_backtracks) & ~ok
-
-    def ls_body(ls):
-      j, t, _, _, _ = ls
-      f_new, g_new = value_and_grad(x + t * d)
-      ok = jnp.isfinite(f_new) & (f_new <= f + 1e-4 * t * gd + slack)
-      # minimiser of the quadratic through f, g·d and f_new, kept in [0.1 t, 0.5 t]
-      denom = 2 * (f_new - f - t * gd)
-      t_quad = jnp.where(denom > 0, -gd * t * t / jnp.where(denom > 0, denom, 1.0), 0.5 * t)
-      t_next = jnp.where(jnp.isfinite(f_new), jnp.clip(t_quad, 0.1 * t, 0.5 * t), 0.1 * t)
-      return j + 1, jnp.where(ok, t, t_next), f_new, g_new, ok
-
-    ls0 = (jnp.int32(0), jnp.ones((), dtype), f, g, jnp.bool_(False))
-    _, t, f_new, g_new, ok = jax.lax.while_loop(ls_cond, ls_body, ls0)
-    s = t * d
-    y = g_new - g
+    ok = (finite & (f_try <= f + 1e-4 * t * gd + 4 * eps * jnp.abs(f))) | ~started
+    # accepted: new curvature pair (oldest out, newest in: the buffers stay in chronological order)
+    s = x_try - x
+    y = g_try - g
     sy = jnp.vdot(s, y)
-    good = ok & (sy > 1e-10 * jnp.linalg.norm(s) * jnp.linalg.norm(y))
-    # oldest pair out, newest in (the buffers stay in chronological order)
+    good = ok & started & (sy > 1e-10 * jnp.linalg.norm(s) * jnp.linalg.norm(y))
     s_hist = jnp.where(good, jnp.concatenate([s_hist[1:], s[None]]), s_hist)
     y_hist = jnp.where(good, jnp.concatenate([y_hist[1:], y[None]]), y_hist)
     valid = jnp.where(good, jnp.concatenate([valid[1:], jnp.ones((1,), bool)]), valid)
-    gamma = jnp.where(good, sy / jnp.vdot(y, y), gamma)
-    x = jnp.where(ok, x + s, x)
-    f = jnp.where(ok, f_new, f)
-    g = jnp.where(ok, g_new, g)
-    return k + 1, x, f, g, s_hist, y_hist, valid, gamma, ~ok
+    gamma = jnp.where(good, sy / jnp.vdot(y, y),
+                      jnp.where(started, gamma, jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.linalg.norm(g_try), eps))))
+    x_acc = jnp.where(ok, x_try, x)
+    f_acc = jnp.where(ok, f_try, f)
+    g_acc = jnp.where(ok, g_try, g)
+    d_new = _lbfgs_direction(g_acc, s_hist, y_hist, valid, gamma)
+    gd_new = jnp.vdot(g_acc, d_new)
+    descent = gd_new < 0  # safeguard: steepest descent if the direction is not downhill
+    d_new = jnp.where(descent, d_new, -gamma * g_acc)
+    gd_new = jnp.where(descent, gd_new, -gamma * jnp.vdot(g_acc, g_acc))
+    # rejected: minimiser of the quadratic through f, g·d and f_try, kept in [0.1 t, 0.5 t]
+    denom = 2 * (f_try - f - t * gd)
+    t_quad = jnp.where(denom > 0, -gd * t * t / jnp.where(denom > 0, denom, 1.0), 0.5 * t)
+    t_back = jnp.where(finite, jnp.clip(t_quad, 0.1 * t, 0.5 * t), 0.1 * t)
+    nback = jnp.where(ok, 0, nback + 1)
+    return (k + (ok & started).astype(k.dtype), x_acc, f_acc, g_acc,
+            jnp.where(ok, d_new, d), jnp.where(ok, jnp.ones_like(t), t_back), jnp.where(ok, gd_new, gd),
+            s_hist, y_hist, valid, gamma, nback, jnp.bool_(True), nback >= max_backtracks)
 
-  gamma0 = jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.linalg.norm(g0), eps)).astype(dtype)
-  state = (jnp.int32(0), x0, f0, g0, jnp.zeros((m, p), dtype), jnp.zeros((m, p), dtype),
-           jnp.zeros((m,), bool), gamma0, jnp.bool_(False))
+  zero = jnp.zeros((), dtype)
+  state = (jnp.int32(0), x0, jnp.asarray(jnp.inf, dtype), jnp.zeros_like(x0), jnp.zeros_like(x0), zero, zero,
+           jnp.zeros((m, p), dtype), jnp.zeros((m, p), dtype), jnp.zeros((m,), bool), jnp.ones((), dtype),
+           jnp.int32(0), jnp.bool_(False), jnp.bool_(False))
   k, x, _, g, *_ = jax.lax.while_loop(cond, body, state)
   return x, k, jnp.linalg.norm(g)
 
