@@ -20,6 +20,7 @@ from scl import rewards as rewards_lib
 from scl import types
 from scl.models.base import Model
 from scl.models.categorical import make_categorical
+from scl.models.flow import make_flow
 from scl.models.gmm import make_gmm
 
 
@@ -135,7 +136,6 @@ def make_model(cfg: types.Config, event_shape, n_atoms: int | None) -> Model:
     return make_categorical(n_atoms)
   if cfg.model == "gmm":
     return make_gmm(event_shape, cfg.gmm_components, cfg.em_steps)
-  from scl.models.flow import make_flow  # Imported lazily: the flow pulls in flax and optax.
   return make_flow(event_shape, width=cfg.width, depth=cfg.depth, train_steps=cfg.train_steps,
                    init_steps=cfg.init_steps, batch_size=cfg.batch_size, sample_steps=cfg.sample_steps)
 
