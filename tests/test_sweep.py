@@ -18,6 +18,7 @@ from scipy import stats
 
 import scl
 from scl import exact
+from scl import loop
 from scl import sweeps
 
 INF = float("inf")
@@ -72,11 +73,15 @@ _MULTI_DEVICE = textwrap.dedent("""
       for name, value in single.metrics.items():
         np.testing.assert_allclose(point.metrics[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
 
-  one = sweeps.sweep(cfg, seeds=[0, 7], devices=jax.devices()[:1], **grid)
-  assert one.info["devices"] == 1 and one.info["chunk"] == 12, one.info
+  one = sweeps.sweep(cfg, seeds=[0, 7], devices=jax.devices()[:1], batch_size=None, **grid)
+  assert one.info["devices"] == 1 and one.info["chunk"] == 12 and one.info["batch_size"] == 12, one.info
   chunked = sweeps.sweep(cfg, seeds=[0, 7], max_chunk=8, **grid)
   assert chunked.info["chunk"] == 8 and chunked.info["chunks"] == 2, chunked.info
-  for other in (one, chunked):
+  # 2 devices x 6 points, 4 per vmap: padded to 16, each device maps over 2 batches of 4.
+  mapped = sweeps.sweep(cfg, seeds=[0, 7], devices=jax.devices()[:2], batch_size=4, **grid)
+  assert mapped.info["chunk"] == 16 and mapped.info["batch_size"] == 4, mapped.info
+  assert a.info["batch_size"] == 1, a.info   # the CPU default
+  for other in (one, chunked, mapped):
     for name in a.metrics:
       np.testing.assert_allclose(other.metrics[name], a.metrics[name], rtol=1e-6, atol=1e-6, err_msg=name)
 
@@ -114,6 +119,44 @@ def test_gmm_grid_points_equal_single_runs():
     point = res.sel(phi=phi, K=K, seed=seed)
     assert_same_metrics(point.metrics, single.metrics)
     np.testing.assert_allclose(point.samples, single.samples, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["categorical", "gmm"])
+def test_batch_size_changes_nothing_and_traces_once(model, monkeypatch):
+  """batch_size 1 (lax.map of the unbatched point), 2, 4 (6 points padded to 8) and None (one vmap of the
+  whole shard) give the same grid, each from one trace of run_fn; the CPU default is CPU_BATCH_SIZE."""
+  traces = []
+  make_run_fn = loop.make_run_fn
+
+  def counting_make_run_fn(cfg):
+    fn = make_run_fn(cfg)
+
+    def counted(*args):
+      traces.append(1)
+      return fn(*args)
+    return counted
+
+  monkeypatch.setattr(loop, "make_run_fn", counting_make_run_fn)
+  cfg = small(model, iterations=2, data_seed=5)
+  grid = dict(K=[1, 2, 4], lam=[1.0], seeds=[0, 3])
+  results = {}
+  for batch_size in (1, 2, 4, None, "auto"):
+    before = len(traces)
+    results[batch_size] = sweeps.sweep(cfg, batch_size=batch_size, **grid)
+    if batch_size != "auto":  # "auto" is batch 1 on CPU: the cached program of batch_size=1.
+      assert len(traces) - before == 1, f"batch_size={batch_size}: traced {len(traces) - before} times"
+  assert sweeps.default_batch_size() == sweeps.CPU_BATCH_SIZE == 1
+  assert results["auto"].info["batch_size"] == 1 and len(traces) == 4
+  assert results[4].info["batch_size"] == 4 and results[4].info["chunk"] == 8
+  assert results[None].info["batch_size"] == 6 and results[None].info["chunk"] == 6
+  for batch_size, res in results.items():
+    for name in results[None].metrics:
+      np.testing.assert_allclose(res.metrics[name], results[None].metrics[name], rtol=1e-5, atol=1e-6,
+                                 err_msg=f"{name} batch_size={batch_size}")
+  single = scl.run(cfg.replace(K=2, lam=1.0), seed=3)
+  assert_same_metrics(results[1].sel(K=2, lam=1.0, seed=3).metrics, single.metrics)
+  with pytest.raises(ValueError, match="batch_size"):
+    sweeps.sweep(cfg, batch_size=0, **grid)
 
 
 def test_exact_grid_points_equal_exact_run():
