@@ -4,14 +4,18 @@ The grid: 64 points on Gaussian-8 (``K ∈ {1, 2, 4, 8}`` × ``λ ∈ {0.25, 1, 
 mixture model at a reduced sample scale (``--pool_size``, ``--n_keep``, ``--iterations``; every field of the
 config is the same for both sides).
 
-Reported (seconds, wall clock, results fetched to the host):
-  ``sweep_with_compile``    the first ``sweep`` call (trace + compile + run);
-  ``sweep_warm``            a second ``sweep`` with other values of the same shape (cached program: run only);
-  ``sequential_with_compile`` 64 ``scl.run`` calls from a cold cache (the first one compiles);
-  ``sequential_warm``       the same 64 calls again (compiled program reused);
-and the speed-ups. ``devices``: where more than one device exists, the warm sweep on 1 device against all of
-them; on a CPU-only machine this runs in a subprocess with
-``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` (each core a device).
+Reported (seconds, wall clock, results fetched to the host; ``*_cpu_seconds`` the process CPU time beside
+it, less sensitive to other jobs on a shared machine; ``load_average`` before and after):
+  ``sequential.with_compile`` 64 ``scl.run`` calls from a cold cache (the first one compiles);
+  ``sequential.warm``       64 calls with other values (compiled program reused), best of ``--repeats``;
+  ``sweep[<batch>].with_compile`` the first ``sweep`` call (trace + compile + run), for the default
+                            ``batch_size`` (``"auto"``: 1 point per vmap on CPU, the whole shard elsewhere)
+                            and for ``batch_size=None`` (the whole shard in one vmap, the old behaviour);
+  ``sweep[<batch>].warm``   a second ``sweep`` with other values of the same shape (cached program), best of
+                            ``--repeats``;
+and the speed-ups over sequential (> 1: the sweep is faster). ``devices``: where more than one device exists,
+the warm sweep on 1 device against all of them, per batch size; on a CPU-only machine this runs in a
+subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` (each core a device).
 
     python benchmarks/sweep.py [--quick] [--model gmm] [--skip_devices]
 """
@@ -45,22 +49,35 @@ def make_config(args) -> scl.Config:
                                em_steps=args.em_steps, n_atoms=args.n_atoms)
 
 
+BATCH_SIZES = {"auto": "auto", "full": None}   # report name -> sweep(batch_size=...)
+
+
 def timed(fn):
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   out = fn()
-  return time.perf_counter() - t0, out
+  return time.perf_counter() - t0, time.process_time() - c0, out
+
+
+def best(fn, repeats: int) -> tuple[float, float]:
+  """(wall, cpu) seconds of the fastest of ``repeats`` calls."""
+  runs = [timed(fn)[:2] for _ in range(repeats)]
+  return min(runs)
 
 
 def device_scaling(cfg, repeats: int) -> dict:
-  """Warm sweep time on 1 device and on all devices (this process's devices)."""
+  """Warm sweep time on 1 device and on all devices (this process's devices), per batch size."""
   devices = jax.devices()
   out = dict(device_count=len(devices), device_kind=devices[0].device_kind)
-  for name, devs in (("one_device", devices[:1]), ("all_devices", devices)):
-    sweeps.sweep(cfg, seeds=SEEDS, devices=devs, **GRID)           # compile
-    times = [timed(lambda: sweeps.sweep(cfg, seeds=SEEDS_WARM, devices=devs, **GRID_WARM))[0]
-             for _ in range(repeats)]
-    out[f"{name}_seconds"] = min(times)
-  out["speedup"] = out["one_device_seconds"] / out["all_devices_seconds"]
+  for label, batch_size in BATCH_SIZES.items():
+    res = {}
+    for name, devs in (("one_device", devices[:1]), ("all_devices", devices)):
+      grid = sweeps.sweep(cfg, seeds=SEEDS, devices=devs, batch_size=batch_size, **GRID)   # compile
+      res[f"{name}_seconds"], res[f"{name}_cpu_seconds"] = best(
+          lambda: sweeps.sweep(cfg, seeds=SEEDS_WARM, devices=devs, batch_size=batch_size, **GRID_WARM),
+          repeats)
+      res[f"{name}_batch_size"] = grid.info["batch_size"]
+    res["speedup"] = res["one_device_seconds"] / res["all_devices_seconds"]
+    out[label] = res
   return out
 
 
@@ -93,24 +110,31 @@ def main():
   def sequential(pts):
     return [scl.run(cfg.replace(K=K, lam=lam), seed=s).metrics["expected_reward"] for K, lam, s in pts]
 
-  seq_cold, seq_values = timed(lambda: sequential(points))
-  seq_warm = min(timed(lambda: sequential(points_warm))[0] for _ in range(args.repeats))
-  sweep_cold, grid = timed(lambda: sweeps.sweep(cfg, seeds=SEEDS, **GRID))
-  sweep_warm = min(timed(lambda: sweeps.sweep(cfg, seeds=SEEDS_WARM, **GRID_WARM))[0]
-                   for _ in range(args.repeats))
-  max_diff = max(float(np.max(np.abs(grid.sel(K=K, lam=lam, seed=s).metrics["expected_reward"] - v)))
-                 for (K, lam, s), v in zip(points, seq_values))
+  load_before = os.getloadavg()
+  seq_cold, seq_cold_cpu, seq_values = timed(lambda: sequential(points))
+  seq_warm, seq_warm_cpu = best(lambda: sequential(points_warm), args.repeats)
+  sequential_times = dict(with_compile_seconds=seq_cold, with_compile_cpu_seconds=seq_cold_cpu,
+                          warm_seconds=seq_warm, warm_cpu_seconds=seq_warm_cpu)
+  sweep_times = {}
+  for label, batch_size in BATCH_SIZES.items():
+    cold, cold_cpu, grid = timed(lambda: sweeps.sweep(cfg, seeds=SEEDS, batch_size=batch_size, **GRID))
+    warm, warm_cpu = best(lambda: sweeps.sweep(cfg, seeds=SEEDS_WARM, batch_size=batch_size, **GRID_WARM),
+                          args.repeats)
+    max_diff = max(float(np.max(np.abs(grid.sel(K=K, lam=lam, seed=s).metrics["expected_reward"] - v)))
+                   for (K, lam, s), v in zip(points, seq_values))
+    sweep_times[label] = dict(
+        batch_size=grid.info["batch_size"], with_compile_seconds=cold, with_compile_cpu_seconds=cold_cpu,
+        warm_seconds=warm, warm_cpu_seconds=warm_cpu, speedup_with_compile=seq_cold / cold,
+        speedup_warm=seq_warm / warm, speedup_with_compile_cpu=seq_cold_cpu / cold_cpu,
+        speedup_warm_cpu=seq_warm_cpu / warm_cpu, max_abs_diff_expected_reward_vs_run=max_diff,
+        sweep_info=grid.info)
 
   result = dict(
       backend=jax.default_backend(), device=str(jax.devices()[0]), device_count=jax.device_count(),
       machine=platform.machine(), cpu_count=os.cpu_count(),
       config=dict(dataset="gaussian8", model=cfg.model, pool_size=cfg.pool_size, n_keep=cfg.n_keep,
                   iterations=cfg.iterations, K_max=cfg.K_max, em_steps=cfg.em_steps),
-      grid=dict(points=64, **GRID, seeds=SEEDS),
-      sweep_with_compile_seconds=sweep_cold, sweep_warm_seconds=sweep_warm,
-      sequential_with_compile_seconds=seq_cold, sequential_warm_seconds=seq_warm,
-      speedup_with_compile=seq_cold / sweep_cold, speedup_warm=seq_warm / sweep_warm,
-      max_abs_diff_expected_reward_vs_run=max_diff, sweep_info=grid.info)
+      grid=dict(points=64, **GRID, seeds=SEEDS), sequential=sequential_times, sweep=sweep_times)
 
   if not args.skip_devices:
     if jax.device_count() > 1:
@@ -132,6 +156,7 @@ def main():
         result["devices"] = dict(error=proc.stderr[-2000:])
     else:
       result["devices"] = dict(note="a single device: no device speed-up to measure")
+  result["load_average"] = dict(before=load_before, after=os.getloadavg())
   print(json.dumps(result, indent=1))
 
 

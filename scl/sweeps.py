@@ -16,19 +16,28 @@ How a sweep runs (:func:`sweep` for the Monte Carlo loop of :mod:`scl.loop`, eve
 * **Grid.** Every keyword given a sequence becomes an axis (in the order the keywords are written); a scalar
   keyword just fixes that value. The grid is flattened (C order over the axes, then the seed) into ``N``
   points whose :class:`~scl.types.Hyper` leaves (and PRNG keys ``jax.random.PRNGKey(seed)``, exactly as
-  :func:`scl.run`) carry a leading axis, and ``jax.vmap`` runs the pure ``run_fn`` of
-  :func:`scl.loop.make_run_fn` over it. Grid point ``(K=k, λ=l, seed=s)`` therefore equals
+  :func:`scl.run`) carry a leading axis, and the pure ``run_fn`` of
+  :func:`scl.loop.make_run_fn` is mapped over it (see Batches). Grid point ``(K=k, λ=l, seed=s)`` therefore equals
   ``scl.run(cfg.replace(K=k, lam=l), seed=s)`` for the same ``cfg`` (same static ``K_max``, which fixes the
   candidate shapes and so the random draws).
 * **Devices.** The flat grid axis is laid over a one-axis :class:`jax.sharding.Mesh` (``"grid"``) of all
-  devices with ``NamedSharding(mesh, P("grid"))``, padded to a multiple of the device count with copies of
-  the first point (discarded afterwards). Each device runs its slice; nothing is communicated.
-* **Chunks.** The grid is run in chunks of ``C`` points (a multiple of the device count), every chunk the
-  same shape, so the program is traced and compiled once for the grid (and reused, from a cache, when only
+  devices with ``NamedSharding(mesh, P("grid"))``, padded to a multiple of ``devices * batch_size`` with
+  copies of the first point (discarded afterwards). Each device runs its slice inside ``jax.shard_map``;
+  nothing is communicated.
+* **Batches.** On each device ``jax.lax.map`` iterates over the local points, ``batch_size`` at a time
+  under ``jax.vmap``, all in the same compiled program (``run_fn`` traced once). The default is
+  backend-dependent (:func:`default_batch_size`): the whole shard (one ``vmap``) on GPU/TPU, one point at a
+  time on CPU, where ``vmap`` adds no parallelism (XLA:CPU runs the single-point program on about one core)
+  and the batched loop was measured 1.5-1.7x slower per point than the unbatched one (Gaussian mixture). On a CPU host the cores
+  are used by making them devices: ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` before JAX
+  starts (``benchmarks/sweep.py`` measures both).
+* **Chunks.** The grid is run in chunks of ``C`` points (a multiple of ``devices * batch_size``), every
+  chunk the same shape, so the program is traced and compiled once for the grid (and reused, from a cache, when only
   the grid's values change). ``C`` is the whole padded grid unless ``max_chunk`` says otherwise or the
   compiled program's ``memory_analysis()`` (argument + output + temporary bytes per device) exceeds
   ``memory_budget`` (bytes per device; default 75% of a GPU's memory limit, or half the free host memory
-  shared by the CPU devices); then ``C`` is scaled down from the measured bytes per point and compiled again.
+  shared by the CPU devices); then ``C`` is scaled down from the measured bytes per point (and, at one batch
+  per device, ``batch_size`` halved) and compiled again.
   A grid whose single point per device, or whose gathered result on the host, does not fit fails before any
   compute.
 * **Hosts.** After ``jax.distributed.initialize`` (see ``experiments/sweep.py``), ``jax.devices()`` spans
@@ -112,7 +121,7 @@ class SweepResult:
       scalar arguments).
     config: the base :class:`~scl.types.Config` (None for the exact engine).
     info: how it ran: ``devices``, ``points`` (grid points), ``chunk`` (points per compiled call),
-      ``chunks`` and ``bytes_per_device`` (from the compiled program's memory analysis).
+      ``chunks``, ``batch_size`` (points per ``vmap`` per device) and ``bytes_per_device`` (from the compiled program's memory analysis).
   """
 
   axes: dict[str, np.ndarray]
