@@ -55,20 +55,21 @@ def one(n, hidden):
 
   fit_kw, attack_kw = CAPS.get((n, tuple(hidden)), ({}, {}))
   load_before = os.getloadavg()[0]
-  fit = jax.jit(lambda p, o: rm.fit_reward(p, net.apply, x, z, o, l2, return_info=True, **fit_kw))
+  # data passed as arguments, not closed over: as inside scl.run, and XLA does not constant-fold them
+  fit = jax.jit(lambda p, x, z, o: rm.fit_reward(p, net.apply, x, z, o, l2, return_info=True, **fit_kw))
   t = time.perf_counter()
-  theta, info = jax.block_until_ready(fit(p0, o))
+  theta, info = jax.block_until_ready(fit(p0, x, z, o))
   fit_s = time.perf_counter() - t
 
-  run = jax.jit(lambda theta, kappa, alpha: attacks.gradient_attack(
+  run = jax.jit(lambda x, z, o, pool, theta, kappa, alpha: attacks.gradient_attack(
       x, z, o, pool, theta, net.apply, kappa, alpha, l2, steps=5, **attack_kw))
   t = time.perf_counter()
-  compiled = run.lower(theta, kappa, alpha).compile()
+  compiled = run.lower(x, z, o, pool, theta, kappa, alpha).compile()
   compile_s = time.perf_counter() - t
   times = []
   for _ in range(3 if n <= 4000 else 1):
     t = time.perf_counter()
-    o_flip, mask = jax.block_until_ready(compiled(theta, kappa, alpha))
+    o_flip, mask = jax.block_until_ready(compiled(x, z, o, pool, theta, kappa, alpha))
     times.append(time.perf_counter() - t)
   out = dict(n_pairs=n, hidden=list(hidden), n_params=int(n_params), pool=2 * n, steps=5,
              attack_s=min(times), attack_s_all=times, compile_s=compile_s,
