@@ -1,13 +1,16 @@
 """Smooth unconstrained minimisation with implicit differentiation (the only module that imports jaxopt).
 
 ``minimize(fun, θ0, *args)`` returns ``θ*(args) = argmin_θ fun(θ, *args)`` computed by full-batch L-BFGS
-(one ``lax.while_loop``), and makes ``θ*`` differentiable w.r.t. ``args`` by the implicit function
-theorem instead of unrolling the iterations: at the optimum ``∇_θ fun(θ*, args) = 0``, so
+(by default scl's own: one ``lax.while_loop`` on the flattened parameters, compact-form direction,
+backtracking Armijo line search, one function-and-gradient evaluation per trial step; ``jaxopt.LBFGS`` with
+its line searches is kept as an option), and makes ``θ*`` differentiable w.r.t. ``args`` by the implicit
+function theorem (``jaxopt.implicit_diff.custom_root``) instead of unrolling the iterations: at the optimum
+``∇_θ fun(θ*, args) = 0``, so
 
     dθ*/d args = -[∇²_θ fun]^{-1} ∇²_{θ, args} fun.
 
 Reverse mode (``jax.grad`` of a scalar of ``θ*``) needs one linear solve with the Hessian per cotangent. That
-solve is matrix-free: conjugate gradients on Hessian-vector products (``jvp`` of ``grad``), so the Hessian is
+solve is matrix-free: conjugate gradients on Hessian-vector products (autodiff of ``grad``), so the Hessian is
 never formed or inverted and memory stays linear in the number of parameters. ``init_params`` is treated
 as a constant (no gradient flows into the warm start).
 

@@ -122,7 +122,7 @@ def bt_loss(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: 
 
 def fit_reward(params0: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: chex.Array,
                l2: chex.Array, *, maxiter: int = 500, tol: float = 1e-5, cg_maxiter: int = 100,
-               cg_tol: float = 1e-6, return_info: bool = False):
+               cg_tol: float = 1e-6, return_info: bool = False, linesearch: str = "armijo"):
   """``θ(o) = argmin_θ L(θ; o)`` by one full-batch L-BFGS solve, warm-started at ``params0``.
 
   Differentiable w.r.t. ``o`` (and ``x``, ``z``, ``l2``) by implicit differentiation (matrix-free CG on
@@ -138,6 +138,8 @@ def fit_reward(params0: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array,
     maxiter, tol: L-BFGS iteration cap (static) and gradient-norm tolerance.
     cg_maxiter, cg_tol: CG iterations (static) and tolerance of the backward Hessian solve.
     return_info: also return :class:`scl._solvers.SolveInfo`.
+    linesearch (static): ``"armijo"`` (scl's L-BFGS, default) or a ``jaxopt.LBFGS`` line search
+      (``"zoom"``, ``"backtracking"``, ``"hager-zhang"``); see :func:`scl._solvers.minimize`.
 
   Returns:
     ``θ`` (same structure as ``params0``), or ``(θ, info)`` if ``return_info``.
@@ -151,7 +153,7 @@ def fit_reward(params0: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array,
 
   params, info = _solvers.minimize(
       loss, params0, x, z, jnp.asarray(o, jnp.result_type(float)), jnp.asarray(l2, jnp.result_type(float)),
-      maxiter=maxiter, tol=tol, cg_maxiter=cg_maxiter, cg_tol=cg_tol)
+      maxiter=maxiter, tol=tol, cg_maxiter=cg_maxiter, cg_tol=cg_tol, linesearch=linesearch)
   return (params, info) if return_info else params
 
 
