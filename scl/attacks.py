@@ -46,6 +46,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from scl import curation
 from scl import reward_model
 
 Params = Any
@@ -63,16 +64,11 @@ GRADIENT_ATTACK_FIT = dict(maxiter=100, tol=1e-4, cg_maxiter=30, cg_tol=1e-4)
 
 
 def flip_budget(kappa: chex.Array, n: int) -> chex.Array:
-  """``floor(κ n)`` as int32, clipped to ``[0, n]``.
+  """``floor(κ n)`` as int32, clipped to ``[0, n]``, robust to float32 rounding (``κ = 0.7, n = 10`` is 7).
 
-  ``κ n`` within float rounding of an integer counts as that integer: ``κ = 0.7`` is stored as
-  ``0.69999999`` in float32, and ``0.7 · 10`` must give 7, not 6.
+  The same count as the pool filters' :func:`scl.curation.keep_count`.
   """
-  m = jnp.asarray(kappa, jnp.float32) * n
-  nearest = jnp.round(m)
-  close = jnp.abs(m - nearest) <= 8 * jnp.finfo(jnp.float32).eps * jnp.maximum(n, 1)
-  k = jnp.where(close, nearest, jnp.floor(m))
-  return jnp.clip(k, 0, n).astype(jnp.int32)
+  return curation.keep_count(kappa, n)
 
 
 def flip_top(o: chex.Array, scores: chex.Array,

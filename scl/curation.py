@@ -24,10 +24,17 @@ import jax.numpy as jnp
 
 
 def keep_count(fraction: chex.Numeric, n: chex.Numeric) -> chex.Array:
-  """``floor(fraction * n)`` robust to float32 rounding (``0.7 * 10`` is 7, not 6), as int32."""
+  """``floor(fraction · n)`` as int32, clipped to ``[0, n]``; ``n`` may be traced.
+
+  ``fraction · n`` within float32 rounding of an integer counts as that integer: ``0.7`` is stored as
+  ``0.69999999``, and ``0.7 · 10`` must keep 7, not 6. Shared by the pool filters (``β``) and the
+  label-flip budgets (``κ``, :func:`scl.attacks.flip_budget`).
+  """
   n = jnp.asarray(n, jnp.float32)
-  exact = jnp.asarray(fraction, jnp.float32) * n
-  return jnp.floor(exact + 1e-4 + 1e-6 * n).astype(jnp.int32)
+  m = jnp.asarray(fraction, jnp.float32) * n
+  nearest = jnp.round(m)
+  close = jnp.abs(m - nearest) <= 8 * jnp.finfo(jnp.float32).eps * jnp.maximum(n, 1.0)
+  return jnp.clip(jnp.where(close, nearest, jnp.floor(m)), 0.0, n).astype(jnp.int32)
 
 
 def choice_indices(key: chex.PRNGKey, r_cand: chex.Array, K: chex.Numeric,
