@@ -99,6 +99,8 @@ class Config:
     n_pairs: preference pairs per iteration (used when ``attack != "none"`` or ``learned_reward``).
     labels: ``"deterministic"`` or ``"bradley_terry"`` preference labels.
     learned_reward: benign curation with the learned reward model instead of the true reward.
+    reward_hidden: hidden widths of the learned reward MLP (``(64,)``: the papers' 2→64→1 network).
+    attack_steps: outer steps of the gradient attack.
     gmm_components, em_steps: the Gaussian mixture.
     width, depth, train_steps, init_steps, batch_size, sample_steps: the flow-matching model.
 
