@@ -69,23 +69,15 @@ def validate(cfg: types.Config) -> None:
 
 def validate_static(cfg: types.Config) -> None:
   """Check the static fields (those that shape the compiled program)."""
-  if cfg.dataset not in types.DATASETS:
-    _fail("dataset", cfg.dataset, f"unknown data set; choose one of {types.DATASETS}")
-  if cfg.model not in types.MODELS:
-    _fail("model", cfg.model, f"unknown model; choose one of {types.MODELS}")
-  if cfg.curation not in types.CURATIONS:
-    _fail("curation", cfg.curation, f"unknown curation; choose one of {types.CURATIONS}")
-  if cfg.attack not in types.ATTACKS:
-    _fail("attack", cfg.attack, f"unknown attack; choose one of {types.ATTACKS}")
-  if cfg.reward not in types.REWARDS:
-    _fail("reward", cfg.reward, f"unknown reward; choose one of {types.REWARDS}")
-  if cfg.labels not in types.LABELS:
-    _fail("labels", cfg.labels, f"unknown label model; choose one of {types.LABELS}")
+  for field, allowed in (("dataset", types.DATASETS), ("model", types.MODELS),
+                         ("curation", types.CURATIONS), ("attack", types.ATTACKS),
+                         ("reward", types.REWARDS), ("labels", types.LABELS)):
+    if getattr(cfg, field) not in allowed:
+      _fail(field, getattr(cfg, field), f"unknown {field}; choose one of {allowed}")
   if cfg.reward == "custom" and not callable(cfg.reward_fn):
     _fail("reward_fn", cfg.reward_fn, "reward='custom' needs a callable reward_fn: [n, d] -> [n]")
-  for field in ("iterations",):
-    if not isinstance(getattr(cfg, field), (int, np.integer)) or getattr(cfg, field) < 0:
-      _fail(field, getattr(cfg, field), "must be an integer >= 0")
+  if not isinstance(cfg.iterations, (int, np.integer)) or cfg.iterations < 0:
+    _fail("iterations", cfg.iterations, "must be an integer >= 0")
   for field in ("pool_size", "n_keep", "K_max", "n_real", "n_eval", "n_atoms", "gmm_components",
                 "em_steps", "width", "depth", "train_steps", "init_steps", "batch_size", "sample_steps",
                 "n_pairs", "attack_steps"):
