@@ -321,9 +321,14 @@ def _device_budget(devices: Sequence[jax.Device]) -> float:
   except Exception:  # Some backends do not implement memory_stats.
     stats = None
   if stats and stats.get("bytes_limit"):
-    return 0.75 * stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-  n_local = max(1, sum(1 for d in devices if d.process_index == jax.process_index()))
-  return 0.5 * _host_free_bytes() / n_local
+    budget = 0.75 * stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+  else:
+    n_local = max(1, sum(1 for d in devices if d.process_index == jax.process_index()))
+    budget = 0.5 * _host_free_bytes() / n_local
+  if jax.process_count() > 1:  # Every process must plan the same chunks: agree on the smallest budget.
+    from jax.experimental import multihost_utils
+    budget = float(np.min(multihost_utils.process_allgather(np.float32(min(budget, 3e38)))))
+  return budget
 
 
 def _host_free_bytes() -> float:

@@ -283,3 +283,65 @@ def test_mean_ci_matches_scipy():
                                 metrics={"expected_reward": res.metrics["expected_reward"][:, :, :1]})
   assert np.all(np.isnan(one_seed.mean_ci("expected_reward").low))
   assert math.isclose(ci.level, 0.9)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Two processes over loopback: the multi-host path of experiments/sweep.py (jax.distributed.initialize,
+# global inputs, process_allgather of every chunk; Gloo collectives, the CPU default in jax 0.10).
+
+
+def _free_port() -> int:
+  import socket
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_process_sweep_over_loopback(tmp_path):
+  import json
+  import time
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", SCL_CPU_DEVICES="1",
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("XLA_FLAGS", None)  # One CPU device per process: two devices in all.
+  # max_chunk=8 over 12 points: two chunks (each gathered across the processes), the second one padded.
+  procs, logs = [], []
+  try:
+    for i in range(2):
+      cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
+             f"--config={os.path.join(ROOT, 'experiments', 'configs', 'sweep.py')}:tiny",
+             "--config.max_chunk=8", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+             f"--process_id={i}", f"--workdir={tmp_path / f'w{i}'}"]
+      logs.append((open(tmp_path / f"out{i}.txt", "w"), open(tmp_path / f"err{i}.txt", "w")))
+      procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=logs[-1][0], stderr=logs[-1][1]))
+    # Wait for both; stop early if either fails (the other would block in a collective).
+    deadline = time.monotonic() + 240
+    while any(p.poll() is None for p in procs):
+      if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+        break
+      time.sleep(0.2)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+      p.wait()
+    for f in (f for pair in logs for f in pair):
+      f.close()
+  outs = [((tmp_path / f"out{i}.txt").read_text(), (tmp_path / f"err{i}.txt").read_text()) for i in range(2)]
+  for i, (p, (out, err)) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{out[-3000:]}\n{err[-6000:]}"
+    assert f"process {i} of 2, 2 devices in all" in err, err[-3000:]
+  assert "wrote sweep.csv" in outs[0][0] and "wrote" not in outs[1][0]
+  assert not (tmp_path / "w1").exists()  # Process 0 alone writes.
+  written = json.loads((tmp_path / "w0" / "sweep.json").read_text())
+  assert written["info"]["devices"] == 2 and written["info"]["chunks"] == 2, written["info"]
+
+  # The same grid in this (one-device, one-process) run, and one grid point as scl.run.
+  cfg = small("categorical", iterations=2)
+  grid = sweeps.sweep(cfg, K=[1, 2, 4], lam=[1.0, INF], seeds=2)
+  final = grid.final().metrics["expected_reward"].mean(-1)
+  np.testing.assert_allclose(np.array(written["final_expected_reward_mean"], float), final, rtol=1e-6,
+                             atol=1e-6)
+  run = scl.run(cfg.replace(K=2, lam=INF), seed=1)
+  np.testing.assert_allclose(grid.sel(K=2, lam=INF, seed=1).metrics["expected_reward"],
+                             run.metrics["expected_reward"], rtol=1e-6, atol=1e-6)
