@@ -96,8 +96,12 @@ def test_project_flips_matches_scipy_projection():
   np.testing.assert_allclose(ours, res.x[:12] - res.x[12:], atol=1e-4)
 
 
-def test_gradient_of_attack_objective_matches_finite_differences():
-  """dJ/dδ through the implicit-diff solve vs central differences of J with θ~ re-solved (float64)."""
+@pytest.mark.parametrize("standardise", [False, True])
+def test_gradient_of_attack_objective_matches_finite_differences(standardise):
+  """dJ/dδ through the implicit-diff solve vs central differences of J with θ~ re-solved (float64).
+
+  Both covariance terms: raw ``R~`` and ``R~`` standardised to ``R``'s mean and scale (the attack's default).
+  """
   with jax.enable_x64(True):
     n, pool_size, l2, alpha = 24, 60, 1e-2, 0.5
     pool = jax.random.normal(jax.random.key(0), (pool_size, 2), jnp.float64)
@@ -117,7 +121,7 @@ def test_gradient_of_attack_objective_matches_finite_differences():
       theta = rm.fit_reward(p0, net.apply, x, z, o, l2, **tight)
       r_pool = net.apply(theta, pool)
       kw = dict(o=o, x=x, z=z, x_pool=pool, r_pool=r_pool, apply_fn=net.apply, alpha=alpha, l2=l2,
-                shift=jnp.max(r_pool), **tight)
+                shift=jnp.max(r_pool), standardise=standardise, **tight)
       grad = jax.grad(attacks.relaxed_objective, has_aux=True)(delta0, theta, **kw)[0]
       # lax.map, not vmap: the unbatched solver inside a scan compiles in about half the time
       j = jax.lax.map(lambda d: attacks.relaxed_objective(d, theta, **kw)[0],
@@ -183,3 +187,28 @@ def test_gradient_attack_lowers_covariance_more_than_random(ring_instance):
   benign = np.var(np.exp(r - c))
   assert covs[0] < np.mean(covs[1:]), covs
   assert covs[0] < 0.5 * benign, (covs, benign)
+
+
+def test_gradient_attack_keeps_the_better_of_its_flips_and_dists(ring_instance):
+  """select=True: the returned flips have a discrete J (θ~ re-fitted) no larger than the dist heuristic's."""
+  d = ring_instance
+  o, theta, net, pool, x, z = d["o"], d["theta"], d["net"], d["pool"], d["x"], d["z"]
+  kappa = 0.2
+  o_grad = d["attack"](jnp.full((6,), kappa, jnp.float32), jnp.float32(0.0))[0][0]
+  o_dist = attacks.attack("dist", jax.random.key(0), x, z, o, kappa=kappa, params=theta, apply_fn=net.apply)[0]
+  r_pool = net.apply(theta, pool)
+
+  @jax.jit
+  def discrete_j(o_new):
+    return attacks.relaxed_objective(o_new - o, theta, o=o, x=x, z=z, x_pool=pool, r_pool=r_pool,
+                                     apply_fn=net.apply, alpha=0.0, l2=d["l2"], shift=jnp.max(r_pool),
+                                     standardise=True, **attacks.GRADIENT_ATTACK_FIT)[0]
+
+  j_grad, j_dist = float(discrete_j(o_grad)), float(discrete_j(o_dist))
+  assert j_grad <= j_dist + 1e-4 * abs(j_dist), (j_grad, j_dist)
+  # the original recipe (δ from 0, raw covariance, no selection) is still available, same exact budget
+  o_old, mask_old = jax.jit(lambda k: attacks.gradient_attack(
+      x, z, o, pool, theta, net.apply, k, 0.0, d["l2"], init="zero", standardise=False, select=False))(
+          jnp.float32(kappa))
+  assert int(mask_old.sum()) == _expected_budget(kappa, len(o))
+  np.testing.assert_array_equal(o_old, np.where(mask_old, 1 - np.asarray(o), np.asarray(o)))
