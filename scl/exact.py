@@ -47,6 +47,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from scl import metrics as metrics_lib
 from scl import theory
 
 Array = chex.Array
@@ -185,15 +186,8 @@ def distribution_metrics(p: Array, r: Array, p_data: Array) -> dict[str, Array]:
   logsumexp), ``exp_reward`` (E_p[e^r]; may overflow for huge rewards, the log does not), ``kl_to_data``
   (KL(p || p_data), with 0 log 0 = 0), ``entropy``.
   """
-  mean = jnp.sum(p * r)
-  var = jnp.sum(p * (r - mean) ** 2)
-  log_exp = jax.nn.logsumexp(jnp.where(p > 0, r, -jnp.inf), b=p)
-  safe_p = jnp.where(p > 0, p, 1.0)
-  safe_q = jnp.where(p > 0, p_data, 1.0)
-  kl = jnp.sum(jnp.where(p > 0, p * (jnp.log(safe_p) - jnp.log(safe_q)), 0.0))
-  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(safe_p), 0.0))
-  return dict(expected_reward=mean, reward_var=var, exp_reward=jnp.exp(log_exp),
-              log_exp_reward=log_exp, kl_to_data=kl, entropy=entropy)
+  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+  return dict(metrics_lib.reward_moments(r, p), kl_to_data=metrics_lib.kl(p, p_data), entropy=entropy)
 
 
 def _default_rtol(dtype) -> float:

@@ -47,10 +47,11 @@ def energy_distance(x: chex.Array, y: chex.Array) -> chex.Array:
 def reward_moments(r: chex.Array, weights: chex.Array | None = None) -> dict[str, chex.Array]:
   """Expected reward, variance, E[e^r] and log E[e^r] of rewards ``[n]`` (optionally weighted, sum 1)."""
   if weights is None:
-    weights = jnp.full(r.shape, 1.0 / r.shape[0])
+    weights = jnp.full(r.shape, 1.0 / r.shape[0], r.dtype)
   mean = jnp.sum(weights * r)
   var = jnp.sum(weights * (r - mean) ** 2)
-  log_exp = jax.nn.logsumexp(r, b=weights)
+  # Atoms of weight 0 are left out of logsumexp's shift: a huge reward there must not underflow the rest.
+  log_exp = jax.nn.logsumexp(jnp.where(weights > 0, r, -jnp.inf), b=weights)
   return {"expected_reward": mean, "reward_var": var, "exp_reward": jnp.exp(log_exp),
           "log_exp_reward": log_exp}
 

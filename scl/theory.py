@@ -43,6 +43,8 @@ from typing import Any
 import chex
 import jax.numpy as jnp
 
+from scl import metrics as metrics_lib
+
 Array = chex.Array
 
 
@@ -58,13 +60,6 @@ def _mean(p: Array, x: Array) -> Array:
 
 def _cov(p: Array, x: Array, y: Array) -> Array:
   return jnp.sum(p * (x - _mean(p, x)) * (y - _mean(p, y)))
-
-
-def _kl(p: Array, q: Array) -> Array:
-  """KL(p || q) with 0 log 0 = 0 (inf where p > 0 = q)."""
-  safe_p = jnp.where(p > 0, p, 1.0)
-  safe_q = jnp.where(p > 0, q, 1.0)
-  return jnp.sum(jnp.where(p > 0, p * (jnp.log(safe_p) - jnp.log(safe_q)), 0.0))
 
 
 def _holds(lhs_minus_rhs: Array, scale: Array, rtol: float, applies: Array) -> Array:
@@ -134,7 +129,7 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
   applies = (phi == 0) & lam_km1_lt_1
   denom = jnp.where(applies, s - (1.0 - s) * Km1, 1.0)
   rhs = jnp.where(applies, jnp.log(jnp.where(applies, s, 1.0)) - jnp.log(denom), nan)
-  kl = _kl(p_next, p_data)
+  kl = metrics_lib.kl(p_next, p_data)
   out["thm24_rhs"] = rhs
   out["thm24_slack"] = jnp.where(applies, rhs - kl, nan)
   out["thm24_holds"] = _holds(rhs - kl, jnp.maximum(rhs, 1.0), rtol, applies)
