@@ -177,18 +177,18 @@ def _scan(program: Program, params, hyper, key, ts):
 
 
 def _stack(last: dict, history: dict | None) -> dict:
-  """Append the final evaluation to the scanned outputs and align the monitors.
+  """Append the final evaluation to the scanned outputs, align the monitors and flatten them.
 
   A step's monitors describe ``p_t -> p_{t+1}``; rolling them down one row puts them at row ``t + 1``, as in
-  :func:`scl.exact.run` (row 0, and only it, is NaN: the final evaluation's NaN row wraps around).
+  :func:`scl.exact.run` (row 0, and only it, is NaN: the final evaluation's NaN row wraps around). The
+  result is flat: metric name -> ``[T + 1, ...]``, plus ``samples``.
   """
   if history is None:
     outs = jax.tree.map(lambda a: a[None], last)
   else:
     outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]], 0), history, last)
-  if "monitors" in outs:
-    outs = dict(outs, monitors=jax.tree.map(lambda v: jnp.roll(v, 1, axis=0), outs["monitors"]))
-  return outs
+  monitors = outs.pop("monitors", {})
+  return {**outs, **{name: jnp.roll(v, 1, axis=0) for name, v in monitors.items()}}
 
 
 def make_run_fn(cfg: types.Config) -> Callable:
@@ -269,7 +269,6 @@ class Result:
 def _to_result(cfg, seed, params, outs) -> Result:
   outs = jax.device_get(outs)
   samples = np.asarray(outs.pop("samples"))
-  outs.update(outs.pop("monitors", {}))
   metrics = {k: np.asarray(v) for k, v in outs.items()}
   bad = np.flatnonzero(~np.isfinite(metrics["expected_reward"]))
   if bad.size:

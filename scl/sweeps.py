@@ -548,13 +548,7 @@ def _mc_compile(static_cfg: types.Config, devices: tuple, chunk: int, keep_sampl
     def point(inputs):
       hyper = types.Hyper(**{f: inputs[f] for f in types.Hyper.__dataclass_fields__})
       _, outs = run_fn(hyper, inputs["key"])
-      flat = {}
-      for name, value in outs.items():  # Nested groups (the theorem "monitors") are flattened, as scl.run.
-        if isinstance(value, Mapping):
-          flat.update(value)
-        elif name != "samples" or keep_samples:
-          flat[name] = value
-      return flat
+      return {name: value for name, value in outs.items() if name != "samples" or keep_samples}
 
     mesh = _mesh(devices)
     sharding = NamedSharding(mesh, P(_GRID_AXIS))
