@@ -49,6 +49,7 @@ import jax.numpy as jnp
 
 from scl import metrics as metrics_lib
 from scl import theory
+from scl.types import real_share  # noqa: F401  (re-exported: scl.exact.real_share)
 
 Array = chex.Array
 
@@ -171,12 +172,6 @@ def step(p: Array, r: Array, K: Any, real_share: Any, p_data: Array, r_adv: Arra
   """``p_{t+1} = s p_data + (1 - s) curate(p_t)`` with the real share ``s = 1/(1+λ)``; shapes [n]."""
   curated = curate(p, r, K, r_adv, phi, num_nodes=num_nodes)
   return real_share * p_data + (1.0 - real_share) * curated
-
-
-def real_share(lam: Any) -> Array:
-  """``1/(1+λ)`` as a traced array, ``λ = inf`` giving 0 (the jnp analogue of ``scl.types.real_share``)."""
-  lam = jnp.asarray(lam)
-  return jnp.where(jnp.isinf(lam), 0.0, 1.0 / (1.0 + jnp.where(jnp.isinf(lam), 0.0, lam)))
 
 
 def distribution_metrics(p: Array, r: Array, p_data: Array) -> dict[str, Array]:

@@ -12,7 +12,6 @@ A run of the loop is described by one flat, frozen :class:`Config`. Its fields f
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import chex
@@ -59,10 +58,10 @@ class Hyper:
   l2: Array
 
 
-def real_share(lam: float) -> float:
-  """``1 / (1 + λ)``, with ``λ = inf`` mapped to 0 exactly (never ``inf / inf``)."""
-  lam = float(lam)
-  return 0.0 if math.isinf(lam) else 1.0 / (1.0 + lam)
+def real_share(lam) -> Array:
+  """``1 / (1 + λ)`` (a float or a traced array), with ``λ = inf`` mapped to 0 exactly (never ``inf / inf``)."""
+  lam = jnp.asarray(lam)
+  return jnp.where(jnp.isinf(lam), 0.0, 1.0 / (1.0 + jnp.where(jnp.isinf(lam), 0.0, lam)))
 
 
 @dataclasses.dataclass(frozen=True)
