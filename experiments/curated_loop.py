@@ -85,18 +85,19 @@ def write_outputs(results: dict[str, scl.Result], workdir: str) -> None:
   io_lib.save_figure(os.path.join(workdir, "reward.png"),
                      plotting.metric_curves(results, "expected_reward", "E_{p_t}[r]",
                                             "expected true reward of the model"))
-  first = next(iter(results.values()))
+  task_of = {name: tasks.build(res.config) for name, res in results.items()}
+  first_name, first = next(iter(results.items()))
   distance = "kl_to_data" if "kl_to_data" in first.metrics else "energy_distance"
   io_lib.save_figure(os.path.join(workdir, "distance.png"),
                      plotting.metric_curves(results, distance, distance.replace("_", " "),
                                             "distance of p_t to p_data"))
   if "mode_props" in first.metrics:
-    task = tasks.build(first.config)
+    task = task_of[first_name]
     rewards = np.asarray(task.reward(task.modes))
     rewarded = [j for j in range(rewards.shape[0]) if rewards[j] > -1e-6]
     io_lib.save_figure(os.path.join(workdir, "modes.png"), plotting.mode_proportions(results, rewarded))
   for name, res in results.items():
-    task = tasks.build(res.config)
+    task = task_of[name]
     T = res.samples.shape[0] - 1
     steps = sorted({0, T // 4, T // 2, (3 * T) // 4, T})
     r = np.asarray(task.reward(res.samples.reshape(-1, res.samples.shape[-1]))).reshape(res.samples.shape[:2])
