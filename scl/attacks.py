@@ -7,7 +7,8 @@ the genuine labels with :func:`scl.reward_model.fit_reward`). It flips ``o_i -> 
 descending argsort (ties go to the lower index, so the choice is deterministic) and flips those whose rank is
 ``< floor(κ n)`` (:func:`flip_top`). A flipped tie (``o = 1/2``) stays ``1/2``; it still counts in the budget.
 
-Attacks (``name`` static in :func:`attack`):
+Attacks, registered in :data:`scl.registry.ATTACKS` with the signature
+``(key, x, z, o, view: AttackerView, hyper, cfg) -> (o_flipped, flipped)``:
   * ``"none"``: no flips (``κ`` ignored).
   * ``"random"``: a uniformly random subset of ``floor(κ n)`` pairs.
   * ``"dist"``: the pairs with the largest ``|R_θ(x) - R_θ(z)|`` (the most confident preferences).
@@ -50,19 +51,20 @@ attack name static; ``κ``, ``α``, ``l2`` and the data traced), and vmappable o
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 
+from scl import config
 from scl import curation
+from scl import hyper as hyper_lib
+from scl import registry
 from scl import reward_model
 
 Params = Any
 ApplyFn = Callable[[Params, chex.Array], chex.Array]
-
-ATTACKS = ("none", "random", "dist", "top", "gradient")
 
 # Solver settings of the gradient attack's warm-started re-fits of θ~ (overridable by ``**fit_kwargs``).
 # Each re-fit starts at the previous outer step's θ~, and the attack only uses ``dJ/dδ`` to rank pairs, so a
@@ -281,41 +283,81 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
   return (o_flipped, mask, scores, delta) if return_scores else (o_flipped, mask)
 
 
+class AttackerView(NamedTuple):
+  """What the attacker knows besides the pairs: its reward estimate ``R_θ`` and samples of ``p_t``.
+
+  Attributes:
+    params: ``θ``, the attacker's reward fitted on the genuine labels (None for oblivious attacks).
+    apply_fn: ``(θ, x [n, *event]) -> [n]`` (static).
+    x_pool: samples of ``p_t`` ``[P, *event]`` on which the gradient attack estimates ``Cov`` and ``dist``.
+  """
+
+  params: Params = None
+  apply_fn: ApplyFn | None = None
+  x_pool: chex.Array | None = None
+
+  def pair_rewards(self, x: chex.Array, z: chex.Array) -> tuple[chex.Array, chex.Array]:
+    if self.params is None or self.apply_fn is None:
+      raise ValueError("this attack needs the attacker's reward (params, apply_fn)")
+    n = x.shape[0]
+    r = self.apply_fn(self.params, jnp.concatenate([x, z], axis=0))
+    return r[:n], r[n:]
+
+
+# Registered attacks: ``(key, x, z, o, view, hyper, cfg) -> (o_flipped [n], flipped [n] bool)``.
+
+
+@registry.ATTACKS.register("none")
+def _none(key, x, z, o, view, hyper, cfg):
+  del key, x, z, view, hyper, cfg
+  return o, jnp.zeros(o.shape, bool)
+
+
+@registry.ATTACKS.register("random")
+def _random(key, x, z, o, view, hyper, cfg):
+  del x, z, view, cfg
+  return random_attack(key, o, hyper.kappa)
+
+
+@registry.ATTACKS.register("dist")
+def _dist(key, x, z, o, view, hyper, cfg):
+  del key, cfg
+  return dist_attack(o, *view.pair_rewards(x, z), hyper.kappa)
+
+
+@registry.ATTACKS.register("top")
+def _top(key, x, z, o, view, hyper, cfg):
+  del key, cfg
+  return top_attack(o, *view.pair_rewards(x, z), hyper.kappa)
+
+
+@registry.ATTACKS.register("gradient")
+def _gradient(key, x, z, o, view, hyper, cfg):
+  del key
+  if view.x_pool is None:
+    raise ValueError("the gradient attack needs samples x_pool of the current model p_t")
+  view.pair_rewards(x[:1], z[:1])  # checks that the attacker's reward is given
+  return gradient_attack(x, z, o, view.x_pool, view.params, view.apply_fn, hyper.kappa, hyper.alpha,
+                         hyper.l2, steps=cfg.platform.attack_steps)
+
+
 def attack(name: str, key: chex.PRNGKey, x: chex.Array, z: chex.Array, o: chex.Array, *,
            kappa: chex.Array, alpha: chex.Array = 0.0, params: Params = None,
            apply_fn: ApplyFn | None = None, x_pool: chex.Array | None = None,
-           l2: chex.Array = 1e-3, steps: int = 5, step_size: float | chex.Array = 1.0,
-           **fit_kwargs) -> tuple[chex.Array, chex.Array]:
-  """Dispatch to one attack by (static) ``name``; returns ``(o_flipped [n], mask [n] bool)``.
+           l2: chex.Array = 1e-3, steps: int = 5) -> tuple[chex.Array, chex.Array]:
+  """Run the registered attack ``name`` (static) outside the loop; returns ``(o_flipped [n], mask [n] bool)``.
 
   Args:
-    name (static): one of :data:`ATTACKS`.
+    name (static): a name in :data:`scl.registry.ATTACKS`.
     key: PRNG key (used by ``"random"``).
     x, z: pairs ``[n, *event]``; o: genuine labels ``[n]``.
-    kappa: flip budget ``κ`` (ignored by ``"none"``).
-    alpha: stealth weight ``α`` (``"gradient"`` only).
+    kappa: flip budget ``κ`` (ignored by ``"none"``); alpha: stealth weight ``α`` (``"gradient"``).
     params, apply_fn: the attacker's reward ``R_θ`` (``"dist"``, ``"top"``, ``"gradient"``).
     x_pool: samples of ``p_t`` ``[P, *event]`` (``"gradient"``).
     l2: the platform's L2 weight (``"gradient"``).
-    steps, step_size, **fit_kwargs: see :func:`gradient_attack`.
+    steps: outer steps of the gradient attack (static).
   """
   chex.assert_rank(o, 1)
-  if name == "none":
-    return o, jnp.zeros(o.shape, bool)
-  if name == "random":
-    return random_attack(key, o, kappa)
-  if name not in ATTACKS:
-    raise ValueError(f"unknown attack {name!r}; expected one of {ATTACKS}")
-  if params is None or apply_fn is None:
-    raise ValueError(f"attack {name!r} needs the attacker's reward (params, apply_fn)")
-  if name == "gradient":
-    if x_pool is None:
-      raise ValueError("the gradient attack needs samples x_pool of the current model p_t")
-    return gradient_attack(x, z, o, x_pool, params, apply_fn, kappa, alpha, l2, steps=steps,
-                           step_size=step_size, **fit_kwargs)
-  n = o.shape[0]
-  r = apply_fn(params, jnp.concatenate([x, z], axis=0))
-  r_x, r_z = r[:n], r[n:]
-  if name == "dist":
-    return dist_attack(o, r_x, r_z, kappa)
-  return top_attack(o, r_x, r_z, kappa)
+  hyper = hyper_lib.Hyper.defaults(kappa=kappa, alpha=alpha, l2=l2)
+  cfg = config.Config().replace(attack=name, attack_steps=steps)
+  return registry.ATTACKS[name](key, x, z, o, AttackerView(params, apply_fn, x_pool), hyper, cfg)

@@ -1,7 +1,7 @@
 """Paper-default configurations: ``scl.configs.<dataset>(**overrides)``.
 
-Each builder returns a validated :class:`~scl.types.Config`; keyword overrides are any of its fields, in
-particular ``K``, ``lam``, ``phi``, ``kappa``, ``alpha``, ``iterations``, ``model`` and ``attack``::
+Each builder returns a validated :class:`~scl.config.Config`; keyword overrides are any of its flat keywords
+(:meth:`scl.Config.keywords`), in particular ``K``, ``lam``, ``phi``, ``kappa``, ``alpha``, ``iterations``, ``model`` and ``attack``::
 
     cfg = scl.configs.gaussian8()                       # paper defaults
     cfg = scl.configs.gaussian8(K=4, lam=1.0, model="flow", attack="gradient", kappa=0.2, iterations=10)
@@ -14,18 +14,12 @@ iteration and 25,000 kept, ``κ = 0.2``-ready attacks with ``α = 0.8``, the cli
 
 from __future__ import annotations
 
-from scl import tasks
-from scl.types import Config
+from scl.config import Config
 
 
 def _make(base: dict, overrides: dict) -> Config:
-  unknown = sorted(set(overrides) - set(Config.__dataclass_fields__))
-  if unknown:
-    raise ValueError(f"unknown config field(s) {unknown}; valid fields: "
-                     f"{sorted(Config.__dataclass_fields__)}")
-  cfg = Config(**{**base, **overrides})
-  tasks.validate(cfg)
-  return cfg
+  """``Config()`` with ``base`` then ``overrides`` (flat keywords), validated."""
+  return Config().replace(**{**base, **overrides}).validate()
 
 
 def gaussian8(**overrides) -> Config:

@@ -11,6 +11,9 @@ the kept set has a static shape whatever ``K``, ``β`` or ``φ`` are (they are a
 * :func:`luce_pool_weights` — Plackett–Luce sampling without replacement of the ``β`` fraction of the pool
   (Gumbel top-k: ``argsort(r + Gumbel)``), the other filter of the papers' code.
 
+Each is registered in :data:`scl.registry.CURATIONS` (``curation="choice" | "topk" | "luce_pool"``) with
+the signature ``(key, r [P], r_tilde [P], hyper, cfg: CurationConfig) -> weights [P]``.
+
 Mixed users: a fraction ``φ`` of users curates with the adversarial reward ``r~``. For K-choice each kept
 sample's user is malicious with probability ``φ``; for the pool filters each pool sample is judged by a
 malicious user with probability ``φ``, and each group keeps the ``β`` fraction of what it judged.
@@ -21,6 +24,8 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+
+from scl import registry
 
 
 def keep_count(fraction: chex.Numeric, n: chex.Numeric) -> chex.Array:
@@ -38,14 +43,14 @@ def keep_count(fraction: chex.Numeric, n: chex.Numeric) -> chex.Array:
 
 
 def choice_indices(key: chex.PRNGKey, r_cand: chex.Array, K: chex.Numeric,
-                   r_adv_cand: chex.Array | None = None, phi: chex.Numeric = 0.0) -> chex.Array:
+                   r_tilde_cand: chex.Array | None = None, phi: chex.Numeric = 0.0) -> chex.Array:
   """Luce choice among the first ``K`` of ``K_max`` candidates per row.
 
   Args:
     key: PRNG key.
     r_cand: ``[n, K_max]`` rewards of the candidates (any magnitude: used as logits).
     K: traced number of candidates shown, ``1 <= K <= K_max``.
-    r_adv_cand: ``[n, K_max]`` adversarial rewards ``r~`` (None: no malicious users).
+    r_tilde_cand: ``[n, K_max]`` adversarial rewards ``r~`` (None: no malicious users).
     phi: probability that a row's user is malicious (``φ``).
 
   Returns:
@@ -55,10 +60,10 @@ def choice_indices(key: chex.PRNGKey, r_cand: chex.Array, K: chex.Numeric,
   n, k_max = r_cand.shape
   k_choice, k_user = jax.random.split(key)
   logits = r_cand
-  if r_adv_cand is not None:
-    chex.assert_equal_shape([r_cand, r_adv_cand])
+  if r_tilde_cand is not None:
+    chex.assert_equal_shape([r_cand, r_tilde_cand])
     malicious = jax.random.bernoulli(k_user, phi, (n,))
-    logits = jnp.where(malicious[:, None], r_adv_cand, r_cand)
+    logits = jnp.where(malicious[:, None], r_tilde_cand, r_cand)
   shown = jnp.arange(k_max) < K
   logits = jnp.where(shown[None, :], logits, -jnp.inf)
   # Shift by the row max: Gumbel noise added to logits of 1e6 in float32 would be quantised to 1/16.
@@ -67,7 +72,7 @@ def choice_indices(key: chex.PRNGKey, r_cand: chex.Array, K: chex.Numeric,
 
 
 def choice_weights(key: chex.PRNGKey, r_pool: chex.Array, K: chex.Numeric, *, n_keep: int, K_max: int,
-                   fresh: bool = False, r_adv_pool: chex.Array | None = None,
+                   fresh: bool = False, r_tilde_pool: chex.Array | None = None,
                    phi: chex.Numeric = 0.0) -> chex.Array:
   """K-choice curation of a pool: weights ``[P]`` (counts of each pool sample among the kept, / n_keep).
 
@@ -84,8 +89,8 @@ def choice_weights(key: chex.PRNGKey, r_pool: chex.Array, K: chex.Numeric, *, n_
     cand = jnp.arange(pool_size, dtype=jnp.int32).reshape(n_keep, K_max)
   else:
     cand = jax.random.randint(k_cand, (n_keep, K_max), 0, pool_size)
-  r_adv_cand = None if r_adv_pool is None else r_adv_pool[cand]
-  pick = choice_indices(k_choice, r_pool[cand], K, r_adv_cand, phi)
+  r_tilde_cand = None if r_tilde_pool is None else r_tilde_pool[cand]
+  pick = choice_indices(k_choice, r_pool[cand], K, r_tilde_cand, phi)
   kept = jnp.take_along_axis(cand, pick[:, None], axis=1)[:, 0]
   return jnp.zeros(pool_size, jnp.float32).at[kept].add(1.0 / n_keep)
 
@@ -101,24 +106,24 @@ def _keep_top_fraction(scores: chex.Array, beta: chex.Numeric, group: chex.Array
   return keep / jnp.maximum(jnp.sum(keep), 1.0)
 
 
-def _user_groups(key, r_pool, r_adv_pool, phi):
-  if r_adv_pool is None:
+def _user_groups(key, r_pool, r_tilde_pool, phi):
+  if r_tilde_pool is None:
     return r_pool, jnp.zeros(r_pool.shape, bool)
-  chex.assert_equal_shape([r_pool, r_adv_pool])
+  chex.assert_equal_shape([r_pool, r_tilde_pool])
   malicious = jax.random.bernoulli(key, phi, r_pool.shape)
-  return jnp.where(malicious, r_adv_pool, r_pool), malicious
+  return jnp.where(malicious, r_tilde_pool, r_pool), malicious
 
 
 def topk_weights(key: chex.PRNGKey, r_pool: chex.Array, beta: chex.Numeric, *,
-                 r_adv_pool: chex.Array | None = None, phi: chex.Numeric = 0.0) -> chex.Array:
+                 r_tilde_pool: chex.Array | None = None, phi: chex.Numeric = 0.0) -> chex.Array:
   """Keep the ``β`` fraction of the pool with the highest reward (per user group); weights ``[P]``."""
   chex.assert_rank(r_pool, 1)
-  scores, group = _user_groups(key, r_pool, r_adv_pool, phi)
+  scores, group = _user_groups(key, r_pool, r_tilde_pool, phi)
   return _keep_top_fraction(scores, beta, group)
 
 
 def luce_pool_weights(key: chex.PRNGKey, r_pool: chex.Array, beta: chex.Numeric, *,
-                      r_adv_pool: chex.Array | None = None, phi: chex.Numeric = 0.0) -> chex.Array:
+                      r_tilde_pool: chex.Array | None = None, phi: chex.Numeric = 0.0) -> chex.Array:
   """Plackett–Luce sampling without replacement of the ``β`` fraction of the pool; weights ``[P]``.
 
   Adding i.i.d. Gumbel noise to the rewards and keeping the top ``m`` draws ``m`` items without
@@ -126,9 +131,32 @@ def luce_pool_weights(key: chex.PRNGKey, r_pool: chex.Array, beta: chex.Numeric,
   """
   chex.assert_rank(r_pool, 1)
   k_group, k_gumbel = jax.random.split(key)
-  scores, group = _user_groups(k_group, r_pool, r_adv_pool, phi)
+  scores, group = _user_groups(k_group, r_pool, r_tilde_pool, phi)
   # Shift each group's scores by its max so that the Gumbel noise keeps its precision for large rewards.
   top = jnp.where(group, jnp.max(jnp.where(group, scores, -jnp.inf)),
                   jnp.max(jnp.where(group, -jnp.inf, scores)))
   scores = scores - top + jax.random.gumbel(k_gumbel, scores.shape)
   return _keep_top_fraction(scores, beta, group)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Registered rules: ``(key, r [P], r_tilde [P], hyper, cfg: CurationConfig) -> weights [P]``.
+
+
+@registry.CURATIONS.register("choice", k_choice=True)
+def _choice(key, r, r_tilde, hyper, cfg):
+  """Luce K-choice (the law the papers' theorems describe: ``k_choice=True``)."""
+  return choice_weights(key, r, hyper.K, n_keep=cfg.n_keep, K_max=cfg.K_max, fresh=cfg.fresh_candidates,
+                        r_tilde_pool=r_tilde, phi=hyper.phi)
+
+
+@registry.CURATIONS.register("topk")
+def _topk(key, r, r_tilde, hyper, cfg):
+  del cfg
+  return topk_weights(key, r, hyper.beta, r_tilde_pool=r_tilde, phi=hyper.phi)
+
+
+@registry.CURATIONS.register("luce_pool")
+def _luce_pool(key, r, r_tilde, hyper, cfg):
+  del cfg
+  return luce_pool_weights(key, r, hyper.beta, r_tilde_pool=r_tilde, phi=hyper.phi)

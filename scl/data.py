@@ -1,11 +1,17 @@
-"""Data sets of the papers: the Gaussian-8 ring, two-moons, and any finite point set."""
+"""Data sets of the papers, registered in :data:`scl.registry.DATASETS`: the Gaussian-8 ring, two-moons, and
+any finite point set."""
 
 from __future__ import annotations
+
+import math
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from scl import registry
+from scl import task
 
 
 def ring_modes(n_modes: int = 8, radius: float = 2.0) -> np.ndarray:
@@ -59,3 +65,38 @@ def validate_points(points, weights=None) -> tuple[np.ndarray, np.ndarray]:
       raise ValueError(f"invalid config: point_weights={w}: must be finite, >= 0 and not all 0")
     w = (w / w.sum()).astype(np.float32)
   return pts, w
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Registered data sets: ``(cfg) -> scl.task.Dataset``.
+
+
+@registry.DATASETS.register("gaussian8")
+def gaussian8(cfg) -> "task.Dataset":
+  """The Gaussian ring of both papers (``n_modes`` modes of radius ``ring_radius``, std ``ring_std``)."""
+  d = cfg.data
+  sample = lambda key, n: sample_gaussian8(key, n, d.n_modes, d.ring_radius, d.ring_std, d.ring_scale)
+  spacing = 2 * d.ring_radius * math.sin(math.pi / d.n_modes) / d.ring_scale
+  # x* = (radius, 0) is not divided by ring_scale: the second paper's code scales its data, not x*.
+  return task.Dataset(sample=sample, anchor=(d.ring_radius, 0.0),
+                      modes=ring_modes(d.n_modes, d.ring_radius) / d.ring_scale,
+                      mode_radius=min(0.25 * spacing, max(10 * d.ring_std / d.ring_scale, 0.05)))
+
+
+@registry.DATASETS.register("two_moons")
+def two_moons(cfg) -> "task.Dataset":
+  """Two-moons; the default ``x*`` is the left tip of the upper moon, ``(-1, 0)``."""
+  return task.Dataset(sample=lambda key, n: sample_two_moons(key, n, cfg.data.moons_noise), anchor=(-1.0, 0.0))
+
+
+def _check_points(cfg) -> None:
+  if cfg.data.points is None:
+    raise ValueError("invalid config: points=None: dataset='points' needs a [n, d] array of points")
+  validate_points(cfg.data.points, cfg.data.point_weights)
+
+
+@registry.DATASETS.register("points", validate=_check_points)
+def points(cfg) -> "task.Dataset":
+  """Any finite point set ``cfg.data.points [n, d]`` with ``p_data = point_weights`` (default uniform)."""
+  support, weights = validate_points(cfg.data.points, cfg.data.point_weights)
+  return task.Dataset(support=support, weights=weights, anchor=tuple(support[0].tolist()))

@@ -46,10 +46,11 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from scl import metrics as metrics_lib
 from scl import theory
-from scl.types import real_share  # noqa: F401  (re-exported: scl.exact.real_share)
+from scl.hyper import real_share  # noqa: F401  (re-exported: scl.exact.real_share)
 
 Array = chex.Array
 
@@ -135,22 +136,119 @@ def _curation_weight(p: Array, r: Array, K: Array, num_nodes: int) -> Array:
   return jnp.where(is_inf, tilt, curated)
 
 
-@functools.partial(jax.jit, static_argnames=("num_nodes",))
-def curate(p: Array, r: Array, K: Any, r_adv: Array | None = None, phi: Any = 0.0, *,
-           num_nodes: int = NUM_NODES) -> Array:
-  """One curation step ``p * H_K(p)`` (Bradley–Terry choice of 1 among ``K`` candidates).
+# ----------------------------------------------------------------------------------------------------------
+# Input validation.
 
-  Args:
-    p: [n] probability vector ``p_t``.
-    r: [n] users' reward ``r`` on the atoms (any magnitude; shift invariant).
-    K: number of candidates ``K`` (traced; real ``>= 1`` or ``inf`` for the ``e^r`` tilt).
-    r_adv: optional [n] adversarial reward ``r~``; with it the result is
-      ``p * ((1-φ) H_K^r + φ H_K^{r~})``. Without it ``phi`` is ignored.
-    phi: fraction ``φ`` of malicious users (traced).
-    num_nodes: static number of quadrature nodes (see module docstring).
-  Returns:
-    [n] probability vector (same float dtype as ``p``).
+#: Tolerance on ``|Σ p - 1|`` for probability vectors given in float64 (Python lists count as float64).
+SUM_TOL_FLOAT64 = 1e-6
+#: Tolerance on ``|Σ p - 1|`` for probability vectors in any other dtype (float32, float16, ints).
+SUM_TOL = 1e-4
+
+
+def _is_tracer(x: Any) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def _fmt(x: np.ndarray) -> str:
+  """A short text form of a concrete value: ``0``, ``1.5``, ``[0.5, 0.6]`` (long vectors abridged)."""
+  if x.ndim == 0:
+    return repr(x.item())
+  return np.array2string(x, separator=", ", threshold=8, edgeitems=3, precision=6)
+
+
+def _fail(name: str, value: np.ndarray, why: str) -> None:
+  raise ValueError(f"invalid argument: {name}={_fmt(value)}: {why}")
+
+
+def _first_bad(name: str, x: np.ndarray, bad: np.ndarray) -> str:
+  i = int(np.flatnonzero(bad)[0])
+  return f"{name}[{i}]={x[i].item()!r}"
+
+
+def validate(*, p: Any = None, p0: Any = None, p_data: Any = None, r: Any = None, r_tilde: Any = None,
+             K: Any = None, lam: Any = None, phi: Any = None, iterations: Any = None) -> None:
+  """Check the arguments of :func:`curate`, :func:`step`, :func:`run` (and of an exact sweep) before compute.
+
+  Any subset of keywords may be given; ``None`` means "not given". Checks that need values are skipped for
+  JAX tracers (under ``jit``/``vmap``); shapes are checked for tracers too.
+
+  * ``p``, ``p0``, ``p_data`` (probability vectors, [n]): finite, ``>= 0`` and ``|Σ p - 1| <= tol`` with
+    ``tol = 1e-6`` (:data:`SUM_TOL_FLOAT64`) for float64 input (and Python sequences) and ``tol = 1e-4``
+    (:data:`SUM_TOL`) for any other dtype (float32 rounding of a normalised vector is far below both).
+  * ``r``, ``r_tilde`` (rewards ``r``, ``r~``, [n]): finite.
+  * every vector given: 1-D, non-empty, and all of the same shape.
+  * ``K`` (candidates per choice): ``K >= 1`` or ``+inf``; not NaN.
+  * ``lam`` (``λ``): ``λ >= 0`` (``inf`` allowed: fully synthetic); not NaN.
+  * ``phi`` (``φ``, fraction of malicious users): in ``[0, 1]``.
+  * ``iterations``: a Python or numpy integer ``>= 0`` (not a bool).
+
+  ``K``, ``lam`` and ``phi`` may be scalars or 1-D sequences of grid values (as an exact sweep passes them);
+  every value must be valid.
+
+  Raises:
+    ValueError: ``invalid argument: <name>=<value>: <reason>``, e.g.
+      ``invalid argument: K=0: the number of candidates must be >= 1 (or inf)``.
   """
+  vectors = [(name, x) for name, x in (("p", p), ("p0", p0), ("p_data", p_data), ("r", r),
+                                       ("r_tilde", r_tilde)) if x is not None]
+  ref = None
+  for name, x in vectors:
+    shape = tuple(jnp.shape(x))
+    if len(shape) != 1 or shape[0] == 0:
+      raise ValueError(f"invalid argument: {name} has shape {shape}: expected a non-empty vector [n]")
+    if ref is None:
+      ref = (name, shape)
+    elif shape != ref[1]:
+      raise ValueError(f"invalid argument: {name} has shape {shape}, expected {ref[1]} (the shape of "
+                       f"{ref[0]})")
+    if _is_tracer(x):
+      continue
+    raw = np.asarray(x)
+    if not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)):
+      raise ValueError(f"invalid argument: {name} has dtype {raw.dtype}: expected real numbers")
+    v = raw.astype(np.float64)
+    if not np.all(np.isfinite(v)):
+      _fail(name, v, f"must be finite ({_first_bad(name, v, ~np.isfinite(v))})")
+    if name in ("p", "p0", "p_data"):
+      if np.any(v < 0):
+        _fail(name, v, f"probabilities must be >= 0 ({_first_bad(name, v, v < 0)})")
+      tol = SUM_TOL_FLOAT64 if raw.dtype == np.float64 else SUM_TOL
+      total = float(np.sum(v))
+      if not abs(total - 1.0) <= tol:
+        _fail(name, v, f"probabilities must sum to 1 (sum {total!r}, tolerance {tol:g})")
+
+  grids = (("K", K, lambda v: ~(v >= 1), "the number of candidates must be >= 1 (or inf)"),
+           ("lam", lam, lambda v: ~(v >= 0), "λ must be >= 0 (inf: fully synthetic)"),
+           ("phi", phi, lambda v: ~((v >= 0) & (v <= 1)), "the fraction φ of malicious users must lie in [0, 1]"))
+  for name, x, bad, why in grids:
+    if x is None:
+      continue
+    if len(jnp.shape(x)) > 1:
+      raise ValueError(f"invalid argument: {name} has shape {tuple(jnp.shape(x))}: expected a scalar or a "
+                       "1-D sequence of grid values")
+    if _is_tracer(x):
+      continue
+    raw = np.asarray(x)
+    if raw.dtype == bool or not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)):
+      _fail(name, raw, f"expected a real number, got dtype {raw.dtype}")
+    if np.any(bad(raw.astype(np.float64))):          # NaN fails every comparison, so it is caught here too
+      _fail(name, raw, why)
+
+  if iterations is not None:
+    if (isinstance(iterations, (bool, np.bool_)) or not isinstance(iterations, (int, np.integer))
+        or iterations < 0):
+      raise ValueError(f"invalid argument: iterations={iterations!r}: the number of iterations must be an "
+                       "integer >= 0")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Curation and the loop.
+
+
+@functools.partial(jax.jit, static_argnames=("num_nodes",))
+def _curate(p: Array, r: Array, K: Any, r_tilde: Array | None = None, phi: Any = 0.0, *,
+            num_nodes: int = NUM_NODES) -> Array:
+  """:func:`curate` without validation (jitted; traced inputs are fine): the kernel internal callers use."""
   dtype = _dtype(p, r)
   p = jnp.asarray(p, dtype)
   r = jnp.asarray(r, dtype)
@@ -158,20 +256,53 @@ def curate(p: Array, r: Array, K: Any, r_adv: Array | None = None, phi: Any = 0.
   chex.assert_equal_shape([p, r])
   K = jnp.asarray(K, dtype)
   benign = _curation_weight(p, r, K, num_nodes)
-  if r_adv is None:
+  if r_tilde is None:
     return benign
-  r_adv = jnp.asarray(r_adv, dtype)
-  chex.assert_equal_shape([p, r_adv])
+  r_tilde = jnp.asarray(r_tilde, dtype)
+  chex.assert_equal_shape([p, r_tilde])
   phi = jnp.asarray(phi, dtype)
-  adversarial = _curation_weight(p, r_adv, K, num_nodes)
+  adversarial = _curation_weight(p, r_tilde, K, num_nodes)
   return (1.0 - phi) * benign + phi * adversarial
 
 
-def step(p: Array, r: Array, K: Any, real_share: Any, p_data: Array, r_adv: Array | None = None,
-         phi: Any = 0.0, *, num_nodes: int = NUM_NODES) -> Array:
-  """``p_{t+1} = s p_data + (1 - s) curate(p_t)`` with the real share ``s = 1/(1+λ)``; shapes [n]."""
-  curated = curate(p, r, K, r_adv, phi, num_nodes=num_nodes)
+def curate(p: Array, r: Array, K: Any, r_tilde: Array | None = None, phi: Any = 0.0, *,
+           num_nodes: int = NUM_NODES) -> Array:
+  """One curation step ``p * H_K(p)`` (Bradley–Terry choice of 1 among ``K`` candidates).
+
+  Concrete arguments are checked by :func:`validate` first (traced ones, under ``jit``/``vmap``, are not);
+  the computation itself is jitted.
+
+  Args:
+    p: [n] probability vector ``p_t``.
+    r: [n] users' reward ``r`` on the atoms (any magnitude; shift invariant).
+    K: number of candidates ``K`` (traced; real ``>= 1`` or ``inf`` for the ``e^r`` tilt).
+    r_tilde: optional [n] adversarial reward ``r~``; with it the result is
+      ``p * ((1-φ) H_K^r + φ H_K^{r~})``. Without it ``phi`` is ignored.
+    phi: fraction ``φ`` of malicious users (traced), in ``[0, 1]``.
+    num_nodes: static number of quadrature nodes (see module docstring).
+  Returns:
+    [n] probability vector (same float dtype as ``p``).
+  Raises:
+    ValueError: for invalid concrete inputs (see :func:`validate`).
+  """
+  validate(p=p, r=r, K=K, r_tilde=r_tilde, phi=phi)
+  return _curate(p, r, K, r_tilde, phi, num_nodes=num_nodes)
+
+
+def _step(p: Array, r: Array, K: Any, real_share: Any, p_data: Array, r_tilde: Array | None, phi: Any,
+          num_nodes: int) -> Array:
+  curated = _curate(p, r, K, r_tilde, phi, num_nodes=num_nodes)
   return real_share * p_data + (1.0 - real_share) * curated
+
+
+def step(p: Array, r: Array, K: Any, real_share: Any, p_data: Array, r_tilde: Array | None = None,
+         phi: Any = 0.0, *, num_nodes: int = NUM_NODES) -> Array:
+  """``p_{t+1} = s p_data + (1 - s) curate(p_t)`` with the real share ``s = 1/(1+λ)``; shapes [n].
+
+  Concrete ``p``, ``r``, ``K``, ``p_data``, ``r_tilde`` (``r~``), ``phi`` are checked by :func:`validate`.
+  """
+  validate(p=p, r=r, K=K, p_data=p_data, r_tilde=r_tilde, phi=phi)
+  return _step(p, r, K, real_share, p_data, r_tilde, phi, num_nodes)
 
 
 def distribution_metrics(p: Array, r: Array, p_data: Array) -> dict[str, Array]:
@@ -190,34 +321,46 @@ def _default_rtol(dtype) -> float:
   return 1e-6 if jnp.dtype(dtype) == jnp.float64 else 2e-4
 
 
-def _run(p0: Array, r: Array, K: Any, lam: Any, p_data: Array | None, r_adv: Array | None, phi: Any,
+def _p0_is_data(p0: Array, p_data: Array, rtol: float) -> Array:
+  """Whether ``p_0 = p_data`` up to ``rtol`` relative per atom (traced; Thm 2.3/2.4 assume it)."""
+  return jnp.all(jnp.abs(p0 - p_data) <= rtol * jnp.maximum(p0, p_data))
+
+
+def _run(p0: Array, r: Array, K: Any, lam: Any, p_data: Array | None, r_tilde: Array | None, phi: Any,
          iterations: int, num_nodes: int) -> tuple[Array, dict[str, Array]]:
+  """:func:`run` without validation (traced inputs are fine; positional, for internal callers)."""
   dtype = _dtype(p0, r)
   p0 = jnp.asarray(p0, dtype)
   r = jnp.asarray(r, dtype)
   chex.assert_rank(p0, 1)
   chex.assert_equal_shape([p0, r])
-  p_data = p0 if p_data is None else jnp.asarray(p_data, dtype)
-  chex.assert_equal_shape([p0, p_data])
-  if r_adv is not None:
-    r_adv = jnp.asarray(r_adv, dtype)
-    chex.assert_equal_shape([p0, r_adv])
+  rtol = _default_rtol(dtype)
+  if p_data is None:
+    p_data, p0_is_data = p0, jnp.asarray(True)
+  else:
+    p_data = jnp.asarray(p_data, dtype)
+    chex.assert_equal_shape([p0, p_data])
+    p0_is_data = _p0_is_data(p0, p_data, rtol)
+  if r_tilde is not None:
+    r_tilde = jnp.asarray(r_tilde, dtype)
+    chex.assert_equal_shape([p0, r_tilde])
   K = jnp.asarray(K, dtype)
   share = real_share(jnp.asarray(lam, dtype)).astype(dtype)
   phi = jnp.asarray(phi, dtype)
-  rtol = _default_rtol(dtype)
 
-  def body(p, _):
-    p_next = step(p, r, K, share, p_data, r_adv, phi, num_nodes=num_nodes)
+  def body(carry, _):
+    p, cov_min = carry
+    p_next = _step(p, r, K, share, p_data, r_tilde, phi, num_nodes)
     row = distribution_metrics(p_next, r, p_data)
-    row.update(theory.monitors(p, p_next, r, K, share, p_data, r_adv, phi, rtol=rtol))
-    return p_next, (p_next, row)
+    row.update(theory.monitors(p, p_next, r, K, share, p_data, r_tilde, phi, p0_is_data=p0_is_data,
+                               cov_min_prev=cov_min, rtol=rtol))
+    return (p_next, row["lemma34_cov_min_scaled"]), (p_next, row)
 
-  _, (ps, rows) = jax.lax.scan(body, p0, None, length=iterations)
+  init = (p0, jnp.full((), jnp.inf, dtype))       # no covariance seen yet: the running minimum is +inf
+  _, (ps, rows) = jax.lax.scan(body, init, None, length=iterations)
   first = distribution_metrics(p0, r, p_data)
   # Row 0 has no transition: the monitors there are NaN (they describe the step p_{t-1} -> p_t).
-  nan_row = jax.tree.map(lambda x: jnp.full((), jnp.nan, x.dtype), jax.tree.map(lambda x: x[0], rows))
-  first = {**nan_row, **first}
+  first = {**{k: jnp.full((), jnp.nan, v.dtype) for k, v in rows.items()}, **first}
   trajectory = jnp.concatenate([p0[None], ps], axis=0)
   metrics = {k: jnp.concatenate([jnp.asarray(first[k], rows[k].dtype)[None], rows[k]]) for k in rows}
   return trajectory, metrics
@@ -227,26 +370,34 @@ _run_jit = jax.jit(_run, static_argnames=("iterations", "num_nodes"))
 
 
 def run(p0: Array, r: Array, K: Any, lam: Any, p_data: Array | None = None, *, iterations: int,
-        r_adv: Array | None = None, phi: Any = 0.0,
+        r_tilde: Array | None = None, phi: Any = 0.0,
         num_nodes: int = NUM_NODES) -> tuple[Array, dict[str, Array]]:
   """Scan the exact loop ``p_{t+1} = 1/(1+λ) p_data + λ/(1+λ) curate(p_t)`` for ``T = iterations`` steps.
 
   ``K`` (``inf`` allowed), ``lam`` (``λ``; ``inf`` is fully synthetic) and ``phi`` (``φ``) are traced: changing
   them does not recompile, and ``jax.vmap`` over them sweeps a grid. ``iterations`` and ``num_nodes`` are static.
+  Concrete arguments are checked by :func:`validate` before anything is computed.
 
   Args:
     p0: [n] initial model ``p_0``.
     r: [n] users' reward ``r``.
-    K: candidates per choice.
-    lam: ``λ``, weight of curated synthetic data against real data.
+    K: candidates per choice, ``>= 1`` or ``inf``.
+    lam: ``λ >= 0``, weight of curated synthetic data against real data.
     p_data: [n] real data distribution (default ``p0``).
-    iterations: ``T``.
-    r_adv: optional [n] adversarial reward ``r~`` of the malicious users.
-    phi: fraction ``φ`` of malicious users (ignored without ``r_adv``).
+    iterations: ``T >= 0``.
+    r_tilde: optional [n] adversarial reward ``r~`` of the malicious users.
+    phi: fraction ``φ`` in ``[0, 1]`` of malicious users (ignored without ``r_tilde``).
+    num_nodes: static number of quadrature nodes.
   Returns:
     ``(trajectory, metrics)``: ``trajectory`` [T+1, n] holds ``p_0 .. p_T``; ``metrics`` maps names to [T+1]
     arrays: the statistics of :func:`distribution_metrics` of ``p_t`` and the theorem monitors of
     :func:`scl.theory.monitors` for the step ``p_{t-1} -> p_t`` (NaN in row 0), so ``lemma22_rhs[t]`` bounds
-    ``exp_reward[t]`` and ``thm24_rhs[t]`` bounds ``kl_to_data[t]``.
+    ``exp_reward[t]`` and ``thm24_rhs[t]`` bounds ``kl_to_data[t]``. The ``thm23_*``/``thm24_*`` monitors are
+    NaN (not applicable) unless ``p_0 = p_data`` (per atom, within the engine's accuracy: 1e-6 relative in
+    float64, 2e-4 in float32). ``lemma34_*`` uses the running minimum of ``Cov_{p_j}[e^r, e^{r~}]`` over
+    ``j = 0 .. t-1``; Lemma 3.4 is asymptotic, so its last row (at convergence) is the meaningful one.
+  Raises:
+    ValueError: for invalid concrete inputs (see :func:`validate`).
   """
-  return _run_jit(p0, r, K, lam, p_data, r_adv, phi, iterations, num_nodes)
+  validate(p0=p0, r=r, K=K, lam=lam, phi=phi, p_data=p_data, r_tilde=r_tilde, iterations=iterations)
+  return _run_jit(p0, r, K, lam, p_data, r_tilde, phi, iterations, num_nodes)

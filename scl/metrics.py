@@ -18,8 +18,8 @@ Names (each a scalar per iteration, or ``[m]`` for ``mode_props``):
 describes the step ``p_{t-1} -> p_t``; row 0 is NaN), and with a learned reward (``attack != "none"`` or
 ``learned_reward=True``; row ``T`` is NaN since no preferences are collected from ``p_T``):
   ``n_flips``          labels flipped by the attacker (exactly ``floor(κ n_pairs)``).
-  ``cov_r_rtilde``     Cov_{p_t}[e^{r - max r}, e^{R~ - max R~}] between the users' reward and the platform's
-                       learned reward ``R~`` (each shifted by its max); ``corr_r_rtilde`` its correlation.
+  ``cov_r_learned``    Cov_{p_t}[e^{r - max r}, e^{R~ - max R~}] between the users' reward and the platform's
+                       learned reward ``R~`` (each shifted by its max); ``corr_r_learned`` its correlation.
   ``reward_accuracy``  pairwise accuracy of ``R~`` on fresh clean pairs of ``p_t``'s samples (ties excluded;
                        NaN when every pair is a tie).
 """
@@ -56,8 +56,12 @@ def reward_moments(r: chex.Array, weights: chex.Array | None = None) -> dict[str
           "log_exp_reward": log_exp}
 
 
-def mode_proportions(points: chex.Array, modes: chex.Array, radius: float,
+def mode_proportions(points: chex.Array, modes: chex.Array, radius: chex.Numeric,
                      weights: chex.Array | None = None) -> dict[str, chex.Array]:
+  """Share of ``points [n, d]`` (``weights [n]``, default uniform) within ``radius`` of each mode ``[m, d]``.
+
+  Returns ``mode_props [m]`` (by nearest mode) and ``off_mode`` (the share near no mode).
+  """
   dist = jnp.linalg.norm(points[:, None, :] - modes[None], axis=-1)   # [n, m]
   nearest = jnp.argmin(dist, -1)
   near = jnp.min(dist, -1) <= radius
@@ -67,24 +71,27 @@ def mode_proportions(points: chex.Array, modes: chex.Array, radius: float,
   return {"mode_props": props, "off_mode": 1.0 - jnp.sum(props)}
 
 
-def from_samples(task, samples: chex.Array) -> dict[str, chex.Array]:
-  """Metrics of a model from its samples ``[n, *event]`` (in the model's sample space)."""
-  points = task.to_points(samples)
-  out = reward_moments(task.reward(points))
-  if task.modes is not None:
-    out.update(mode_proportions(points, task.modes, task.mode_radius))
-  out["energy_distance"] = energy_distance(points[:N_ENERGY], task.real_points[:N_ENERGY])
-  return out
+def model_metrics(task, data, params, samples: chex.Array) -> dict[str, chex.Array]:
+  """Metrics of the model ``p_t`` (``params``) from its samples ``[n, *event]`` in the model's sample space.
 
-
-def from_probs(task, p: chex.Array, samples: chex.Array) -> dict[str, chex.Array]:
-  """Exact metrics of a categorical ``p [n_atoms]`` (samples only feed the energy distance)."""
-  out = reward_moments(task.support_rewards, p)
-  if task.modes is not None:
-    out.update(mode_proportions(task.support, task.modes, task.mode_radius, p))
-  out["energy_distance"] = energy_distance(task.to_points(samples[:N_ENERGY]),
-                                           task.real_points[:N_ENERGY])
-  out["kl_to_data"] = kl(p, task.p_data)
+  On a finite support (``task.finite``) the reward moments, mode proportions and ``kl_to_data`` are exact
+  sums over the probability vector; the samples feed only the energy distance. Otherwise all come from the
+  first ``cfg.data.n_eval`` samples.
+  """
+  points = task.to_points(data, samples)
+  if task.finite:
+    p = task.model.probs(params)
+    out = reward_moments(task.reward(data.reward, data.support), p)
+    where, weights = data.support, p
+  else:
+    points = points[:task.cfg.data.n_eval]
+    out = reward_moments(task.reward(data.reward, points))
+    where, weights = points, None
+  if data.modes is not None:
+    out.update(mode_proportions(where, data.modes, data.mode_radius, weights))
+  out["energy_distance"] = energy_distance(points[:N_ENERGY], data.eval_points[:N_ENERGY])
+  if task.finite:
+    out["kl_to_data"] = kl(p, data.p_data)
   return out
 
 

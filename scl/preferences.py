@@ -12,7 +12,20 @@ import chex
 import jax
 import jax.numpy as jnp
 
-LABEL_MODES = ("deterministic", "bradley_terry")
+from scl import registry
+
+
+@registry.LABELS.register("deterministic")
+def deterministic_labels(key: chex.PRNGKey, r_x: chex.Array, r_z: chex.Array) -> chex.Array:
+  """``o = 1[r(z) > r(x)]``, ``0.5`` on exact ties (as the second paper's code); ``key`` unused."""
+  del key
+  return jnp.where(r_z > r_x, 1.0, jnp.where(r_z < r_x, 0.0, 0.5)).astype(jnp.float32)
+
+
+@registry.LABELS.register("bradley_terry")
+def bradley_terry_labels(key: chex.PRNGKey, r_x: chex.Array, r_z: chex.Array) -> chex.Array:
+  """``o ~ Bernoulli(sigmoid(r(z) - r(x)))``."""
+  return jax.random.bernoulli(key, jax.nn.sigmoid(r_z - r_x)).astype(jnp.float32)
 
 
 def label_pairs(key: chex.PRNGKey, r_x: chex.Array, r_z: chex.Array,
@@ -22,20 +35,16 @@ def label_pairs(key: chex.PRNGKey, r_x: chex.Array, r_z: chex.Array,
   Args:
     key: PRNG key (unused for ``"deterministic"``).
     r_x, r_z: rewards ``r(x_i)``, ``r(z_i)``, shape ``[n]``.
-    mode (static): ``"deterministic"``: ``o = 1[r(z) > r(x)]`` with ``o = 0.5`` on exact ties (as the second
-      paper's code); ``"bradley_terry"``: ``o ~ Bernoulli(s(r(z) - r(x)))`` with ``s`` the logistic sigmoid.
+    mode (static): a label mode of :data:`scl.registry.LABELS`: ``"deterministic"`` (``o = 1[r(z) > r(x)]``,
+      ``0.5`` on exact ties, as the second paper's code) or ``"bradley_terry"`` (``o ~ Bernoulli(s(r(z) -
+      r(x)))``, ``s`` the logistic sigmoid).
 
   Returns:
     ``o``: float32 ``[n]`` with values in ``{0, 0.5, 1}`` (deterministic) or ``{0, 1}`` (Bradley–Terry).
   """
   chex.assert_rank([r_x, r_z], 1)
   chex.assert_equal_shape([r_x, r_z])
-  if mode == "deterministic":
-    return jnp.where(r_z > r_x, 1.0, jnp.where(r_z < r_x, 0.0, 0.5)).astype(jnp.float32)
-  if mode == "bradley_terry":
-    p = jax.nn.sigmoid(r_z - r_x)
-    return jax.random.bernoulli(key, p).astype(jnp.float32)
-  raise ValueError(f"unknown label mode {mode!r}; expected one of {LABEL_MODES}")
+  return registry.LABELS[mode](key, r_x, r_z)
 
 
 def draw_pairs(key: chex.PRNGKey, pool: chex.Array, n: int) -> tuple[chex.Array, chex.Array]:

@@ -69,7 +69,8 @@ def _holds(lhs_minus_rhs: Array, scale: Array, rtol: float, applies: Array) -> A
 
 
 def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_data: Array,
-             r_adv: Array | None = None, phi: Any = 0.0, *, rtol: float = 1e-6) -> dict[str, Array]:
+             r_tilde: Array | None = None, phi: Any = 0.0, *, p0_is_data: bool | Array = True,
+             cov_min_prev: Array | None = None, rtol: float = 1e-6) -> dict[str, Array]:
   """The papers' bounds for one step ``p_{t-1} -> p_t`` of the loop, each with whether it holds.
 
   Args:
@@ -79,17 +80,26 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
     K: candidates per choice ``K`` (``inf`` allowed).
     real_share: ``s = 1/(1+λ)`` (0 = fully synthetic).
     p_data: [n] real data distribution.
-    r_adv: optional [n] adversarial reward ``r~`` (without it ``φ`` is taken as 0 and ``cov_r_radv`` is NaN).
+    r_tilde: optional [n] adversarial reward ``r~`` (without it ``φ`` is taken as 0 and the covariances are
+      NaN).
     phi: fraction ``φ`` of malicious users.
+    p0_is_data: whether the run started at ``p_0 = p_data`` (bool or traced scalar); Theorems 2.3 and 2.4
+      assume it, and their monitors are NaN (not applicable) when it is false.
+    cov_min_prev: scalar, the smallest scaled covariance ``Cov_{p_j}[ā, b̄]`` over the models
+      ``p_0 .. p_{t-2}`` curated before ``p_prev`` (``+inf`` or None: none). The running minimum through this
+      step is returned as ``lemma34_cov_min_scaled``: carry it into the next call.
     rtol: relative tolerance of the ``*_holds`` comparisons: the numerical accuracy of ``p_next`` (e.g. 2e-4
       for the float32 exact engine, 0 for an exact comparison). It is never used to weaken a bound: the
       ``*_slack`` values report the exact margins.
   Returns:
     Scalars (dtype of ``p_prev``): ``exp_reward_prev`` (E_{p_{t-1}}[e^r]); ``lemma22_rhs``,
     ``lemma22_slack``, ``lemma22_holds``; ``thm23_rhs``, ``thm23_slack``, ``thm23_holds``; ``thm24_rhs``,
-    ``thm24_slack`` (rhs - KL), ``thm24_holds``; ``cov_r_radv`` (Cov_{p_{t-1}}[e^r, e^{r~}], natural units),
-    ``cov_r_radv_scaled`` (Cov[ā, b̄]), ``g_var``, ``g_cov`` (natural units of e^r), ``lemma33_rhs``,
-    ``lemma33_slack``, ``lemma33_holds``.
+    ``thm24_slack`` (rhs - KL), ``thm24_holds``; ``cov_r_rtilde`` (Cov_{p_{t-1}}[e^r, e^{r~}], natural units),
+    ``cov_r_rtilde_scaled`` (Cov[ā, b̄]), ``g_var``, ``g_cov``, ``g_cov_signed`` (natural units of e^r);
+    ``lemma33_rhs``, ``lemma33_slack``, ``lemma33_holds`` (normalised by ``e^{r~max}``);
+    ``lemma33_signed_rhs``, ``lemma33_signed_slack``, ``lemma33_signed_holds`` (sign-aware normalisation);
+    ``lemma34_cov_min`` (natural units), ``lemma34_cov_min_scaled``, ``lemma34_rhs``, ``lemma34_slack``,
+    ``lemma34_holds``.
   """
   chex.assert_rank(p_prev, 1)
   chex.assert_equal_shape([p_prev, p_next, r, p_data])
@@ -98,8 +108,9 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
   K = jnp.asarray(K, dtype)
   s = jnp.asarray(real_share, dtype)
   nan = jnp.asarray(jnp.nan, dtype)
-  benign = r_adv is None
+  benign = r_tilde is None
   phi = jnp.zeros((), dtype) if benign else jnp.asarray(phi, dtype)
+  from_data = jnp.asarray(p0_is_data, bool)
 
   a, r_star = _scaled_exp(r)
   scale = jnp.exp(r_star)                                    # e^{r*} (may overflow; only for *_rhs)
@@ -116,17 +127,17 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
   out["lemma22_slack"] = jnp.where(applies, e_next - rhs, nan)
   out["lemma22_holds"] = _holds(e_next - rhs, e_next, rtol, applies)
 
-  # Ferbach Theorem 2.3 (real data, benign users).
-  applies = phi == 0
+  # Ferbach Theorem 2.3 (real data, benign users, p_0 = p_data).
+  applies = (phi == 0) & from_data
   rhs = e_data + (1.0 - s) * s ** 2 * c_K * var_data
   out["thm23_rhs"] = jnp.where(applies, scale * rhs, nan)
   out["thm23_slack"] = jnp.where(applies, e_next - rhs, nan)
   out["thm23_holds"] = _holds(e_next - rhs, e_next, rtol, applies)
 
-  # Ferbach Theorem 2.4: λ(K-1) < 1  <=>  (1-s)(K-1) < s; bound -log(1 - λ(K-1)).
+  # Ferbach Theorem 2.4: λ(K-1) < 1  <=>  (1-s)(K-1) < s; bound -log(1 - λ(K-1)); p_0 = p_data.
   Km1 = jnp.where(jnp.isinf(K), 0.0, K - 1.0)
   lam_km1_lt_1 = jnp.where(jnp.isinf(K), s == 1, (1.0 - s) * Km1 < s)
-  applies = (phi == 0) & lam_km1_lt_1
+  applies = (phi == 0) & lam_km1_lt_1 & from_data
   denom = jnp.where(applies, s - (1.0 - s) * Km1, 1.0)
   rhs = jnp.where(applies, jnp.log(jnp.where(applies, s, 1.0)) - jnp.log(denom), nan)
   kl = metrics_lib.kl(p_next, p_data)
@@ -134,24 +145,42 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
   out["thm24_slack"] = jnp.where(applies, rhs - kl, nan)
   out["thm24_holds"] = _holds(rhs - kl, jnp.maximum(rhs, 1.0), rtol, applies)
 
-  # Wei Lemma 3.3 (fully synthetic, mixed users).
+  # Wei Lemma 3.3 (fully synthetic, mixed users): g_cov normalised by e^{r~max}, and the sign-aware form.
   g_var = (1.0 - phi) * c_K * var_prev
   if benign:
     cov_scaled = nan
-    g_cov = jnp.zeros((), dtype)
+    g_cov = g_cov_signed = jnp.zeros((), dtype)
     adv_scale = nan
   else:
-    b, r_adv_star = _scaled_exp(jnp.asarray(r_adv, dtype))
+    b, r_tilde_star = _scaled_exp(jnp.asarray(r_tilde, dtype))
     cov_scaled = _cov(p_prev, a, b)
     g_cov = phi * c_K * cov_scaled
-    adv_scale = jnp.exp(r_adv_star)
+    # Cov < 0: divide by e^{r~min}, i.e. (scaled) by b̄_min = e^{r~min - r~max} (-inf if it underflows:
+    # the bound is then vacuous, never wrong).
+    b_min = jnp.min(b)
+    g_cov_signed = phi * c_K * jnp.where(cov_scaled >= 0, cov_scaled, cov_scaled / b_min)
+    adv_scale = jnp.exp(r_tilde_star)
   applies = s == 0
-  rhs = e_prev + g_var + g_cov
-  out["cov_r_radv"] = scale * adv_scale * cov_scaled
-  out["cov_r_radv_scaled"] = cov_scaled
+  out["cov_r_rtilde"] = scale * adv_scale * cov_scaled
+  out["cov_r_rtilde_scaled"] = cov_scaled
   out["g_var"] = scale * g_var
   out["g_cov"] = scale * g_cov
-  out["lemma33_rhs"] = jnp.where(applies, scale * rhs, nan)
-  out["lemma33_slack"] = jnp.where(applies, e_next - rhs, nan)
-  out["lemma33_holds"] = _holds(e_next - rhs, e_next, rtol, applies)
+  out["g_cov_signed"] = scale * g_cov_signed
+  for name, g in (("lemma33", g_cov), ("lemma33_signed", g_cov_signed)):
+    rhs = e_prev + g_var + g
+    out[f"{name}_rhs"] = jnp.where(applies, scale * rhs, nan)
+    out[f"{name}_slack"] = jnp.where(applies, e_next - rhs, nan)
+    out[f"{name}_holds"] = _holds(e_next - rhs, e_next, rtol, applies)
+
+  # Wei Lemma 3.4 (mixed data, constant φ; asymptotic in t):
+  # E_{p_t}[e^r] >= E_{p_data}[e^r] + φ (λ+1) Cov_min / e^{r~max}, with λ + 1 = 1/s.
+  cov_min = cov_scaled if cov_min_prev is None else jnp.minimum(jnp.asarray(cov_min_prev, dtype), cov_scaled)
+  applies = s > 0
+  g34 = jnp.zeros((), dtype) if benign else phi / jnp.where(applies, s, 1.0) * cov_min
+  rhs = e_data + g34
+  out["lemma34_cov_min"] = scale * adv_scale * cov_min
+  out["lemma34_cov_min_scaled"] = cov_min
+  out["lemma34_rhs"] = jnp.where(applies, scale * rhs, nan)
+  out["lemma34_slack"] = jnp.where(applies, e_next - rhs, nan)
+  out["lemma34_holds"] = _holds(e_next - rhs, e_next, rtol, applies)
   return {k: jnp.asarray(v, dtype) for k, v in out.items()}

@@ -12,6 +12,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from scl import registry
 from scl.models.base import Model
 
 
@@ -45,3 +46,10 @@ def make_categorical(n_atoms: int) -> Model:
     return jax.nn.softmax(params["logits"])
 
   return Model("categorical", init, fit, sample, log_prob, probs)
+
+
+@registry.MODELS.register("categorical", finite_support=True)
+def _build(cfg, event_shape, n_atoms: int | None) -> Model:
+  """Registered as ``model="categorical"``; the data set is discretised to ``n_atoms`` points if continuous."""
+  del cfg, event_shape
+  return make_categorical(n_atoms)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from scl import registry
 from scl.models.base import Model
 
 Array = chex.Array
@@ -237,3 +238,12 @@ def make_flow(
     return x
 
   return Model(name="flow", init=init, fit=fit, sample=sample, log_prob=None, probs=None)
+
+
+@registry.MODELS.register("flow")
+def _build(cfg, event_shape, n_atoms: int | None) -> Model:
+  """Registered as ``model="flow"``: the residual-MLP flow of ``cfg.model``'s sizes."""
+  del n_atoms
+  m = cfg.model
+  return make_flow(event_shape, width=m.width, depth=m.depth, train_steps=m.train_steps,
+                   init_steps=m.init_steps, batch_size=m.batch_size, sample_steps=m.sample_steps)

@@ -13,6 +13,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from scl import registry
 from scl.models.base import Model
 
 
@@ -106,3 +107,10 @@ def make_gmm(event_shape=(2,), n_components: int = 8, em_steps: int = 30, init_e
     return jax.nn.logsumexp(jax.nn.log_softmax(params["logits"])[None] + lp, -1)
 
   return Model("gmm", init, fit, sample, log_prob)
+
+
+@registry.MODELS.register("gmm")
+def _build(cfg, event_shape, n_atoms: int | None) -> Model:
+  """Registered as ``model="gmm"``: ``gmm_components`` components, ``em_steps`` EM steps per refit."""
+  del n_atoms
+  return make_gmm(event_shape, cfg.model.gmm_components, cfg.model.em_steps)

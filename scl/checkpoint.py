@@ -1,0 +1,151 @@
+"""Checkpointed runs: the loop in chunks between atomic checkpoints, resumed exactly after a stop.
+
+A checkpoint (``<workdir>/checkpoint.msgpack``, written atomically) holds the model after the last finished
+chunk, the outputs so far and a **fingerprint** of the run: every config setting under its flat keyword and
+the seed, with arrays by a SHA-256 digest of their bytes and functions (``reward_fn``, ``r_tilde_fn``) by
+their module, name, byte code, constants, defaults and closure contents. A checkpoint is only resumed by the
+same run; a run whose fingerprint cannot be trusted (a function closing over an object that cannot be
+digested) is refused, with a message, rather than resumed on a guess. A function may carry its own
+identity as a string attribute ``scl_fingerprint``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import types
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from scl import config as config_lib
+from scl import files
+from scl import loop
+
+#: Version of the checkpoint layout; a checkpoint of another version is refused with a message.
+FORMAT = 2
+FILENAME = "checkpoint.msgpack"
+
+
+class Untrusted(Exception):
+  """A value whose identity cannot be digested (its fingerprint would not change when it does)."""
+
+
+def _digest(value: Any, depth: int = 0) -> str:
+  """A string that changes when ``value`` does (content, not identity); raises :class:`Untrusted`."""
+  if depth > 20:
+    raise Untrusted("nested too deeply")
+  if value is None or isinstance(value, (bool, int, float, str, bytes)):
+    return repr(value)
+  if isinstance(value, (tuple, list)):
+    return "[" + ",".join(_digest(v, depth + 1) for v in value) + "]"
+  if isinstance(value, dict):
+    return "{" + ",".join(f"{k!r}:{_digest(v, depth + 1)}" for k, v in sorted(value.items(), key=str)) + "}"
+  if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+    arr = np.asarray(value)
+    return f"array{arr.shape}{arr.dtype}:{hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()}"
+  if isinstance(getattr(value, "scl_fingerprint", None), str):
+    return "named:" + value.scl_fingerprint
+  if isinstance(value, functools.partial):
+    return (f"partial({_digest(value.func, depth + 1)},{_digest(value.args, depth + 1)},"
+            f"{_digest(value.keywords, depth + 1)})")
+  if isinstance(value, types.FunctionType):
+    closure = [c.cell_contents for c in value.__closure__ or ()]
+    code = _code_digest(value.__code__)
+    return (f"fn:{value.__module__}.{value.__qualname__}:{code}:{_digest(value.__defaults__, depth + 1)}:"
+            f"{_digest(closure, depth + 1)}")
+  if isinstance(value, types.BuiltinFunctionType) or isinstance(value, np.ufunc):
+    return f"builtin:{getattr(value, '__module__', '')}.{value.__name__}"
+  if isinstance(value, types.ModuleType):
+    return f"module:{value.__name__}"
+  wrapped = getattr(value, "__wrapped__", None)  # jax.jit and functools.wraps keep the function here
+  if wrapped is not None:
+    return "wrapped:" + _digest(wrapped, depth + 1)
+  raise Untrusted(f"cannot digest a {type(value).__name__}")
+
+
+def _code_digest(code: types.CodeType) -> str:
+  h = hashlib.sha256(code.co_code)
+  for const in code.co_consts:
+    h.update((_code_digest(const) if isinstance(const, types.CodeType) else repr(const)).encode())
+  h.update(repr(code.co_names).encode())
+  return h.hexdigest()[:16]
+
+
+def fingerprint(cfg: config_lib.Config, seed: int) -> dict[str, str]:
+  """flat keyword -> digest of its value, and the seed; raises :class:`Untrusted` naming the field."""
+  out = {}
+  for name, value in {**cfg.flat(), "seed": seed}.items():
+    try:
+      out[name] = _digest(value)
+    except Untrusted as e:
+      raise Untrusted(f"{name}={value!r}: {e}") from None
+  return out
+
+
+def _load(path: str, fp: dict, workdir: str) -> dict:
+  try:
+    with open(path, "rb") as f:
+      state = serialization.msgpack_restore(f.read())
+  except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+    raise ValueError(f"workdir {workdir!r}: {FILENAME} cannot be read ({type(e).__name__}: {e}); delete it or "
+                     "use a new workdir") from e
+  version = state.get("format") if isinstance(state, dict) else None
+  if version != FORMAT:
+    raise ValueError(f"workdir {workdir!r} holds a checkpoint written by another version of scl (format "
+                     f"{version!r}, this version reads {FORMAT}); delete {FILENAME} or use a new workdir")
+  saved = json.loads(state["fingerprint"])
+  if saved != fp:
+    diff = sorted(k for k in set(saved) | set(fp) if saved.get(k) != fp.get(k))
+    raise ValueError(f"workdir {workdir!r} holds a checkpoint of a different run (fields {diff} differ); "
+                     f"use a new workdir or delete {FILENAME}")
+  return state
+
+
+def run_with_checkpoints(cfg: config_lib.Config, seed: int, workdir: str, every: int,
+                         progress: bool) -> loop.Result:
+  """:func:`scl.run` with a ``workdir``: chunks of ``every`` iterations, a checkpoint after each."""
+  try:
+    fp = fingerprint(cfg, seed)
+  except Untrusted as e:
+    raise ValueError(f"cannot checkpoint this run: its fingerprint cannot be trusted ({e}); give the function "
+                     "a string attribute scl_fingerprint that names it, or run without a workdir") from None
+  os.makedirs(workdir, exist_ok=True)
+  init, chunk, final, data = loop.jitted_pieces(cfg.static())
+  hyper, key = cfg.hyper.arrays(), jax.random.PRNGKey(seed)
+  path = os.path.join(workdir, FILENAME)
+  T = cfg.iterations
+
+  params = init(hyper, key, data)
+  done, history = 0, None
+  if os.path.exists(path):
+    state = _load(path, fp, workdir)
+    params = serialization.from_state_dict(params, state["params"])
+    done = int(state["done"])
+    history = state["history"] or None
+
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm
+    bar = tqdm(total=T, initial=done, desc=f"scl {cfg.data.name}/{cfg.model.name}", unit="it")
+  while done < T:
+    n = min(every, T - done)
+    params, outs = chunk(params, hyper, key, data, jnp.arange(done, done + n))
+    outs = jax.device_get(outs)
+    history = outs if history is None else jax.tree.map(lambda a, b: np.concatenate([a, b], 0), history, outs)
+    done += n
+    state = {"format": FORMAT, "fingerprint": json.dumps(fp), "done": done,
+             "params": serialization.to_state_dict(jax.device_get(params)), "history": history}
+    files.write_bytes(path, serialization.msgpack_serialize(state))
+    if bar is not None:
+      bar.update(n)
+      bar.set_postfix(expected_reward=float(outs["expected_reward"][-1]))
+  if bar is not None:
+    bar.close()
+  outs = loop.stack(final(params, hyper, key, data), history)
+  return loop.to_result(cfg, seed, params, outs)

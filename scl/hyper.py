@@ -1,0 +1,162 @@
+"""The traced hyper-parameters, declared once in :data:`TRACED`.
+
+From this table follow the :class:`Hyper` pytree the compiled program takes, the validation of values
+(:meth:`scl.Config.validate`, :func:`scl.sweep`) and the axes a sweep may take. Adding a traced
+hyper-parameter is one :class:`Traced` line here (and its use in a component).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Traced:
+  """A traced hyper-parameter: its default, domain and meaning.
+
+  Attributes:
+    name: the keyword (``K``, ``lam``, ...).
+    default: the value when not given.
+    doc: what it is, with the papers' symbol.
+    lo, hi: the closed domain ``[lo, hi]`` (``lo_open``: ``(lo, hi]``).
+    integer: values must be whole numbers (traced as int32; else float32).
+    finite: ``inf`` is not allowed.
+  """
+
+  name: str
+  default: float
+  doc: str
+  lo: float = 0.0
+  hi: float = math.inf
+  lo_open: bool = False
+  integer: bool = False
+  finite: bool = True
+
+  @property
+  def dtype(self):
+    return jnp.int32 if self.integer else jnp.float32
+
+  def check(self, value) -> None:
+    """Raise ``ValueError`` naming the field and the value unless every entry of ``value`` is in the domain."""
+    arr = np.asarray(value, dtype=np.float64)
+    low = f"({self.lo:g}" if self.lo_open else f"[{self.lo:g}"
+    domain = f"{low}, {self.hi:g}]" + ("" if self.finite else " (inf allowed)")
+    bad = (np.isnan(arr) | (arr < self.lo) | (arr > self.hi) | ((arr == self.lo) & self.lo_open)
+           | (np.isinf(arr) & self.finite))
+    if self.integer:
+      bad |= np.isfinite(arr) & (arr != np.round(arr))
+    if np.any(bad):
+      what = "an integer" if self.integer else "a number"
+      raise ValueError(f"invalid config: {self.name}={value!r}: {self.doc} must be {what} in {domain}")
+
+
+#: The traced hyper-parameters, declared once: :class:`Hyper`, validation and sweep axes follow from it.
+TRACED: tuple[Traced, ...] = (
+    Traced("K", 2, "the number of candidates K shown per choice", lo=1, integer=True),
+    Traced("lam", math.inf, "λ, the weight of curated synthetic data against real data", finite=False),
+    Traced("phi", 0.0, "φ, the fraction of malicious users", hi=1.0),
+    Traced("kappa", 0.0, "κ, the label-flip budget as a fraction of preference pairs", hi=1.0),
+    Traced("alpha", 0.8, "α, the attacker's stealth weight"),
+    Traced("beta", 0.5, "β, the fraction of the pool kept by the pool filters", hi=1.0, lo_open=True),
+    Traced("lr", 1e-3, "the learning rate of neural models", lo_open=True),
+    Traced("l2", 1e-3, "the L2 weight of the learned reward model"),
+)
+TRACED_BY_NAME: dict[str, Traced] = {t.name: t for t in TRACED}
+
+
+@jax.tree_util.register_pytree_node_class
+class Hyper:
+  """The traced hyper-parameters of :data:`TRACED`, by name: ``hyper.K``, ``hyper.lam``, ...
+
+  In a :class:`Config` the values are Python numbers (``lam = inf`` is the fully synthetic loop); inside the
+  compiled program they are scalar arrays (``K`` int32, the rest float32), with a leading axis under
+  ``vmap``. A pytree: its leaves are the values in :data:`TRACED` order.
+  """
+
+  __slots__ = ("_values",)
+
+  def __init__(self, **values):
+    missing = [t.name for t in TRACED if t.name not in values]
+    unknown = sorted(set(values) - set(TRACED_BY_NAME))
+    if unknown:
+      raise ValueError(f"unknown hyper-parameter(s) {unknown}; the traced ones are {traced_names()}")
+    if missing:
+      raise ValueError(f"missing hyper-parameter(s) {missing}")
+    object.__setattr__(self, "_values", {t.name: values[t.name] for t in TRACED})
+
+  @classmethod
+  def defaults(cls, **overrides) -> "Hyper":
+    return cls(**{**{t.name: t.default for t in TRACED}, **overrides})
+
+  def __getattr__(self, name: str):
+    try:
+      return object.__getattribute__(self, "_values")[name]
+    except KeyError:
+      raise AttributeError(f"Hyper has no field {name!r}; fields: {traced_names()}") from None
+
+  def __setattr__(self, name, value):
+    raise dataclasses.FrozenInstanceError(f"Hyper is immutable; use .replace({name}=...)")
+
+  def replace(self, **values) -> "Hyper":
+    return Hyper(**{**self._values, **values})
+
+  def items(self):
+    return self._values.items()
+
+  def as_dict(self) -> dict[str, Any]:
+    return dict(self._values)
+
+  def arrays(self) -> "Hyper":
+    """The values as scalar arrays of each field's dtype (what the compiled program takes)."""
+    return Hyper(**{t.name: jnp.asarray(self._values[t.name], t.dtype) for t in TRACED})
+
+  def tree_flatten(self):
+    return tuple(self._values[t.name] for t in TRACED), None
+
+  @classmethod
+  def tree_unflatten(cls, aux, leaves):
+    del aux
+    return cls(**dict(zip(traced_names(), leaves)))
+
+  def __eq__(self, other):
+    return isinstance(other, Hyper) and all(_hashable(a) == _hashable(b) for a, b in
+                                            zip(self.tree_flatten()[0], other.tree_flatten()[0]))
+
+  def __hash__(self):
+    return hash(tuple(_hashable(v) for v in self.tree_flatten()[0]))
+
+  def __repr__(self):
+    return "Hyper(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
+
+
+def traced_names() -> tuple[str, ...]:
+  return tuple(t.name for t in TRACED)
+
+
+def real_share(lam) -> jax.Array:
+  """``1 / (1 + λ)`` (a float or a traced array), with ``λ = inf`` mapped to 0 exactly (never ``inf / inf``)."""
+  lam = jnp.asarray(lam)
+  return jnp.where(jnp.isinf(lam), 0.0, 1.0 / (1.0 + jnp.where(jnp.isinf(lam), 0.0, lam)))
+
+
+def validate_traced(cfg, **values) -> None:
+  """Check traced values (scalars or sequences of grid values) against their domains and ``K_max``."""
+  for name, value in values.items():
+    TRACED_BY_NAME[name].check(value)
+  if "K" in values and np.any(np.asarray(values["K"], np.float64) > cfg.curation.K_max):
+    raise ValueError(f"invalid config: K={values['K']!r}: exceeds K_max={cfg.curation.K_max}; K_max is static "
+                     "(it fixes the candidate shapes and so the random draws): raise it to sweep larger K")
+
+
+
+
+def _hashable(value):
+  if value is None or isinstance(value, (str, int, float, bool, tuple)):
+    return value
+  return ("id", id(value))

@@ -1,0 +1,68 @@
+"""Wei & Zhang's platform: the reward ``R~`` that users curate with when preferences pass through a platform.
+
+::
+
+    samples of p_t --pairs--> (x, z) --labels (r)--> o --attacker fits R_θ on o, flips κn labels--> o~
+        --platform fits R~ on o~ (warm-started at θ)--> R~ on the pool
+
+:func:`learned_reward` is one pure function of the step's pool, the true rewards on it and the traced
+hyper-parameters; the label mode and the attack are looked up in their registries
+(:data:`scl.registry.LABELS`, :data:`scl.registry.ATTACKS`).
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from scl import attacks
+from scl import preferences
+from scl import registry
+from scl import reward_model
+
+
+def learned_reward(key: chex.PRNGKey, points: chex.Array, r_pool: chex.Array, hyper, data, task
+                   ) -> tuple[chex.Array, dict[str, chex.Array]]:
+  """The platform's learned reward ``R~`` on the pool and the step's preference statistics.
+
+  Args:
+    key: PRNG key of this iteration's preferences.
+    points: ``[P, *event]`` samples of ``p_t`` (points, not atom indices).
+    r_pool: ``[P]`` the users' reward ``r`` on them.
+    hyper: the traced :class:`~scl.config.Hyper` (``κ``, ``α``, ``l2``).
+    data, task: the run's :class:`~scl.task.TaskData` and :class:`~scl.task.Task`.
+
+  Returns:
+    ``(R~ [P], stats)``; ``stats``: ``n_flips`` (labels the attacker flipped, exactly ``floor(κ n)``),
+    ``cov_r_learned`` (``Cov[e^{r - max r}, e^{R~ - max R~}]`` over the pool: only its sign and the
+    correlation compare across attacks, the scale of ``R~`` being arbitrary), ``corr_r_learned`` and
+    ``reward_accuracy`` (pairwise accuracy of ``R~`` on fresh clean pairs, ties excluded).
+  """
+  cfg = task.cfg
+  platform = cfg.platform
+  net = reward_model.mlp_reward(tuple(platform.reward_hidden))
+  reward = lambda x: task.reward(data.reward, x)
+  k_pairs, k_labels, k_init, k_attack, k_held = jax.random.split(key, 5)
+
+  x, z = preferences.draw_pairs(k_pairs, points, platform.n_pairs)
+  o = registry.LABELS[platform.labels](k_labels, reward(x), reward(z))
+  # The attacker's estimate R_θ of the users' reward, from genuine preferences it collected itself.
+  theta = reward_model.fit_reward(net.init(k_init, x[:1]), net.apply, x, z, o, hyper.l2)
+  view = attacks.AttackerView(theta, net.apply, points[:min(points.shape[0], 4 * platform.n_pairs)])
+  o_flipped, flipped = registry.ATTACKS[platform.attack](k_attack, x, z, o, view, hyper, cfg)
+  theta_platform = reward_model.fit_reward(theta, net.apply, x, z, o_flipped, hyper.l2)
+  r_learned = net.apply(theta_platform, points)
+
+  xh, zh = preferences.draw_pairs(k_held, points, platform.n_pairs)
+  oh = preferences.deterministic_labels(k_held, reward(xh), reward(zh))
+  a = jnp.exp(r_pool - jnp.max(r_pool))
+  b = jnp.exp(r_learned - jnp.max(r_learned))
+  cov = jnp.mean((a - a.mean()) * (b - b.mean()))
+  stats = {
+      "n_flips": jnp.sum(flipped).astype(jnp.float32),
+      "cov_r_learned": cov,
+      "corr_r_learned": cov / jnp.maximum(a.std() * b.std(), 1e-30),
+      "reward_accuracy": reward_model.pairwise_accuracy(theta_platform, net.apply, xh, zh, oh),
+  }
+  return r_learned, stats

@@ -1,0 +1,146 @@
+"""From a :class:`~scl.config.Config` to what a run needs: the static :class:`Task` and its array data.
+
+:func:`build` looks every component up in its registry (:mod:`scl.registry`) and returns two things:
+
+* a :class:`Task` — the static part: the model family, the reward functions, the sizes. It is hashable by
+  identity and cached on the config's static part, so a jitted program closes over functions only.
+* a :class:`TaskData` — every array a run needs (real data, support, ``p_data``, reward parameters such as
+  ``x*`` or classifier weights), a pytree passed to the compiled program as an argument, never baked into
+  it as a constant: the program does not grow with the data.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scl import config as config_lib
+from scl import registry
+from scl import rewards as rewards_lib
+from scl.models.base import Model
+
+#: Points of ``p_data`` kept for the sample-based distances (energy distance).
+N_EVAL_POINTS = 2000
+
+
+class Dataset(NamedTuple):
+  """What a registered data-set builder ``(cfg) -> Dataset`` returns (concrete arrays, outside ``jit``).
+
+  A continuous data set gives ``sample``; a finite one gives its ``support`` and ``weights`` (``p_data``).
+
+  Attributes:
+    sample: ``(key, n) -> [n, *event]`` i.i.d. draws of ``p_data`` (None for a finite data set).
+    support: ``[n_atoms, *event]`` atoms of a finite data set, else None.
+    weights: ``[n_atoms]`` ``p_data`` on the atoms (sum 1), else None.
+    anchor: a point ``[d]``: the default ``x*`` of the clipped-distance reward (mode 0, the first atom).
+    modes: ``[m, d]`` mode centres for the mode proportions, or None.
+    mode_radius: points farther than this from every mode count as off-mode.
+  """
+
+  sample: Callable[[chex.PRNGKey, int], chex.Array] | None = None
+  support: Any = None
+  weights: Any = None
+  anchor: tuple[float, ...] | None = None
+  modes: Any = None
+  mode_radius: float = 0.0
+
+
+class TaskData(NamedTuple):
+  """The arrays of a run (a pytree, an argument of the compiled program).
+
+  Attributes:
+    real_x, real_w: ``p_data`` as weighted samples in the model's sample space (``[R, *event]``, ``[R]``;
+      on a finite support every atom, weighted by ``p_data`` exactly; for the categorical model the atoms'
+      indices).
+    eval_points: ``[N_EVAL_POINTS, d]`` a fixed sample of ``p_data`` for the energy distance.
+    support: ``[n_atoms, d]`` atoms of a finite support, else None.
+    p_data: ``[n_atoms]`` ``p_data`` on the support, else None.
+    modes: ``[m, d]`` mode centres, else None; mode_radius: scalar.
+    reward, r_tilde: parameters of the users' reward ``r`` and of the malicious users' ``r~`` (pytrees).
+  """
+
+  real_x: chex.Array
+  real_w: chex.Array
+  eval_points: chex.Array
+  support: Any
+  p_data: Any
+  modes: Any
+  mode_radius: chex.Array
+  reward: Any
+  r_tilde: Any
+
+
+class Task(NamedTuple):
+  """The static part of a run (functions and sizes; hashable by identity).
+
+  Attributes:
+    cfg: the static config (traced values at their defaults).
+    model: the generative model family.
+    reward, r_tilde: ``(params, points [n, d]) -> [n]``, the users' reward ``r`` and the malicious users'
+      ``r~``; their parameters are ``TaskData.reward`` / ``TaskData.r_tilde``.
+    finite: the model lives on a finite support (samples are atom indices; metrics are exact).
+  """
+
+  cfg: config_lib.Config
+  model: Model
+  reward: Callable[[Any, chex.Array], chex.Array]
+  r_tilde: Callable[[Any, chex.Array], chex.Array]
+  finite: bool
+
+  def to_points(self, data: TaskData, samples: chex.Array) -> chex.Array:
+    """Model samples -> points (atom lookup on a finite support, else the samples themselves)."""
+    return data.support[samples] if self.finite else samples
+
+
+def _check_reward(name: str, values, n: int) -> None:
+  values = np.asarray(values)
+  if values.shape != (n,):
+    raise ValueError(f"invalid config: {name} must map [n, d] to [n]; got shape {values.shape} for n={n}")
+  if not np.all(np.isfinite(values)):
+    bad = values[~np.isfinite(values)][:3]
+    raise ValueError(f"invalid reward: {name} is not finite on the data (values such as {bad})")
+
+
+@functools.lru_cache(maxsize=32)
+def build(cfg: config_lib.Config) -> tuple[Task, TaskData]:
+  """Validate ``cfg`` and build its :class:`Task` and :class:`TaskData` (cached on the static config)."""
+  cfg = cfg.static().validate()
+  dataset = registry.DATASETS[cfg.data.name](cfg)
+  reward = registry.REWARDS[cfg.reward.name](cfg, dataset)
+  r_tilde = (rewards_lib.Reward(None, lambda _, x: cfg.reward.r_tilde_fn(x))
+             if cfg.reward.r_tilde_fn is not None else rewards_lib.negated(reward))
+  k_real, k_support, k_eval = jax.random.split(jax.random.PRNGKey(cfg.data.data_seed), 3)
+
+  as_indices = registry.MODELS.meta(cfg.model.name, "finite_support", False)
+  if dataset.support is not None or as_indices:  # A finite support: given, or a discretised data set.
+    if dataset.support is not None:
+      support, p_data = jnp.asarray(dataset.support), jnp.asarray(dataset.weights)
+    else:
+      support = dataset.sample(k_support, cfg.data.n_atoms)
+      p_data = jnp.full((cfg.data.n_atoms,), 1.0 / cfg.data.n_atoms, jnp.float32)
+    real_w = p_data
+    real_x = jnp.arange(support.shape[0], dtype=jnp.int32) if as_indices else support
+    eval_points = support[jax.random.categorical(k_eval, jnp.log(p_data), shape=(N_EVAL_POINTS,))]
+    checked = support
+    model = registry.MODELS[cfg.model.name](cfg, tuple(support.shape[1:]), support.shape[0])
+  else:
+    support = p_data = None
+    real_x = dataset.sample(k_real, cfg.data.n_real)
+    real_w = jnp.full((cfg.data.n_real,), 1.0 / cfg.data.n_real)
+    eval_points = dataset.sample(k_eval, N_EVAL_POINTS)
+    checked = real_x
+    model = registry.MODELS[cfg.model.name](cfg, tuple(real_x.shape[1:]), None)
+  _check_reward("r", reward.apply(reward.params, checked), checked.shape[0])
+  _check_reward("r~", r_tilde.apply(r_tilde.params, checked), checked.shape[0])
+
+  modes = None if dataset.modes is None else jnp.asarray(dataset.modes, jnp.float32)
+  data = TaskData(real_x=real_x, real_w=real_w, eval_points=eval_points, support=support, p_data=p_data,
+                  modes=modes, mode_radius=jnp.asarray(dataset.mode_radius, jnp.float32),
+                  reward=reward.params, r_tilde=r_tilde.params)
+  task = Task(cfg=cfg, model=model, reward=reward.apply, r_tilde=r_tilde.apply, finite=as_indices)
+  return task, data
