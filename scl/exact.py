@@ -35,6 +35,11 @@ brute-force enumeration and adaptive scipy quadrature for spreads up to 50 and K
 1e-4 in float32. The output is renormalised to sum to 1 (the exact ``Σ_x p_x H_K(x)`` is 1).
 
 Cost: ``O(n * num_nodes)`` exponentials per curation step, done in node chunks so memory is ``O(n * 32)``.
+
+Validation: :func:`curate`, :func:`step` and :func:`run` check their concrete arguments with :func:`validate`
+(probability vectors, finite rewards, shapes, ``K >= 1``, ``λ >= 0``, ``φ ∈ [0, 1]``, ``iterations >= 0``) and
+raise ``ValueError`` before computing; traced arguments (under ``jit``/``vmap``) are passed through. The
+private ``_curate`` and ``_run`` are the unchecked kernels for internal callers.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ import numpy as np
 
 from scl import metrics as metrics_lib
 from scl import theory
-from scl.hyper import real_share  # noqa: F401  (re-exported: scl.exact.real_share)
+from scl.types import real_share  # noqa: F401  (re-exported: scl.exact.real_share)
 
 Array = chex.Array
 
@@ -149,10 +154,16 @@ def _is_tracer(x: Any) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
+def _shape(x: Any) -> tuple[int, ...]:
+  return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+
+
 def _fmt(x: np.ndarray) -> str:
   """A short text form of a concrete value: ``0``, ``1.5``, ``[0.5, 0.6]`` (long vectors abridged)."""
   if x.ndim == 0:
     return repr(x.item())
+  if x.size <= 8:
+    return repr(x.tolist())
   return np.array2string(x, separator=", ", threshold=8, edgeitems=3, precision=6)
 
 
@@ -193,7 +204,7 @@ def validate(*, p: Any = None, p0: Any = None, p_data: Any = None, r: Any = None
                                        ("r_tilde", r_tilde)) if x is not None]
   ref = None
   for name, x in vectors:
-    shape = tuple(jnp.shape(x))
+    shape = _shape(x)
     if len(shape) != 1 or shape[0] == 0:
       raise ValueError(f"invalid argument: {name} has shape {shape}: expected a non-empty vector [n]")
     if ref is None:
@@ -215,7 +226,7 @@ def validate(*, p: Any = None, p0: Any = None, p_data: Any = None, r: Any = None
       tol = SUM_TOL_FLOAT64 if raw.dtype == np.float64 else SUM_TOL
       total = float(np.sum(v))
       if not abs(total - 1.0) <= tol:
-        _fail(name, v, f"probabilities must sum to 1 (sum {total!r}, tolerance {tol:g})")
+        _fail(name, v, f"probabilities must sum to 1 (sum {total:.8g}, tolerance {tol:g})")
 
   grids = (("K", K, lambda v: ~(v >= 1), "the number of candidates must be >= 1 (or inf)"),
            ("lam", lam, lambda v: ~(v >= 0), "λ must be >= 0 (inf: fully synthetic)"),
@@ -223,8 +234,8 @@ def validate(*, p: Any = None, p0: Any = None, p_data: Any = None, r: Any = None
   for name, x, bad, why in grids:
     if x is None:
       continue
-    if len(jnp.shape(x)) > 1:
-      raise ValueError(f"invalid argument: {name} has shape {tuple(jnp.shape(x))}: expected a scalar or a "
+    if len(_shape(x)) > 1:
+      raise ValueError(f"invalid argument: {name} has shape {_shape(x)}: expected a scalar or a "
                        "1-D sequence of grid values")
     if _is_tracer(x):
       continue

@@ -186,10 +186,10 @@ def test_huge_rewards_are_finite_and_match_brute_force_when_spread_is_small(x64)
 def test_mixed_users_brute_force(x64):
   rng = np.random.default_rng(5)
   p, r = random_instance(rng, 5, 4.0)
-  r_adv = -r + rng.normal(size=5)
+  r_tilde = -r + rng.normal(size=5)
   for phi in (0.0, 0.3, 1.0):
-    got = exact.curate(jnp.asarray(p), jnp.asarray(r), 3, r_adv=jnp.asarray(r_adv), phi=phi)
-    want = (1 - phi) * brute_force(p, r, 3) + phi * brute_force(p, r_adv, 3)
+    got = exact.curate(jnp.asarray(p), jnp.asarray(r), 3, r_tilde=jnp.asarray(r_tilde), phi=phi)
+    want = (1 - phi) * brute_force(p, r, 3) + phi * brute_force(p, r_tilde, 3)
     assert rel_err(got, want) < 1e-6
 
 
@@ -219,10 +219,10 @@ def test_run_matches_numpy_loop(x64):
 def test_run_metrics_shapes_and_default_p_data():
   p0 = jnp.full(10, 0.1)
   r = 10.0 - jnp.arange(10.0)
-  traj, metrics = exact.run(p0, r, 4, 1.0, iterations=6, r_adv=-r, phi=0.2)
+  traj, metrics = exact.run(p0, r, 4, 1.0, iterations=6, r_tilde=-r, phi=0.2)
   chex.assert_shape(traj, (7, 10))
   for key in ("expected_reward", "reward_var", "exp_reward", "log_exp_reward", "kl_to_data", "lemma22_rhs",
-              "lemma22_holds", "thm23_rhs", "thm23_holds", "thm24_rhs", "thm24_holds", "cov_r_radv", "g_var",
+              "lemma22_holds", "thm23_rhs", "thm23_holds", "thm24_rhs", "thm24_holds", "cov_r_rtilde", "g_var",
               "g_cov", "lemma33_rhs", "lemma33_holds"):
     chex.assert_shape(metrics[key], (7,))
   assert float(metrics["kl_to_data"][0]) == 0.0           # p_data defaults to p0

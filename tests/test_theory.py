@@ -46,10 +46,10 @@ def brute_force(p, r, K):
   return out
 
 
-def step(p, r, K, share=0.0, p_data=None, r_adv=None, phi=0.0):
+def step(p, r, K, share=0.0, p_data=None, r_tilde=None, phi=0.0):
   p_data = p if p_data is None else p_data
   return np.asarray(exact.step(jnp.asarray(p), jnp.asarray(r), K, share, jnp.asarray(p_data),
-                               None if r_adv is None else jnp.asarray(r_adv), phi))
+                               None if r_tilde is None else jnp.asarray(r_tilde), phi))
 
 
 def exp_mean(p, r):
@@ -128,18 +128,18 @@ def test_huge_rewards_monitors_are_finite_in_scaled_space():
 @given(p=probs(), r=rewards(), noise=rewards(1.0), phi=st.floats(0.0, 1.0))
 def test_kinf_nonnegative_covariance_means_rising_exp_reward(p, r, noise, phi):
   """K = inf: E_{p'}[e^r] - E_p[e^r] = (1-φ) Var[e^r]/E[e^r] + φ Cov[e^r, e^r~]/E[e^r~] (closed form)."""
-  r_adv = r + noise
-  a, b = np.exp(r), np.exp(r_adv)
+  r_tilde = r + noise
+  a, b = np.exp(r), np.exp(r_tilde)
   cov = np.sum(p * a * b) - np.sum(p * a) * np.sum(p * b)
   assume(cov >= 0)
-  q = step(p, r, np.inf, r_adv=r_adv, phi=phi)
+  q = step(p, r, np.inf, r_tilde=r_tilde, phi=phi)
   delta = exp_mean(q, r) - exp_mean(p, r)
   var = np.sum(p * a ** 2) - np.sum(p * a) ** 2
   np.testing.assert_allclose(delta, (1 - phi) * var / np.sum(p * a) + phi * cov / np.sum(p * b),
                              rtol=1e-6, atol=1e-12)
   assert delta >= -1e-12
   m = theory.monitors(jnp.asarray(p), jnp.asarray(q), jnp.asarray(r), np.inf, 0.0, jnp.asarray(p),
-                      jnp.asarray(r_adv), phi)
+                      jnp.asarray(r_tilde), phi)
   assert m["lemma33_holds"] == 1.0                          # K = inf and Cov >= 0: Lemma 3.3 holds
 
 
@@ -148,35 +148,35 @@ def test_kinf_nonnegative_covariance_means_rising_exp_reward(p, r, noise, phi):
 # because H_2^{r~} is a concave, saturating function of e^{r~} (the middle atom gains almost as much as the top).
 CEX_P = np.array([1 / 3, 1 / 3, 1 / 3])
 CEX_R = np.log(np.array([1.0, 1e-3, 1.05]))
-CEX_RADV = np.array([-20.0, np.log(0.5), 0.0])
+CEX_RTILDE = np.array([-20.0, np.log(0.5), 0.0])
 
 
 @pytest.mark.parametrize("phi", [1.0, 0.9])
 def test_finite_k_counterexample_positive_covariance_falling_reward(phi):
-  a, b = np.exp(CEX_R), np.exp(CEX_RADV)
+  a, b = np.exp(CEX_R), np.exp(CEX_RTILDE)
   cov = np.sum(CEX_P * a * b) - np.sum(CEX_P * a) * np.sum(CEX_P * b)
   assert cov > 0
   # Independent: brute-force enumeration of the K = 2 choice.
-  q_bf = (1 - phi) * brute_force(CEX_P, CEX_R, 2) + phi * brute_force(CEX_P, CEX_RADV, 2)
+  q_bf = (1 - phi) * brute_force(CEX_P, CEX_R, 2) + phi * brute_force(CEX_P, CEX_RTILDE, 2)
   assert exp_mean(q_bf, CEX_R) < exp_mean(CEX_P, CEX_R) - 0.02
   assert np.sum(q_bf * CEX_R) < np.sum(CEX_P * CEX_R)
   # The engine agrees, and the monitor reports Lemma 3.3 (seed form) as violated.
-  q = np.asarray(exact.curate(jnp.asarray(CEX_P), jnp.asarray(CEX_R), 2, jnp.asarray(CEX_RADV), phi))
+  q = np.asarray(exact.curate(jnp.asarray(CEX_P), jnp.asarray(CEX_R), 2, jnp.asarray(CEX_RTILDE), phi))
   np.testing.assert_allclose(q, q_bf, rtol=1e-6)
   m = theory.monitors(jnp.asarray(CEX_P), jnp.asarray(q), jnp.asarray(CEX_R), 2, 0.0, jnp.asarray(CEX_P),
-                      jnp.asarray(CEX_RADV), phi)
+                      jnp.asarray(CEX_RTILDE), phi)
   assert m["g_cov"] > 0 and m["lemma33_holds"] == 0.0
-  np.testing.assert_allclose(m["cov_r_radv"], cov, rtol=1e-9)
+  np.testing.assert_allclose(m["cov_r_rtilde"], cov, rtol=1e-9)
 
 
 def test_counterexample_disappears_as_k_grows():
   """The same instance: E[e^r] falls for K <= 4 and rises for K >= 16 (tending to the K = inf closed form)."""
   deltas = {}
   for K in (2.0, 4.0, 16.0, 64.0, np.inf):
-    q = np.asarray(exact.curate(jnp.asarray(CEX_P), jnp.asarray(CEX_R), K, jnp.asarray(CEX_RADV), 1.0))
+    q = np.asarray(exact.curate(jnp.asarray(CEX_P), jnp.asarray(CEX_R), K, jnp.asarray(CEX_RTILDE), 1.0))
     deltas[K] = exp_mean(q, CEX_R) - exp_mean(CEX_P, CEX_R)
   assert deltas[2.0] < 0 and deltas[4.0] < 0 and deltas[16.0] > 0 and deltas[64.0] > 0
-  a, b = np.exp(CEX_R), np.exp(CEX_RADV)
+  a, b = np.exp(CEX_R), np.exp(CEX_RTILDE)
   cov = np.sum(CEX_P * a * b) - np.sum(CEX_P * a) * np.sum(CEX_P * b)
   np.testing.assert_allclose(deltas[np.inf], cov / np.sum(CEX_P * b), rtol=1e-6)
 
@@ -185,11 +185,11 @@ def test_lemma33_fails_for_negative_covariance_even_at_k_inf():
   """φ = 1, K = inf: the exact change is Cov/E[e^r~] < Cov/e^{r~*} = g_cov when Cov < 0."""
   p = np.array([0.5, 0.5])
   r = np.array([0.0, 1.0])
-  r_adv = -r
-  q = step(p, r, np.inf, r_adv=r_adv, phi=1.0)
+  r_tilde = -r
+  q = step(p, r, np.inf, r_tilde=r_tilde, phi=1.0)
   m = theory.monitors(jnp.asarray(p), jnp.asarray(q), jnp.asarray(r), np.inf, 0.0, jnp.asarray(p),
-                      jnp.asarray(r_adv), 1.0)
-  a, b = np.exp(r), np.exp(r_adv)
+                      jnp.asarray(r_tilde), 1.0)
+  a, b = np.exp(r), np.exp(r_tilde)
   cov = np.sum(p * a * b) - np.sum(p * a) * np.sum(p * b)
   np.testing.assert_allclose(exp_mean(q, r) - exp_mean(p, r), cov / np.sum(p * b), rtol=1e-9)
   np.testing.assert_allclose(m["g_cov"], cov / b.max(), rtol=1e-9)
@@ -202,12 +202,12 @@ def test_lemma33_violation_rate_finite_k():
   fails_pos, fails_neg, n_pos, n_neg = 0, 0, 0, 0
   for _ in range(60):
     p = rng.dirichlet(np.ones(N))
-    r, r_adv = rng.normal(size=N) * 2, rng.normal(size=N) * 2
+    r, r_tilde = rng.normal(size=N) * 2, rng.normal(size=N) * 2
     phi = rng.uniform()
-    q = step(p, r, 2.0, r_adv=r_adv, phi=phi)
+    q = step(p, r, 2.0, r_tilde=r_tilde, phi=phi)
     m = theory.monitors(jnp.asarray(p), jnp.asarray(q), jnp.asarray(r), 2.0, 0.0, jnp.asarray(p),
-                        jnp.asarray(r_adv), phi)
-    if m["cov_r_radv"] >= 0:
+                        jnp.asarray(r_tilde), phi)
+    if m["cov_r_rtilde"] >= 0:
       n_pos += 1
       fails_pos += int(m["lemma33_holds"] == 0.0)
     else:
