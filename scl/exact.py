@@ -55,7 +55,7 @@ import numpy as np
 
 from scl import metrics as metrics_lib
 from scl import theory
-from scl.types import real_share  # noqa: F401  (re-exported: scl.exact.real_share)
+from scl.hyper import real_share  # noqa: F401  (re-exported: scl.exact.real_share)
 
 Array = chex.Array
 
