@@ -1,39 +1,50 @@
 """Theorem monitors: the papers' bounds, evaluated on one step ``p_{t-1} -> p_t`` of the loop.
 
 Notation: ``r*`` the maximum reward over the atoms, ``ā = e^{r - r*} ∈ (0, 1]`` and, for the adversarial reward,
-``b̄ = e^{r~ - r~*}``. Every bound is compared in this scaled space (``E[e^r] = e^{r*} E[ā]``), so nothing
-overflows for large rewards; ``*_rhs`` is reported in natural units (comparable to ``exp_reward`` /
-``kl_to_data``), ``*_slack`` = lhs - rhs in scaled units and ``*_holds`` is 1.0 / 0.0 (NaN where the bound does
-not apply). ``c_K = (K-1)/K`` (1 for ``K = inf``), ``s = 1/(1+λ)`` the real-data share.
+``b̄ = e^{r~ - r~max}``, ``r~max``/``r~min`` the largest/smallest ``r~`` over the atoms (Wei & Zhang's Assumption
+3.2 bounds). Every bound is compared in this scaled space (``E[e^r] = e^{r*} E[ā]``), so nothing overflows for
+large rewards; ``*_rhs`` is reported in natural units (comparable to ``exp_reward`` / ``kl_to_data``),
+``*_slack`` = lhs - rhs in scaled units and ``*_holds`` is 1.0 / 0.0 (NaN where the bound does not apply).
+``c_K = (K-1)/K`` (1 for ``K = inf``), ``s = 1/(1+λ)`` the real-data share.
 
 * **Ferbach Lemma 2.2** (fully synthetic, benign: ``s = 0``, ``φ = 0``):
   ``E_{p_t}[e^r] >= E_{p_{t-1}}[e^r] + c_K Var_{p_{t-1}}[e^r] / e^{r*}``.
-* **Ferbach Theorem 2.3** (``φ = 0``; assumes ``p_0 = p_data``, ``t >= 1``):
+* **Ferbach Theorem 2.3** (``φ = 0``; assumes ``p_0 = p_data``, ``t >= 1``; NaN when ``p0_is_data`` is false):
   ``E_{p_t}[e^r] >= E_{p_data}[e^r] + λ/(1+λ)^3 (K-1) Var_{p_data}[e^r] / (K e^{r*})``;
   ``λ/(1+λ)^3 = (1-s) s^2``.
-* **Ferbach Theorem 2.4** (``φ = 0``, applies iff ``λ (K-1) < 1``; assumes ``p_0 = p_data``):
+* **Ferbach Theorem 2.4** (``φ = 0``, applies iff ``λ (K-1) < 1``; assumes ``p_0 = p_data``, NaN otherwise):
   ``KL(p_t || p_data) <= -log(1 - λ(K-1)) = log s - log(s - (1-s)(K-1))``.
 * **Wei Lemma 3.3** (fully synthetic, mixed users), in the form of the seed summary:
-  ``E_{p_t}[e^r] >= E_{p_{t-1}}[e^r] + g_var + g_cov`` with
-  ``g_var = (1-φ) c_K Var_{p_{t-1}}[e^r] / e^{r*}`` and ``g_cov = φ c_K Cov_{p_{t-1}}[e^r, e^{r~}] / e^{r~*}``.
-  Normalisation: Lemma 2.2's variance term is ``c_K Cov[e^r, e^r] / e^{r*}``, the covariance of the measured
-  quantity with the *curating* weight divided by the curating weight's maximum; ``g_cov`` is the same
-  expression with the curating reward ``r~`` (so ``g_cov`` has the units of ``e^r``, is invariant to shifting
-  ``r~``, and ``φ = 0`` gives back Lemma 2.2 exactly).
+  ``E_{p_t}[e^r] >= E_{p_{t-1}}[e^r] + g_var + g_cov`` with ``g_var = (1-φ) c_K Var_{p_{t-1}}[e^r] / e^{r*}``.
+  Two normalisations of the covariance term are monitored (the seed gives ``g_cov = φ c_K Cov[e^r, e^{r~}]``
+  only "up to the paper's normalisation"):
 
-Findings with the exact engine (``scl.exact``; tests in ``tests/test_theory.py``; see ``docs/theory.md``):
+  - ``lemma33_*``: ``g_cov = φ c_K Cov_{p_{t-1}}[e^r, e^{r~}] / e^{r~max}`` (scl's original transcription:
+    Lemma 2.2's ``c_K Cov[e^r, e^r] / e^{r*}`` with the curating reward ``r~``; ``φ = 0`` is Lemma 2.2);
+  - ``lemma33_signed_*``: ``g_cov_signed = φ c_K Cov / e^{r~max}`` when ``Cov >= 0`` and ``φ c_K Cov / e^{r~min}``
+    when ``Cov < 0``. At ``K = inf`` the adversarial users move ``E[e^r]`` by exactly
+    ``φ Cov[e^r, e^{r~}] / E[e^{r~}]`` and ``e^{r~min} <= E[e^{r~}] <= e^{r~max}``, so this form is a valid lower
+    bound at ``K = inf`` for either sign; the ``e^{r~max}`` form is not when ``Cov < 0``.
+* **Wei Lemma 3.4** (mixed data, constant ``φ_t = φ*``; asymptotic: ``t -> inf``), as transcribed from the seed:
+  ``E_{p_t}[e^r] >= E_{p_data}[e^r] + φ (λ+1) Cov_min / e^{r~max}``, ``Cov_min`` the smallest
+  ``Cov_{p_j}[e^r, e^{r~}]`` over the curated models ``j = 0 .. t-1`` (normalised by ``e^{r~max}`` as
+  ``lemma33_*``). Applies when ``λ < inf``. It is reported for every step, but only the value at convergence
+  (the last row of a long run) tests the statement.
+
+Findings with the exact engine (``scl.exact``; tests in ``tests/test_theory.py``; rates in ``docs/theory.md``):
 
 * Lemma 2.2, Theorem 2.3 and Theorem 2.4 held on every random instance tried.
-* With ``K = inf`` the adversarial users move ``E[e^r]`` by exactly ``φ Cov[e^r, e^{r~}] / E[e^{r~}]``, so
-  ``Cov[e^r, e^{r~}] >= 0`` implies a non-decreasing ``E[e^r]``.
-* For **finite K this implication is false**: the adversarial part moves ``E[e^r]`` by
-  ``φ Cov[e^r, H_K^{r~}]`` and ``H_K^{r~}`` is a concave, saturating function of ``e^{r~}``, whose covariance with
-  ``e^r`` can be negative while ``Cov[e^r, e^{r~}] > 0``. A three-atom counterexample with ``K = 2`` is kept in
-  the tests.
-* Lemma 3.3 in this form therefore **fails** for finite K with a positive covariance (the same
-  counterexample), and it also fails with a negative covariance even for ``K = inf`` (the exact adversarial
-  term ``φ Cov / E[e^{r~}]`` is more negative than ``φ Cov / e^{r~*}`` because ``E[e^{r~}] <= e^{r~*}``). It
-  holds when ``φ = 0`` (it is Lemma 2.2) and held on the instances tried with ``K = inf`` and ``Cov >= 0``.
+* For **finite K**, ``Cov[e^r, e^{r~}] >= 0`` does not imply a non-decreasing ``E[e^r]`` — a finding about the
+  paper's Lemma 3.3 itself, whatever the normalisation: the adversarial part moves ``E[e^r]`` by
+  ``φ Cov[e^r, H_K^{r~}]`` and ``H_K^{r~}`` is a concave, saturating function of ``e^{r~}``. Three equally likely
+  atoms with ``e^r = (1, .001, 1.05)``, ``e^{r~} = (e^{-20}, .5, 1)``, ``K = 2``, ``φ = 1``: ``Cov = 1/120 > 0``
+  and ``E[e^r]`` falls. Both forms fail there (about 1-3% of random ``K = 2, 3`` instances with ``Cov >= 0``), and
+  the signed form also fails on rare finite-K instances with ``Cov < 0`` (about 0.05%).
+* At ``K = inf`` the signed form held on every instance; the ``e^{r~max}`` form fails on about 30% of the
+  instances with ``Cov < 0`` — a failure of the original transcription (normalising by ``e^{r~max}``), not of
+  the paper.
+* Lemma 3.4 as transcribed fails at convergence for small ``λ`` with ``Cov_min > 0`` (at ``λ = 0``, ``p_t = p_data``
+  and the bound reads ``φ Cov_min <= 0``) and on a few instances with ``Cov_min < 0``; see ``docs/theory.md``.
 """
 
 from __future__ import annotations

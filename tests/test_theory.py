@@ -141,6 +141,8 @@ def test_kinf_nonnegative_covariance_means_rising_exp_reward(p, r, noise, phi):
   m = theory.monitors(jnp.asarray(p), jnp.asarray(q), jnp.asarray(r), np.inf, 0.0, jnp.asarray(p),
                       jnp.asarray(r_tilde), phi)
   assert m["lemma33_holds"] == 1.0                          # K = inf and Cov >= 0: Lemma 3.3 holds
+  assert m["lemma33_signed_holds"] == 1.0                   # Cov >= 0: the two forms coincide
+  np.testing.assert_allclose(m["g_cov_signed"], m["g_cov"], rtol=1e-12)
 
 
 # The finite-K counterexample: three equally likely atoms (plus three of zero mass), K = 2, all users
@@ -166,6 +168,7 @@ def test_finite_k_counterexample_positive_covariance_falling_reward(phi):
   m = theory.monitors(jnp.asarray(CEX_P), jnp.asarray(q), jnp.asarray(CEX_R), 2, 0.0, jnp.asarray(CEX_P),
                       jnp.asarray(CEX_RTILDE), phi)
   assert m["g_cov"] > 0 and m["lemma33_holds"] == 0.0
+  assert m["g_cov_signed"] > 0 and m["lemma33_signed_holds"] == 0.0   # a finding about the paper (finite K)
   np.testing.assert_allclose(m["cov_r_rtilde"], cov, rtol=1e-9)
 
 
@@ -194,24 +197,226 @@ def test_lemma33_fails_for_negative_covariance_even_at_k_inf():
   np.testing.assert_allclose(exp_mean(q, r) - exp_mean(p, r), cov / np.sum(p * b), rtol=1e-9)
   np.testing.assert_allclose(m["g_cov"], cov / b.max(), rtol=1e-9)
   assert m["lemma33_holds"] == 0.0
+  # The sign-aware normalisation (e^{r~min} for Cov < 0) is a valid bound here: the transcription's failure.
+  np.testing.assert_allclose(m["g_cov_signed"], cov / b.min(), rtol=1e-9)
+  assert exp_mean(q, r) - exp_mean(p, r) >= cov / b.min()
+  assert m["lemma33_signed_holds"] == 1.0
+
+
+@SETTINGS
+@given(p=probs(), r=rewards(), r_tilde=rewards(), phi=st.floats(0.0, 1.0))
+def test_signed_lemma33_holds_at_k_inf_for_either_sign(p, r, r_tilde, phi):
+  """K = inf: the exact step is the closed-form tilt; g_cov_signed <= φ Cov/E[e^r~] for either sign of Cov."""
+  a, b = np.exp(r), np.exp(r_tilde)
+  q = (1 - phi) * p * a / np.sum(p * a) + phi * p * b / np.sum(p * b)
+  cov = np.sum(p * a * b) - np.sum(p * a) * np.sum(p * b)
+  var = np.sum(p * a ** 2) - np.sum(p * a) ** 2
+  g_signed = phi * cov / (b.max() if cov >= 0 else b.min())
+  rhs = exp_mean(p, r) + (1 - phi) * var / a.max() + g_signed
+  assert exp_mean(q, r) >= rhs - 1e-9 * exp_mean(q, r)
+  m = theory.monitors(jnp.asarray(p), jnp.asarray(q), jnp.asarray(r), np.inf, 0.0, jnp.asarray(p),
+                      jnp.asarray(r_tilde), phi)
+  np.testing.assert_allclose(m["g_cov_signed"], g_signed, rtol=1e-9, atol=1e-14 * np.exp(r.max()))
+  np.testing.assert_allclose(m["lemma33_signed_rhs"], rhs, rtol=1e-9)
+  assert m["lemma33_signed_holds"] == 1.0
+
+
+# A finite-K instance where the sign-aware form fails with a negative covariance (found by a random search
+# of 20,000 instances, 5 of 10,916 with Cov < 0 failed; rounded to two decimals): K = 2, φ = 1.
+CEX2_P = np.array([0.05, 0.01, 0.05, 0.01, 0.19, 0.69])
+CEX2_R = np.array([0.55, -0.37, -1.07, -2.29, 0.38, -2.32])
+CEX2_RTILDE = np.array([1.78, -1.93, 2.35, 1.62, -3.3, 0.24])
+
+
+def test_signed_lemma33_fails_at_finite_k_with_negative_covariance():
+  a, b = np.exp(CEX2_R), np.exp(CEX2_RTILDE)
+  p = CEX2_P
+  cov = np.sum(p * a * b) - np.sum(p * a) * np.sum(p * b)
+  assert cov < 0
+  q = brute_force(p, CEX2_RTILDE, 2)                        # φ = 1: every user curates with r~
+  rhs = exp_mean(p, CEX2_R) + 0.5 * cov / b.min()           # g_var = 0, c_K = 1/2
+  assert exp_mean(q, CEX2_R) < rhs * (1 - 1e-3)
+  m = theory.monitors(jnp.asarray(p), jnp.asarray(q), jnp.asarray(CEX2_R), 2.0, 0.0, jnp.asarray(p),
+                      jnp.asarray(CEX2_RTILDE), 1.0)
+  np.testing.assert_allclose(m["lemma33_signed_rhs"], rhs, rtol=1e-9)
+  assert m["lemma33_signed_holds"] == 0.0 and m["lemma33_holds"] == 0.0
+
+
+def batch_brute_force(p, r, K):
+  """Vectorised brute_force over instances: p, r [B, n] -> [B, n]."""
+  out = np.zeros_like(p)
+  for tup in itertools.product(range(p.shape[1]), repeat=K):
+    idx = list(tup)
+    e = np.exp(r[:, idx] - r[:, idx].max(axis=1, keepdims=True))
+    contrib = np.prod(p[:, idx], axis=1, keepdims=True) * e / e.sum(axis=1, keepdims=True)
+    for j, i in enumerate(idx):
+      out[:, i] += contrib[:, j]
+  return out
+
+
+#: Instances per K in the violation-rate test, and the stated bound on the signed form's finite-K failure rate.
+N_RATE = 1500
+MAX_FINITE_K_RATE = 0.05
 
 
 def test_lemma33_violation_rate_finite_k():
-  """Documented measurement (not a bound): how often the seed form of Lemma 3.3 fails on random instances."""
+  """On N_RATE random 6-atom instances per K (p ~ Dirichlet(1), r, r~ ~ N(0, 2^2), φ ~ U(0, 1)), computed by
+  brute-force enumeration (K = 2) and the closed-form tilt (K = inf): the sign-aware form of Lemma 3.3 never
+  fails at K = inf, fails at least once but on fewer than 5% of the instances at K = 2, and the monitor's
+  verdicts equal the numpy ones; the e^{r~max} form fails at K = inf on some instance with Cov < 0."""
   rng = np.random.default_rng(0)
-  fails_pos, fails_neg, n_pos, n_neg = 0, 0, 0, 0
-  for _ in range(60):
-    p = rng.dirichlet(np.ones(N))
-    r, r_tilde = rng.normal(size=N) * 2, rng.normal(size=N) * 2
-    phi = rng.uniform()
-    q = step(p, r, 2.0, r_tilde=r_tilde, phi=phi)
-    m = theory.monitors(jnp.asarray(p), jnp.asarray(q), jnp.asarray(r), 2.0, 0.0, jnp.asarray(p),
-                        jnp.asarray(r_tilde), phi)
-    if m["cov_r_rtilde"] >= 0:
-      n_pos += 1
-      fails_pos += int(m["lemma33_holds"] == 0.0)
+  monitors = jax.jit(jax.vmap(lambda p, q, r, rt, phi, K: theory.monitors(p, q, r, K, 0.0, p, rt, phi, rtol=1e-9),
+                              in_axes=(0, 0, 0, 0, 0, None)))
+  fails = {}
+  for K in (2, np.inf):
+    p = rng.dirichlet(np.ones(N), size=N_RATE)
+    r, r_tilde = 2 * rng.normal(size=(N_RATE, N)), 2 * rng.normal(size=(N_RATE, N))
+    phi = rng.uniform(size=N_RATE)
+    a, b = np.exp(r), np.exp(r_tilde)
+    if np.isinf(K):
+      q = (1 - phi[:, None]) * p * a / np.sum(p * a, 1, keepdims=True) + phi[:, None] * p * b / np.sum(
+          p * b, 1, keepdims=True)
     else:
-      n_neg += 1
-      fails_neg += int(m["lemma33_holds"] == 0.0)
-  assert n_pos > 0 and n_neg > 0
-  assert fails_neg > 0          # the seed form is not a valid lower bound in general
+      q = (1 - phi[:, None]) * batch_brute_force(p, r, K) + phi[:, None] * batch_brute_force(p, r_tilde, K)
+    c_K = 1.0 if np.isinf(K) else (K - 1) / K
+    cov = np.sum(p * a * b, 1) - np.sum(p * a, 1) * np.sum(p * b, 1)
+    var = np.sum(p * a * a, 1) - np.sum(p * a, 1) ** 2
+    base = np.sum(p * a, 1) + (1 - phi) * c_K * var / a.max(1)
+    e_next = np.sum(q * a, 1)
+    fail = e_next < base + phi * c_K * cov / b.max(1) - 1e-9 * e_next
+    fail_signed = e_next < base + phi * c_K * cov / np.where(cov >= 0, b.max(1), b.min(1)) - 1e-9 * e_next
+    m = monitors(p, q, r, r_tilde, phi, float(K))
+    np.testing.assert_array_equal(np.asarray(m["lemma33_holds"]) == 0, fail)
+    np.testing.assert_array_equal(np.asarray(m["lemma33_signed_holds"]) == 0, fail_signed)
+    fails[K] = (fail, fail_signed, cov)
+  fail, fail_signed, cov = fails[np.inf]
+  assert fail_signed.sum() == 0
+  assert fail[cov < 0].sum() > 0 and fail[cov >= 0].sum() == 0
+  fail, fail_signed, cov = fails[2]
+  assert 0 < fail_signed.sum() < MAX_FINITE_K_RATE * N_RATE
+  assert np.all(fail_signed <= fail)                        # the signed term is never above the e^{r~max} one
+
+
+# ----------------------------------------------------------------------------- assumptions: p_0 = p_data
+
+
+def test_thm23_thm24_not_applicable_unless_p0_is_data():
+  """Thm 2.3 / 2.4 assume p_0 = p_data. Here p_0 sits on the worst atom, and the Thm 2.3 formula is indeed
+  violated at t = 1 (numpy): the monitors must report NaN, not a violation."""
+  r = np.array([0.0, 1.0, 2.0, 3.0])
+  p_data = np.full(4, 0.25)
+  p0 = np.array([0.97, 0.01, 0.01, 0.01])
+  K, lam = 2.0, 0.5
+  s = 1 / (1 + lam)
+  p1 = s * p_data + (1 - s) * brute_force(p0, r, 2)
+  a = np.exp(r)
+  rhs = exp_mean(p_data, r) + lam / (1 + lam) ** 3 * 0.5 * (np.sum(p_data * a ** 2) - exp_mean(p_data, r) ** 2) / a.max()
+  assert exp_mean(p1, r) < rhs                               # the theorem's conclusion fails without p_0 = p_data
+  traj, metrics = exact.run(jnp.asarray(p0), jnp.asarray(r), K, lam, jnp.asarray(p_data), iterations=4)
+  np.testing.assert_allclose(traj[1], p1, rtol=1e-6)
+  for key in ("thm23_rhs", "thm23_slack", "thm23_holds", "thm24_rhs", "thm24_slack", "thm24_holds"):
+    assert np.all(np.isnan(metrics[key])), key
+  # The same run from p_0 = p_data (passed explicitly, as a copy): both apply and hold.
+  _, metrics = exact.run(jnp.asarray(p_data), jnp.asarray(r), K, lam, jnp.asarray(p_data.copy()), iterations=4)
+  assert np.all(metrics["thm23_holds"][1:] == 1.0) and np.all(metrics["thm24_holds"][1:] == 1.0)
+  # theory.monitors' keyword, as the Monte Carlo loop uses it.
+  m = theory.monitors(jnp.asarray(p0), traj[1], jnp.asarray(r), K, s, jnp.asarray(p_data), p0_is_data=False)
+  assert all(np.isnan(m[k]) for k in ("thm23_rhs", "thm23_holds", "thm24_rhs", "thm24_holds"))
+  m = theory.monitors(jnp.asarray(p0), traj[1], jnp.asarray(r), K, s, jnp.asarray(p_data),
+                      p0_is_data=jnp.asarray(True))
+  assert m["thm23_holds"] == 0.0                              # forced to apply, it is (rightly) violated
+
+
+# ----------------------------------------------------------------------------- Wei & Zhang Lemma 3.4
+
+
+def numpy_cov(p, r, r_tilde):
+  a, b = np.exp(r), np.exp(r_tilde)
+  return np.sum(p * a * b, -1) - np.sum(p * a, -1) * np.sum(p * b, -1)
+
+
+def test_lemma34_rhs_uses_running_minimum_covariance():
+  """Per row t: rhs = E_data[e^r] + φ (λ+1) min_{j<t} Cov_{p_j}[e^r, e^r~] / e^{r~max} (numpy on the trajectory)."""
+  rng = np.random.default_rng(3)
+  p0, p_data = rng.dirichlet(np.ones(N)), rng.dirichlet(np.ones(N))
+  r, r_tilde = rng.normal(size=N), rng.normal(size=N)
+  K, lam, phi = 3.0, 1.0, 0.6
+  traj, metrics = exact.run(jnp.asarray(p0), jnp.asarray(r), K, lam, jnp.asarray(p_data), iterations=6,
+                            r_tilde=jnp.asarray(r_tilde), phi=phi)
+  traj = np.asarray(traj)
+  want = numpy_loop_kinf_or_bf(p0, p_data, r, r_tilde, K, lam, phi, 6)
+  np.testing.assert_allclose(traj, want, rtol=1e-6)
+  covs = numpy_cov(want, r, r_tilde)
+  a = np.exp(r)
+  for t in range(1, 7):
+    cov_min = covs[:t].min()
+    rhs = exp_mean(p_data, r) + phi * (lam + 1) * cov_min / np.exp(r_tilde.max())
+    np.testing.assert_allclose(metrics["lemma34_cov_min"][t], cov_min, rtol=1e-6)
+    np.testing.assert_allclose(metrics["lemma34_rhs"][t], rhs, rtol=1e-6)
+    assert metrics["lemma34_holds"][t] == float(np.sum(want[t] * a) >= rhs)
+  assert np.isnan(metrics["lemma34_rhs"][0])
+  _, metrics = exact.run(jnp.asarray(p0), jnp.asarray(r), K, np.inf, iterations=2, r_tilde=jnp.asarray(r_tilde),
+                         phi=phi)
+  assert np.all(np.isnan(metrics["lemma34_holds"]))          # fully synthetic: not applicable
+
+
+def numpy_loop_kinf_or_bf(p0, p_data, r, r_tilde, K, lam, phi, iterations):
+  """The loop in numpy: closed-form tilt (K = inf) or brute-force enumeration (integer K)."""
+  def curate(p, rr):
+    if np.isinf(K):
+      w = p * np.exp(rr - rr.max())
+      return w / w.sum()
+    return brute_force(p, rr, int(K))
+  s = 1 / (1 + lam)
+  ps = [np.asarray(p0, np.float64)]
+  for _ in range(iterations):
+    p = ps[-1]
+    ps.append(s * p_data + (1 - s) * ((1 - phi) * curate(p, r) + phi * curate(p, r_tilde)))
+  return np.stack(ps)
+
+
+@pytest.mark.parametrize("lam,phi", [(1.0, 0.5), (4.0, 0.3), (0.25, 0.9)])
+def test_lemma34_holds_at_convergence_negative_covariance(lam, phi):
+  """r~ = -r, K = inf: the loop converges (numpy, closed form) and the bound holds at the fixed point."""
+  p0 = np.array([0.1, 0.2, 0.3, 0.4])
+  r = np.array([0.0, 1.0, 2.0, 3.0])
+  T = 150
+  want = numpy_loop_kinf_or_bf(p0, p0, r, -r, np.inf, lam, phi, T)
+  assert np.max(np.abs(want[-1] - want[-2])) < 1e-12          # converged
+  cov_min = numpy_cov(want[:-1], r, -r).min()
+  assert cov_min < 0
+  rhs = exp_mean(p0, r) + phi * (lam + 1) * cov_min / np.exp((-r).max())
+  assert exp_mean(want[-1], r) >= rhs
+  traj, metrics = exact.run(jnp.asarray(p0), jnp.asarray(r), np.inf, lam, iterations=T, r_tilde=-jnp.asarray(r),
+                            phi=phi)
+  np.testing.assert_allclose(traj[-1], want[-1], rtol=1e-9)
+  np.testing.assert_allclose(metrics["lemma34_rhs"][-1], rhs, rtol=1e-9)
+  assert metrics["lemma34_holds"][-1] == 1.0
+
+
+def test_lemma34_fails_at_convergence_as_transcribed():
+  """Two failures at the fixed point (numpy, closed form K = inf):
+  (a) λ = 0 and Cov > 0: p_t = p_data, so the bound E_data + φ Cov_min / e^{r~max} > E_data cannot hold;
+  (b) a random instance with Cov_min < 0 and p_0 = p_data (found by a search: 14 of 12,439 such instances)."""
+  r = np.array([0.0, 1.0, 2.0])
+  p = np.array([0.2, 0.3, 0.5])
+  traj, metrics = exact.run(jnp.asarray(p), jnp.asarray(r), 2.0, 0.0, iterations=5, r_tilde=jnp.asarray(r),
+                            phi=0.5)
+  np.testing.assert_allclose(traj[-1], p, rtol=1e-9)
+  assert numpy_cov(p, r, r) > 0 and metrics["lemma34_holds"][-1] == 0.0
+
+  p0 = np.array([0.473, 0.047, 0.022, 0.006, 0.377, 0.075])
+  r = np.array([1.91, -0.02, -0.42, -0.75, 1.6, 1.19])
+  r_tilde = np.array([-1.96, -1.21, -2.92, 3.97, -2.39, 1.2])
+  lam, phi, T = 0.25, 0.4, 60
+  want = numpy_loop_kinf_or_bf(p0, p0, r, r_tilde, np.inf, lam, phi, T)
+  assert np.max(np.abs(want[-1] - want[-2])) < 1e-12
+  cov_min = numpy_cov(want[:-1], r, r_tilde).min()
+  rhs = exp_mean(p0, r) + phi * (lam + 1) * cov_min / np.exp(r_tilde.max())
+  assert cov_min < 0 and exp_mean(want[-1], r) < rhs * (1 - 0.01)
+  # The sign-aware normalisation (e^{r~min}) would hold here.
+  assert exp_mean(want[-1], r) >= exp_mean(p0, r) + phi * (lam + 1) * cov_min / np.exp(r_tilde.min())
+  traj, metrics = exact.run(jnp.asarray(p0), jnp.asarray(r), np.inf, lam, iterations=T,
+                            r_tilde=jnp.asarray(r_tilde), phi=phi)
+  np.testing.assert_allclose(traj[-1], want[-1], rtol=1e-9)
+  assert metrics["lemma34_holds"][-1] == 0.0
