@@ -97,13 +97,15 @@ class Task(NamedTuple):
     return data.support[samples] if self.finite else samples
 
 
-def _check_reward(name: str, values, n: int) -> None:
+def _check_reward(field: str, values, n: int) -> None:
+  """The reward named by the config ``field`` maps ``[n, d]`` to ``[n]`` finite values on the data."""
   values = np.asarray(values)
   if values.shape != (n,):
-    raise ValueError(f"invalid config: {name} must map [n, d] to [n]; got shape {values.shape} for n={n}")
+    raise ValueError(f"invalid config: {field}: the reward must map [n, d] to [n]; got shape {values.shape} "
+                     f"for n={n}")
   if not np.all(np.isfinite(values)):
     bad = values[~np.isfinite(values)][:3]
-    raise ValueError(f"invalid reward: {name} is not finite on the data (values such as {bad})")
+    raise ValueError(f"invalid reward: {field} is not finite on the data (values such as {bad})")
 
 
 @functools.lru_cache(maxsize=32)
@@ -135,8 +137,10 @@ def build(cfg: config_lib.Config) -> tuple[Task, TaskData]:
     eval_points = dataset.sample(k_eval, N_EVAL_POINTS)
     checked = real_x
     model = registry.MODELS[cfg.model.name](cfg, tuple(real_x.shape[1:]), None)
-  _check_reward("r", reward.apply(reward.params, checked), checked.shape[0])
-  _check_reward("r~", r_tilde.apply(r_tilde.params, checked), checked.shape[0])
+  r_field = "reward_fn" if cfg.reward.name == "custom" else f"reward={cfg.reward.name!r}"
+  _check_reward(r_field, reward.apply(reward.params, checked), checked.shape[0])
+  _check_reward("r_tilde_fn" if cfg.reward.r_tilde_fn is not None else f"r~ = -r ({r_field})",
+                r_tilde.apply(r_tilde.params, checked), checked.shape[0])
 
   modes = None if dataset.modes is None else jnp.asarray(dataset.modes, jnp.float32)
   data = TaskData(real_x=real_x, real_w=real_w, eval_points=eval_points, support=support, p_data=p_data,

@@ -25,8 +25,9 @@ def benign():
 def dist_program():
   """The `dist` attack's loop, jitted once; fails if any later call retraces it."""
   cfg = scl.configs.gaussian8(attack="dist", **SMALL)
-  fn = jax.jit(chex.assert_max_traces(loop.make_run_fn(cfg.static()), n=1))
-  return cfg, lambda seed, **hyper: fn(cfg.replace(**hyper).hyper(), jax.random.PRNGKey(seed))[1]
+  run_fn, data = loop.make_run_fn(cfg)
+  fn = jax.jit(chex.assert_max_traces(run_fn, n=1))
+  return cfg, lambda seed, **hyper: fn(cfg.replace(**hyper).hyper.arrays(), jax.random.PRNGKey(seed), data)[1]
 
 
 def test_gradient_attack_lowers_true_reward_against_benign_learned_curation(benign):
@@ -41,7 +42,7 @@ def test_gradient_attack_lowers_true_reward_against_benign_learned_curation(beni
   # The platform's reward is aligned with the users' when nobody attacks (clean held-out accuracy),
   # and the attack breaks that alignment.
   assert benign.metrics["reward_accuracy"][0] > 0.9
-  assert attacked.metrics["corr_r_rtilde"][0] < benign.metrics["corr_r_rtilde"][0]
+  assert attacked.metrics["corr_r_learned"][0] < benign.metrics["corr_r_learned"][0]
 
 
 def test_kappa_zero_attack_equals_benign(benign, dist_program):

@@ -88,7 +88,7 @@ def test_mixed_users_phi_one_uses_adversarial_reward():
   n, k_max = 100_000, 3
   r = jnp.array([0.0, 1.0, 2.0])
   idx = curation.choice_indices(jax.random.PRNGKey(4), jnp.broadcast_to(r, (n, k_max)), 3,
-                                r_adv_cand=jnp.broadcast_to(-r, (n, k_max)), phi=1.0)
+                                r_tilde_cand=jnp.broadcast_to(-r, (n, k_max)), phi=1.0)
   assert chi2_pvalue(np.bincount(np.asarray(idx), minlength=3), jax.nn.softmax(-r)) > P_REJECT
 
 
@@ -96,7 +96,7 @@ def test_mixed_users_phi_half_is_the_mixture():
   n, k_max = 200_000, 3
   r = jnp.array([0.0, 1.0, 2.0])
   idx = curation.choice_indices(jax.random.PRNGKey(5), jnp.broadcast_to(r, (n, k_max)), 3,
-                                r_adv_cand=jnp.broadcast_to(-r, (n, k_max)), phi=0.5)
+                                r_tilde_cand=jnp.broadcast_to(-r, (n, k_max)), phi=0.5)
   expected = 0.5 * jax.nn.softmax(r) + 0.5 * jax.nn.softmax(-r)
   assert chi2_pvalue(np.bincount(np.asarray(idx), minlength=3), expected) > P_REJECT
 
@@ -145,7 +145,7 @@ def test_luce_pool_is_stable_for_huge_rewards():
 def test_pool_filter_groups_with_mixed_users():
   # φ = 1: every judgement uses r~ = -r, so top-k keeps the lowest true rewards.
   r = jnp.arange(10.0)
-  w = np.asarray(curation.topk_weights(jax.random.PRNGKey(0), r, 0.3, r_adv_pool=-r, phi=1.0))
+  w = np.asarray(curation.topk_weights(jax.random.PRNGKey(0), r, 0.3, r_tilde_pool=-r, phi=1.0))
   assert set(np.flatnonzero(w > 0)) == {0, 1, 2}
 
 

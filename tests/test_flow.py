@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from scl.models.flow import VelocityMLP, make_flow
-from scl.types import Config
+from scl.hyper import Hyper
 
 SMALL = dict(width=64, depth=2, batch_size=256, sample_steps=40)
 
 
 def _hyper(lr):
-  return Config(lr=lr).hyper()
+  return Hyper.defaults(lr=lr).arrays()
 
 
 def _uniform(n):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import scl
-from scl import io as io_lib
+from scl import files
 from scl import loop
 
 INF = float("inf")
@@ -81,13 +81,14 @@ def test_same_seed_same_result_other_seed_differs():
 
 def test_sweeping_K_lam_seed_traces_once():
   cfg = small("categorical", iterations=2)
-  fn = jax.jit(chex.assert_max_traces(loop.make_run_fn(cfg.static()), n=1))
+  run_fn, data = loop.make_run_fn(cfg)
+  fn = jax.jit(chex.assert_max_traces(run_fn, n=1))
   for K in (1, 2, 8):
     for lam in (0.0, 1.0, INF):
       for seed in (0, 1):
-        fn(cfg.replace(K=K, lam=lam).hyper(), jax.random.PRNGKey(seed))
+        fn(cfg.replace(K=K, lam=lam).hyper.arrays(), jax.random.PRNGKey(seed), data)
   # scl.run itself reuses one compiled program across dynamic values.
-  cached = loop._jitted_run(cfg.static())
+  cached, _ = loop._jitted_run(cfg.static())
   for K, lam, phi in ((1, INF, 0.0), (4, 0.5, 0.3), (8, 2.0, 1.0)):
     scl.run(cfg.replace(K=K, lam=lam, phi=phi), seed=K)
   assert cached._cache_size() == 1
@@ -165,7 +166,7 @@ def test_checkpointed_run_resumes_and_matches_uninterrupted(tmp_path, monkeypatc
                              rtol=1e-5, atol=1e-5)
 
   # Kill the run right after its second checkpoint is written, then rerun with the same workdir.
-  real_write, calls = io_lib.write_bytes, []
+  real_write, calls = files.write_bytes, []
 
   def dying_write(path, data):
     real_write(path, data)
@@ -173,10 +174,10 @@ def test_checkpointed_run_resumes_and_matches_uninterrupted(tmp_path, monkeypatc
     if len(calls) == 2:
       raise KeyboardInterrupt("simulated stop")
 
-  monkeypatch.setattr(io_lib, "write_bytes", dying_write)
+  monkeypatch.setattr(files, "write_bytes", dying_write)
   with pytest.raises(KeyboardInterrupt):
     scl.run(cfg, seed=5, workdir=str(tmp_path / "stopped"), progress=False)
-  monkeypatch.setattr(io_lib, "write_bytes", real_write)
+  monkeypatch.setattr(files, "write_bytes", real_write)
   resumed = scl.run(cfg, seed=5, workdir=str(tmp_path / "stopped"), progress=False)
   for name in clean.metrics:
     np.testing.assert_array_equal(resumed.metrics[name], clean.metrics[name])

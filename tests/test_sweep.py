@@ -48,11 +48,11 @@ _MULTI_DEVICE = textwrap.dedent("""
   traces = []
   make_run_fn = loop.make_run_fn
   def counting_make_run_fn(cfg):
-    fn = make_run_fn(cfg)
+    fn, data = make_run_fn(cfg)
     def counted(*args):
       traces.append(1)
       return fn(*args)
-    return counted
+    return counted, data
   loop.make_run_fn = counting_make_run_fn
 
   cfg = scl.configs.gaussian8(model="categorical", n_atoms=64, pool_size=1000, n_keep=500, n_real=500,
@@ -129,12 +129,12 @@ def test_batch_size_changes_nothing_and_traces_once(model, monkeypatch):
   make_run_fn = loop.make_run_fn
 
   def counting_make_run_fn(cfg):
-    fn = make_run_fn(cfg)
+    fn, data = make_run_fn(cfg)
 
     def counted(*args):
       traces.append(1)
       return fn(*args)
-    return counted
+    return counted, data
 
   monkeypatch.setattr(loop, "make_run_fn", counting_make_run_fn)
   cfg = small(model, iterations=2, data_seed=5)
@@ -163,15 +163,15 @@ def test_exact_grid_points_equal_exact_run():
   rng = np.random.default_rng(0)
   p0 = rng.dirichlet(np.ones(12)).astype(np.float32)
   r = rng.uniform(-3, 0, 12).astype(np.float32)
-  r_adv = -r
-  res = sweeps.exact_sweep(p0, r, iterations=4, K=[1, 3, INF], lam=[0.5, INF], phi=[0.0, 0.3], r_adv=r_adv,
+  r_tilde = -r
+  res = sweeps.exact_sweep(p0, r, iterations=4, K=[1, 3, INF], lam=[0.5, INF], phi=[0.0, 0.3], r_tilde=r_tilde,
                            keep_trajectory=True)
   assert res.dims == ("K", "lam", "phi", "iteration")
   assert res.samples.shape == (3, 2, 2, 5, 12)
   for K in (1, 3, INF):
     for lam in (0.5, INF):
       for phi in (0.0, 0.3):
-        traj, metrics = exact.run(p0, r, K, lam, iterations=4, r_adv=r_adv, phi=phi)
+        traj, metrics = exact.run(p0, r, K, lam, iterations=4, r_tilde=r_tilde, phi=phi)
         point = res.sel(K=K, lam=lam, phi=phi)
         assert_same_metrics(point.metrics, {k: np.asarray(v) for k, v in metrics.items()}, 1e-6, 1e-7)
         np.testing.assert_allclose(point.samples, traj, rtol=1e-6, atol=1e-7)
@@ -219,7 +219,7 @@ def test_memory_budget_splits_the_grid_into_chunks():
 def test_bad_grids_fail_before_compute(grid, message, monkeypatch):
   def no_compile(*args, **kwargs):
     raise AssertionError("compiled before validating")
-  monkeypatch.setattr(sweeps, "_mc_compile", no_compile)
+  monkeypatch.setattr(sweeps, "_compile", no_compile)
   with pytest.raises(ValueError, match=message):
     sweeps.sweep(small("categorical"), **grid)
 
@@ -227,7 +227,7 @@ def test_bad_grids_fail_before_compute(grid, message, monkeypatch):
 def test_unknown_names_fail():
   with pytest.raises(TypeError, match="cannot sweep"):
     sweeps.sweep(small("categorical"), iterations=[1, 2])
-  with pytest.raises(ValueError, match="r_adv"):
+  with pytest.raises(ValueError, match="r_tilde"):
     sweeps.exact_sweep(np.full(3, 1 / 3), np.zeros(3), iterations=1, phi=[0.0, 0.5])
   with pytest.raises(ValueError, match="K"):
     sweeps.exact_sweep(np.full(3, 1 / 3), np.zeros(3), iterations=1, K=[0.5, 2])
