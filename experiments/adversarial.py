@@ -27,9 +27,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import scl  # noqa: E402
-from scl import io as io_lib  # noqa: E402
+from scl import files  # noqa: E402
 from scl import plotting  # noqa: E402
-from scl import tasks  # noqa: E402
+from scl import task as task_lib  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "adversarial.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment configuration file.",
@@ -61,20 +61,20 @@ def write_outputs(results, workdir: str) -> None:
       frame.insert(0, "attack", attack)
       frame.insert(0, "setting", setting)
       frames.append(frame)
-  io_lib.write_csv(os.path.join(workdir, "metrics.csv"), pd.concat(frames, ignore_index=True))
-  io_lib.write_json(os.path.join(workdir, "metrics.json"),
+  files.write_csv(os.path.join(workdir, "metrics.csv"), pd.concat(frames, ignore_index=True))
+  files.write_json(os.path.join(workdir, "metrics.json"),
                     {s: {a: res.metrics for a, res in by.items()} for s, by in results.items()})
-  io_lib.save_figure(os.path.join(workdir, "reward.png"),
+  files.save_figure(os.path.join(workdir, "reward.png"),
                      plotting.curve_panels(results, "expected_reward", "E_{p_t}[r] (true reward)",
                                            "expected true reward under label-flip attacks"))
-  io_lib.save_figure(os.path.join(workdir, "covariance.png"),
-                     plotting.curve_panels(results, "corr_r_rtilde", "corr(e^r, e^{R~})",
+  files.save_figure(os.path.join(workdir, "covariance.png"),
+                     plotting.curve_panels(results, "corr_r_learned", "corr(e^r, e^{R~})",
                                            "alignment of the platform's learned reward with the users'"))
   first = next(iter(next(iter(results.values())).values()))
-  task = tasks.build(first.config)
-  mode_rewards = np.asarray(task.reward(task.modes))
+  task, data = task_lib.build(first.config)
+  mode_rewards = np.asarray(task.reward(data.reward, data.modes))
   rewarded = [j for j in range(mode_rewards.shape[0]) if mode_rewards[j] > -1e-6]
-  io_lib.save_figure(os.path.join(workdir, "modes.png"), plotting.final_mode_bars(results, rewarded))
+  files.save_figure(os.path.join(workdir, "modes.png"), plotting.final_mode_bars(results, rewarded))
   final = pd.DataFrame({s: {a: float(res.metrics["expected_reward"][-1]) for a, res in by.items()}
                         for s, by in results.items()})
   print("final expected true reward (rows: attack, columns: real-data setting)")

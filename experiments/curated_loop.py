@@ -30,9 +30,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import scl  # noqa: E402
-from scl import io as io_lib  # noqa: E402
+from scl import files  # noqa: E402
 from scl import plotting  # noqa: E402
-from scl import tasks  # noqa: E402
+from scl import task as task_lib  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "gaussian8.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment configuration file.",
@@ -54,7 +54,7 @@ def build_configs(config) -> dict[str, scl.Config]:
   cfgs = {}
   for name, overrides in variants.items():
     cfg = builder(**{**base, **dict(overrides)})
-    cfgs[f"{name} (K={cfg.K}, λ={cfg.lam:g}, φ={cfg.phi:g})"] = cfg
+    cfgs[f"{name} (K={cfg.hyper.K}, λ={cfg.hyper.lam:g}, φ={cfg.hyper.phi:g})"] = cfg
   return cfgs
 
 
@@ -63,7 +63,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, scl.Result]:
   cfgs = build_configs(config)
   results = {}
   for name, cfg in cfgs.items():
-    logging.info("running %s: %s", name, {k: getattr(cfg, k) for k in ("model", "K", "lam", "phi")})
+    logging.info("running %s: model=%s %s", name, cfg.model.name, cfg.hyper)
     results[name] = scl.run(cfg, seed=config.seed, workdir=os.path.join(workdir, slug(name.split(" (")[0])),
                             checkpoint_every=config.checkpoint_every)
   write_outputs(results, workdir)
@@ -77,31 +77,32 @@ def write_outputs(results: dict[str, scl.Result], workdir: str) -> None:
     frame.insert(0, "variant", name)
     frames.append(frame)
   table = pd.concat(frames, ignore_index=True)
-  io_lib.write_csv(os.path.join(workdir, "metrics.csv"), table)
-  io_lib.write_json(os.path.join(workdir, "metrics.json"),
-                    {name: {"config": scl.loop.config_fingerprint(res.config, res.seed), "metrics": res.metrics}
+  files.write_csv(os.path.join(workdir, "metrics.csv"), table)
+  files.write_json(os.path.join(workdir, "metrics.json"),
+                    {name: {"config": res.config.describe(), "seed": res.seed, "metrics": res.metrics}
                      for name, res in results.items()})
 
-  io_lib.save_figure(os.path.join(workdir, "reward.png"),
+  files.save_figure(os.path.join(workdir, "reward.png"),
                      plotting.metric_curves(results, "expected_reward", "E_{p_t}[r]",
                                             "expected true reward of the model"))
-  task_of = {name: tasks.build(res.config) for name, res in results.items()}
+  task_of = {name: task_lib.build(res.config) for name, res in results.items()}
   first_name, first = next(iter(results.items()))
   distance = "kl_to_data" if "kl_to_data" in first.metrics else "energy_distance"
-  io_lib.save_figure(os.path.join(workdir, "distance.png"),
+  files.save_figure(os.path.join(workdir, "distance.png"),
                      plotting.metric_curves(results, distance, distance.replace("_", " "),
                                             "distance of p_t to p_data"))
   if "mode_props" in first.metrics:
-    task = task_of[first_name]
-    rewards = np.asarray(task.reward(task.modes))
+    task, data = task_of[first_name]
+    rewards = np.asarray(task.reward(data.reward, data.modes))
     rewarded = [j for j in range(rewards.shape[0]) if rewards[j] > -1e-6]
-    io_lib.save_figure(os.path.join(workdir, "modes.png"), plotting.mode_proportions(results, rewarded))
+    files.save_figure(os.path.join(workdir, "modes.png"), plotting.mode_proportions(results, rewarded))
   for name, res in results.items():
-    task = task_of[name]
+    task, data = task_of[name]
     T = res.samples.shape[0] - 1
     steps = sorted({0, T // 4, T // 2, (3 * T) // 4, T})
-    r = np.asarray(task.reward(res.samples.reshape(-1, res.samples.shape[-1]))).reshape(res.samples.shape[:2])
-    io_lib.save_figure(os.path.join(workdir, f"samples_{slug(name.split(' (')[0])}.png"),
+    r = np.asarray(task.reward(data.reward, res.samples.reshape(-1, res.samples.shape[-1])))
+    r = r.reshape(res.samples.shape[:2])
+    files.save_figure(os.path.join(workdir, f"samples_{slug(name.split(' (')[0])}.png"),
                        plotting.sample_scatter(res.samples, r, steps, title=name))
   summary = {name: {"expected_reward_first": float(res.metrics["expected_reward"][0]),
                     "expected_reward_last": float(res.metrics["expected_reward"][-1]),

@@ -42,10 +42,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import scl  # noqa: E402
-from scl import io as io_lib  # noqa: E402
+from scl import files  # noqa: E402
 from scl import plotting  # noqa: E402, F401  (selects the Agg backend)
 from scl import sweeps  # noqa: E402
-from scl import tasks  # noqa: E402
+from scl import task as task_lib  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -77,16 +77,13 @@ def run_sweep(config) -> sweeps.SweepResult:
   grid = _grid(config)
   chunking = dict(max_chunk=config.max_chunk or None, memory_budget=config.memory_budget or None)
   if config.engine == "exact":
-    task = tasks.build(cfg)
-    if task.p_data is None:
-      raise ValueError("engine='exact' needs a finite support: set model='categorical'")
     unknown = sorted(set(grid) - set(sweeps.EXACT_FIELDS))
     if unknown:
       raise ValueError(f"the exact engine sweeps only {sweeps.EXACT_FIELDS}, not {unknown}")
-    fixed = {f: getattr(cfg, f) for f in sweeps.EXACT_FIELDS}
-    return sweeps.exact_sweep(np.asarray(task.p_data), np.asarray(task.support_rewards),
-                              iterations=cfg.iterations, r_adv=np.asarray(task.support_adv_rewards),
-                              **{**fixed, **grid}, **chunking)
+    p_data, r, r_tilde = task_lib.support_arrays(cfg)   # a continuous data set is discretised
+    fixed = {f: getattr(cfg.hyper, f) for f in sweeps.EXACT_FIELDS}
+    return sweeps.exact_sweep(p_data, r, iterations=cfg.iterations, r_tilde=r_tilde, **{**fixed, **grid},
+                              **chunking)
   if config.engine != "mc":
     raise ValueError(f"unknown engine {config.engine!r}; choose 'mc' or 'exact'")
   return sweeps.sweep(cfg, seeds=config.seeds, keep_samples=config.keep_samples, **grid, **chunking)
@@ -159,19 +156,19 @@ def curves(result: sweeps.SweepResult, metric: str = "expected_reward", level: f
 
 
 def write_outputs(result: sweeps.SweepResult, workdir: str, level: float = 0.95) -> None:
-  io_lib.write_csv(os.path.join(workdir, "sweep.csv"), result.to_frame())
+  files.write_csv(os.path.join(workdir, "sweep.csv"), result.to_frame())
   summary = {"axes": {k: v.tolist() for k, v in result.axes.items()}, "fixed": result.fixed,
              "info": result.info, "final_expected_reward_mean": final_mean(result).tolist()}
   if "seed" in result.dims:
-    io_lib.write_csv(os.path.join(workdir, "summary.csv"), result.summary("expected_reward", level))
+    files.write_csv(os.path.join(workdir, "summary.csv"), result.summary("expected_reward", level))
     ci = result.final().mean_ci("expected_reward", level)
     summary.update(final_expected_reward_low=ci.low.tolist(), final_expected_reward_high=ci.high.tolist(),
                    level=level)
-  io_lib.write_json(os.path.join(workdir, "sweep.json"), summary)
+  files.write_json(os.path.join(workdir, "sweep.json"), summary)
   for rows, cols in (("K", "lam"), ("kappa", "phi")):
     if rows in result.grid_dims and cols in result.grid_dims:
-      io_lib.save_figure(os.path.join(workdir, f"heatmap_{rows}_{cols}.png"), heatmap(result, rows, cols))
-  io_lib.save_figure(os.path.join(workdir, "curves.png"), curves(result, level=level))
+      files.save_figure(os.path.join(workdir, f"heatmap_{rows}_{cols}.png"), heatmap(result, rows, cols))
+  files.save_figure(os.path.join(workdir, "curves.png"), curves(result, level=level))
   plt.close("all")
   print(f"wrote sweep.csv, sweep.json and figures to {os.path.abspath(workdir)}")
 

@@ -275,6 +275,18 @@ class Config(_Group):
     out = {key: getattr(getattr(self, group), field) for key, (group, field) in FLAT.items()}
     return {**out, "iterations": self.iterations, **self.hyper.as_dict()}
 
+  def describe(self) -> dict[str, Any]:
+    """:meth:`flat` as JSON-able values: arrays as ``"array[shape]"``, functions by their qualified name."""
+    def show(value):
+      if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+      if isinstance(value, tuple):
+        return [show(v) for v in value]
+      if hasattr(value, "__array__"):
+        return f"array{list(np.shape(value))}"
+      return getattr(value, "__qualname__", type(value).__name__)
+    return {key: show(value) for key, value in self.flat().items()}
+
   def static(self) -> "Config":
     """This config with the traced values at their defaults: the part that keys the compilation cache."""
     return dataclasses.replace(self, hyper=Hyper.defaults())

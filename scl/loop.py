@@ -85,7 +85,8 @@ def step_monitors(task: task_lib.Task, data: task_lib.TaskData, hyper, params, p
   ``p_0 = p_data`` (the categorical model's ``init`` is exact maximum likelihood on ``p_data``). For any other
   step — a pool filter (``topk``, ``luce_pool``), or curation through the platform's learned reward — every
   bound (``*_rhs``, ``*_slack``, ``*_holds``, ``g_*``) is NaN; the measured quantities (covariances,
-  ``exp_reward_prev``) are still reported.
+  ``exp_reward_prev``) are still reported. Lemma 3.4 (``lemma34_*``, an asymptotic bound on the running
+  minimum covariance) is monitored by :func:`scl.exact.run` only, and is NaN here.
   """
   cfg = task.cfg
   p, p_next = task.model.probs(params), task.model.probs(params_next)
@@ -93,10 +94,10 @@ def step_monitors(task: task_lib.Task, data: task_lib.TaskData, hyper, params, p
                         hyper_lib.real_share(hyper.lam), data.p_data,
                         task.r_tilde(data.r_tilde, data.support), hyper.phi, rtol=1e-5)
   applies = registry.CURATIONS.meta(cfg.curation.name, "k_choice", False) and not cfg.platform.active
-  if applies:
-    return out
   bound = lambda name: name.endswith(("_rhs", "_slack", "_holds")) or name.startswith("g_")
-  return {name: jnp.full_like(v, jnp.nan) if bound(name) else v for name, v in out.items()}
+  # Lemma 3.4 needs the running minimum covariance over the iterations: scl.exact.run carries it.
+  skip = lambda name: (not applies and bound(name)) or name.startswith("lemma34")
+  return {name: jnp.full_like(v, jnp.nan) if skip(name) else v for name, v in out.items()}
 
 
 def final_outputs(params, hyper, data: task_lib.TaskData, key: chex.PRNGKey, task: task_lib.Task) -> dict:

@@ -108,6 +108,26 @@ def _check_reward(field: str, values, n: int) -> None:
     raise ValueError(f"invalid reward: {field} is not finite on the data (values such as {bad})")
 
 
+def reward_functions(cfg: config_lib.Config) -> tuple[Callable, Callable]:
+  """The users' reward ``r`` and the malicious users' ``r~`` of ``cfg`` as functions ``[n, d] -> [n]``
+  (their parameters bound; for plots and analysis outside the loop)."""
+  task, data = build(cfg)
+  return (lambda x: task.reward(data.reward, x)), (lambda x: task.r_tilde(data.r_tilde, x))
+
+
+def support_arrays(cfg: config_lib.Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``(p_data, r, r~)`` on the finite support of ``cfg`` (``[n]`` each), the inputs of :mod:`scl.exact`.
+
+  A continuous data set is discretised to ``n_atoms`` points, as for the categorical model
+  (``cfg.replace(model="categorical")``).
+  """
+  if not registry.MODELS.meta(cfg.model.name, "finite_support", False):
+    cfg = cfg.replace(model="categorical")
+  task, data = build(cfg)
+  return (np.asarray(data.p_data), np.asarray(task.reward(data.reward, data.support)),
+          np.asarray(task.r_tilde(data.r_tilde, data.support)))
+
+
 @functools.lru_cache(maxsize=32)
 def build(cfg: config_lib.Config) -> tuple[Task, TaskData]:
   """Validate ``cfg`` and build its :class:`Task` and :class:`TaskData` (cached on the static config)."""

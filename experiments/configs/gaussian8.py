@@ -1,6 +1,6 @@
 """Gaussian-8 at the papers' scale: a benign fully synthetic loop against one mixed with real data.
 
-Every field of ``scl.types.Config`` may be set here or overridden on the command line, e.g.
+Every flat keyword of ``scl.Config`` (``scl.Config.keywords()``) may be set here or overridden on the command line, e.g.
 ``--config.K=4 --config.model=flow --config.iterations=20``. ``variants`` maps a run name to the overrides
 that distinguish it; all variants are run and drawn together.
 

@@ -1,7 +1,7 @@
 """A grid of curated loops on Gaussian-8 for ``experiments/sweep.py``.
 
 Fields other than ``grid``, ``seeds``, ``engine``, ``keep_samples``, ``max_chunk`` and ``memory_budget`` are
-:class:`scl.types.Config` fields of the base config (override any of them: ``--config.iterations=10``).
+:class:`scl.Config` keywords of the base config (override any of them: ``--config.iterations=10``).
 ``grid`` maps a traced hyper-parameter (``K``, ``lam``, ``phi``, ``kappa``, ``alpha``, ``beta``, ``lr``, ``l2``)
 to its values, e.g. ``--config.grid.K="(1, 2, 4)"``; ``seeds`` is an int ``n`` (``range(n)``).
 
