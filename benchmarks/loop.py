@@ -12,7 +12,7 @@ FLOPs: XLA's ``compiled.cost_analysis()["flops"]`` counts the body of a ``while`
 once, not times its trip count, so the FLOPs of a whole fit/sample are taken as those of the same program
 compiled with one training step (resp. one midpoint step = 2 NFE) times the number of steps.
 
-(b) ``loop``: seconds per iteration of the whole jitted loop (``scl.loop.make_run``) at paper scale (50,000
+(b) ``loop``: seconds per iteration of the whole jitted loop (``scl.loop.make_run_fn``) at paper scale (50,000
 candidates, 25,000 kept, 10 iterations) for each model family; the per-iteration time is
 ``(t(T=10) - t(T=0)) / 10``, where ``T=0`` runs only ``init`` of ``p_0`` and the final evaluation.
 
@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from scl.models.flow import make_flow
-from scl.types import Config
+from scl.hyper import Hyper
 
 # The second paper's public code, one loop iteration on an idle 2-CPU machine (seconds).
 REFERENCE = dict(train_seconds=22.0, sample_seconds=18.0, startup_seconds_each=3.0)
@@ -85,7 +85,7 @@ def equal_work(args) -> dict:
   # Weighted like a curated set: positive random weights summing to 1 (cost does not depend on them).
   w = jax.random.uniform(jax.random.PRNGKey(1), (n_data,), minval=0.5, maxval=1.5)
   w = w / jnp.sum(w)
-  hyper = Config().hyper()
+  hyper = Hyper.defaults().arrays()
   key = jax.random.PRNGKey(2)
 
   init_c, init_compile = _compile(jax.jit(model.init), key, x, w)
@@ -145,16 +145,17 @@ def loop_family(family: str, args) -> dict:
   runs = {}
   for T in (0, args.iterations):
     cfg = configs.gaussian8(iterations=T, **overrides)
-    hyper = cfg.hyper()
-    compiled, compile_s = _compile(loop.make_run(cfg), hyper, key)
+    hyper = cfg.hyper.arrays()
+    run_fn, data = loop.make_run_fn(cfg)
+    compiled, compile_s = _compile(jax.jit(run_fn), hyper, key, data)
     # The flow's loop is expensive: run it once (already compiled, so no warm-up); the others `repeats`
     # times after a warm-up.
     expensive = family == "flow" and not args.quick
-    timing = _time(compiled, (hyper, key), 1 if expensive else args.repeats, warmup=not expensive)
+    timing = _time(compiled, (hyper, key, data), 1 if expensive else args.repeats, warmup=not expensive)
     runs[T] = (timing["seconds_median"], timing["cpu_seconds_median"])
     out[f"T{T}"] = dict(compile_seconds=compile_s, **timing)
     if T == args.iterations:
-      out["pool_size"], out["n_keep"], out["iterations"] = cfg.pool_size, cfg.n_keep, T
+      out["pool_size"], out["n_keep"], out["iterations"] = cfg.curation.pool_size, cfg.curation.n_keep, T
   out["seconds_per_iteration"] = (runs[args.iterations][0] - runs[0][0]) / args.iterations
   out["cpu_seconds_per_iteration"] = (runs[args.iterations][1] - runs[0][1]) / args.iterations
   return out

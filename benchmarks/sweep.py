@@ -132,8 +132,7 @@ def main():
   result = dict(
       backend=jax.default_backend(), device=str(jax.devices()[0]), device_count=jax.device_count(),
       machine=platform.machine(), cpu_count=os.cpu_count(),
-      config=dict(dataset="gaussian8", model=cfg.model, pool_size=cfg.pool_size, n_keep=cfg.n_keep,
-                  iterations=cfg.iterations, K_max=cfg.K_max, em_steps=cfg.em_steps),
+      config=cfg.describe(),
       grid=dict(points=64, **GRID, seeds=SEEDS), sequential=sequential_times, sweep=sweep_times)
 
   if not args.skip_devices:
