@@ -1,0 +1,132 @@
+"""What a benchmark figure was measured on, and how to time a call: shared by the benchmark scripts.
+
+Imports nothing beyond the standard library at module level (no jax, no torch), so that a worker running in
+another interpreter (e.g. the PyTorch environment of ``benchmarks/reference.py``) can use it too.
+
+* :func:`machine` — CPU model, logical CPUs / physical cores / CPUs this process may run on, the vector
+  extensions the kernel reports in ``/proc/cpuinfo`` (avx2, avx512f, fma, ...), memory, OS, Python.
+* :func:`load_average` and :func:`peak_rss_mb` — the 1/5/15-minute load averages and the peak resident set
+  size (``ru_maxrss``) of this process or of its finished children.
+* :func:`pin_threads` — restrict this process to ``n`` CPUs and tell OpenMP/MKL/XLA to use ``n`` threads;
+  call it before jax or torch is imported.
+* :func:`time_calls` — wall and CPU seconds of a call: a warm-up, then the median (and all) of repeats.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+#: Vector / matrix extensions reported when present in the ``flags`` line of /proc/cpuinfo.
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl",
+                "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
+                "asimd", "sve", "sve2")
+
+
+def _cpuinfo() -> list[dict[str, str]]:
+  """``/proc/cpuinfo`` as one ``{key: value}`` per logical CPU (empty where there is no such file)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      text = f.read()
+  except OSError:
+    return []
+  cpus = []
+  for block in text.strip().split("\n\n"):
+    entry = {}
+    for line in block.splitlines():
+      if ":" in line:
+        k, v = line.split(":", 1)
+        entry[k.strip()] = v.strip()
+    if entry:
+      cpus.append(entry)
+  return cpus
+
+
+def load_average() -> list[float] | None:
+  """1, 5 and 15-minute load averages, or None where the OS has none."""
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return None
+
+
+def peak_rss_mb(children: bool = False) -> float:
+  """Peak resident set size in MiB of this process (or the largest of its waited-for children)."""
+  who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+  kb = resource.getrusage(who).ru_maxrss  # KiB on Linux (bytes on macOS)
+  return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def machine() -> dict[str, Any]:
+  """The machine a figure was taken on (see the module docstring)."""
+  cpus = _cpuinfo()
+  first = cpus[0] if cpus else {}
+  flags = set((first.get("flags") or first.get("Features") or "").split())
+  cores = {(c.get("physical id", "0"), c.get("core id", str(i))) for i, c in enumerate(cpus)}
+  mem_gib = None
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemTotal:"):
+          mem_gib = round(int(line.split()[1]) / 2**20, 1)
+  except OSError:
+    pass
+  try:
+    usable = len(os.sched_getaffinity(0))
+  except AttributeError:
+    usable = os.cpu_count()
+  return dict(
+      cpu_model=first.get("model name") or platform.processor() or platform.machine(),
+      logical_cpus=os.cpu_count(), physical_cores=len(cores) if cpus else None, usable_cpus=usable,
+      vector_extensions=[f for f in VECTOR_FLAGS if f in flags],
+      memory_gib=mem_gib, os=platform.platform(), python=platform.python_version())
+
+
+def pin_threads(n: int) -> dict[str, Any]:
+  """Run this process on (the first) ``n`` of its CPUs and ask every thread pool for ``n`` threads.
+
+  Sets the CPU affinity (XLA sizes its CPU thread pool from it; so does PyTorch's default) and
+  ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``; with ``n == 1`` also XLA's flags for
+  single-threaded Eigen. Must run before jax or torch is imported. Returns what was set.
+  """
+  out: dict[str, Any] = dict(threads=n)
+  try:
+    allowed = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, allowed[:n])
+    out["cpu_affinity"] = sorted(os.sched_getaffinity(0))
+  except (AttributeError, OSError) as e:  # not Linux: threads only
+    out["cpu_affinity"] = f"not set ({type(e).__name__})"
+  for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[var] = str(n)
+  if n == 1:
+    flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
+  if os.environ.get("XLA_FLAGS"):
+    out["XLA_FLAGS"] = os.environ["XLA_FLAGS"]
+  return out
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, warmup: Callable[[], Any] | None = None,
+               sync: Callable[[Any], Any] = lambda x: x) -> dict[str, Any]:
+  """Time ``sync(fn())``: ``warmup()`` (default: ``fn``) once, untimed in the median, then ``repeats`` calls.
+
+  ``sync`` waits for the result (``jax.block_until_ready`` for JAX; identity for eager PyTorch). Returns wall
+  seconds (median, best, all), the warm-up's wall seconds, and the median CPU seconds of the process over all
+  its threads (less sensitive than wall time to other jobs on a shared machine).
+  """
+  t0 = time.perf_counter()
+  sync((warmup or fn)())
+  warm = time.perf_counter() - t0
+  walls, cpus = [], []
+  for _ in range(repeats):
+    t0, c0 = time.perf_counter(), time.process_time()
+    sync(fn())
+    walls.append(time.perf_counter() - t0)
+    cpus.append(time.process_time() - c0)
+  return dict(seconds_median=statistics.median(walls), seconds_best=min(walls), seconds_all=walls,
+              cpu_seconds_median=statistics.median(cpus), warmup_seconds=warm, repeats=repeats)
