@@ -156,9 +156,22 @@ def standardise_like(r: chex.Array, r_tilde: chex.Array) -> chex.Array:
   return jnp.mean(r) + jnp.std(r) * z
 
 
+#: How the gradient attack weighs its two terms (static): the paper's ``Cov + α dist`` (Section 4.1) or the
+#: second paper's public code's ``α Cov + (1 - α) dist`` (its default ``α = 0.8``).
+WEIGHTINGS = ("paper", "code")
+#: The gradient attack's recipes (static): ``"paper"`` is Section 4.1 as written (start at ``δ = 0``, raw
+#: covariance, flip the top ``κn`` by the last gradient); ``"robust"`` is scl's (start at the ``dist`` flips,
+#: standardised covariance, keep the better of its own and ``dist``'s flips by refitted ``J``).
+RECIPES = {"paper": dict(init="zero", standardise=False, select=False),
+           "robust": dict(init="dist", standardise=True, select=True)}
+
+
 def attack_objective(r: chex.Array, r_tilde: chex.Array, alpha: chex.Array,
-                     shift: chex.Array, standardise: bool = False) -> chex.Array:
+                     shift: chex.Array, standardise: bool = False, weighting: str = "paper") -> chex.Array:
   """``J = Cov[e^{R-c}, e^{R~-c}] / Var[e^{R-c}] + α dist(R, R~)`` on the pool (``r, r~ [P]``, ``c = shift``).
+
+  With ``weighting="code"`` (static) ``J = α Cov[...] / Var[...] + (1 - α) dist(R, R~)``, the second paper's
+  public code's weighting.
 
   ``Var[e^{R - c}]`` (floored at ``1e-30``) is a positive constant of the attack, so it changes neither the
   sign nor the minimisers of the covariance; it makes the term scale free (1 when ``R~ = R``).
@@ -167,13 +180,19 @@ def attack_objective(r: chex.Array, r_tilde: chex.Array, alpha: chex.Array,
   """
   var = jnp.maximum(exp_covariance(r, r, shift), 1e-30)
   r_cov = standardise_like(r, r_tilde) if standardise else r_tilde
-  return exp_covariance(r, r_cov, shift) / var + alpha * reward_distance(r, r_tilde)
+  cov, dist = exp_covariance(r, r_cov, shift) / var, reward_distance(r, r_tilde)
+  if weighting == "code":
+    return alpha * cov + (1.0 - alpha) * dist
+  if weighting != "paper":
+    raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+  return cov + alpha * dist
 
 
 def relaxed_objective(delta: chex.Array, theta_init: Params, *, o: chex.Array, x: chex.Array,
                       z: chex.Array, x_pool: chex.Array, r_pool: chex.Array, apply_fn: ApplyFn,
                       alpha: chex.Array, l2: chex.Array, shift: chex.Array,
-                      standardise: bool = False, **fit_kwargs) -> tuple[chex.Array, Params]:
+                      standardise: bool = False, weighting: str = "paper",
+                      **fit_kwargs) -> tuple[chex.Array, Params]:
   """``J(δ)``: re-fit ``θ~ = argmin L(θ; o + δ)`` from ``theta_init`` and evaluate the attack objective.
 
   Args:
@@ -183,7 +202,7 @@ def relaxed_objective(delta: chex.Array, theta_init: Params, *, o: chex.Array, x
     x_pool, r_pool: samples of ``p_t`` ``[P, *event]`` and the attacker's ``R_θ`` on them ``[P]``.
     apply_fn: the reward network (static).
     alpha, l2, shift: ``α``, the platform's L2 weight and the constant ``c``.
-    standardise (static): see :func:`attack_objective`.
+    standardise, weighting (static): see :func:`attack_objective`.
     **fit_kwargs: solver settings for :func:`scl.reward_model.fit_reward`.
 
   Returns:
@@ -191,7 +210,7 @@ def relaxed_objective(delta: chex.Array, theta_init: Params, *, o: chex.Array, x
   """
   theta_tilde = reward_model.fit_reward(theta_init, apply_fn, x, z, o + delta, l2, **fit_kwargs)
   r_tilde = apply_fn(theta_tilde, x_pool)
-  return attack_objective(r_pool, r_tilde, alpha, shift, standardise), theta_tilde
+  return attack_objective(r_pool, r_tilde, alpha, shift, standardise, weighting), theta_tilde
 
 
 def project_flips(v: chex.Array, o: chex.Array, budget: chex.Array,
@@ -221,7 +240,8 @@ def project_flips(v: chex.Array, o: chex.Array, budget: chex.Array,
 def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Array, params: Params,
                     apply_fn: ApplyFn, kappa: chex.Array, alpha: chex.Array, l2: chex.Array, *,
                     steps: int = 5, step_size: float | chex.Array = 1.0, return_scores: bool = False,
-                    init: str = "dist", standardise: bool = True, select: bool = True, **fit_kwargs):
+                    init: str = "dist", standardise: bool = True, select: bool = True,
+                    weighting: str = "paper", return_info: bool = False, **fit_kwargs):
   """The bi-level gradient attack (module docstring): flip the ``floor(κ n)`` pairs that lower ``J`` most.
 
   Args:
@@ -239,11 +259,14 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
       (:func:`attack_objective`); ``False`` is the raw ``Cov[e^R, e^{R~}] / Var[e^R]``.
     select (static): re-fit ``θ~`` on the gradient's discrete flips and on the ``dist`` heuristic's, and
       keep the flips with the lower ``J`` (two more warm-started fits, no CG solve).
+    weighting (static): ``"paper"`` (``Cov + α dist``) or ``"code"`` (``α Cov + (1 - α) dist``).
+    return_info: also return ``{"kept_dist": 1.0 if the dist heuristic's flips were kept else 0.0}``.
     **fit_kwargs: solver settings for :func:`scl.reward_model.fit_reward` (``maxiter``, ``tol``, ...);
       unset ones take :data:`GRADIENT_ATTACK_FIT`.
 
   Returns:
-    ``(o_flipped [n], mask [n] bool)`` (plus ``(scores, delta)`` if ``return_scores``).
+    ``(o_flipped [n], mask [n] bool)`` (plus ``(scores, delta)`` if ``return_scores``, then ``info`` if
+    ``return_info``).
   """
   fit_kwargs = {**GRADIENT_ATTACK_FIT, **fit_kwargs}
   if init not in ("dist", "zero"):
@@ -257,7 +280,7 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
   shift = jax.lax.stop_gradient(jnp.max(r_pool))
   budget = flip_budget(kappa, n).astype(o.dtype)
   kw = dict(o=o, x=x, z=z, x_pool=x_pool, r_pool=r_pool, apply_fn=apply_fn, alpha=alpha, l2=l2, shift=shift,
-            standardise=standardise, **fit_kwargs)
+            standardise=standardise, weighting=weighting, **fit_kwargs)
   grad_j = jax.grad(relaxed_objective, has_aux=True)
   r_pairs = apply_fn(params, jnp.concatenate([x, z], axis=0))
   o_dist, mask_dist = dist_attack(o, r_pairs[:n], r_pairs[n:], kappa)
@@ -274,13 +297,17 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
   g, delta = gs[-1], deltas[-1]  # the last gradient, taken at the last relaxed point
   scores = -g * (1.0 - 2.0 * o)
   o_flipped, mask = flip_top(o, scores, kappa)
+  use_grad = jnp.asarray(True)
   if select:  # the discrete J of both flip sets, each with θ~ re-fitted from θ
     j_grad = relaxed_objective(o_flipped - o, params, **kw)[0]
     j_dist = relaxed_objective(o_dist - o, params, **kw)[0]
     use_grad = j_grad <= j_dist
     o_flipped = jnp.where(use_grad, o_flipped, o_dist)
     mask = jnp.where(use_grad, mask, mask_dist)
-  return (o_flipped, mask, scores, delta) if return_scores else (o_flipped, mask)
+  out = (o_flipped, mask) + ((scores, delta) if return_scores else ())
+  # Kept dist's flips: the selection chose them, and they differ from the gradient's own.
+  kept_dist = jnp.logical_not(use_grad).astype(jnp.float32)
+  return out + ({"kept_dist": kept_dist},) if return_info else out
 
 
 class AttackerView(NamedTuple):
@@ -331,14 +358,27 @@ def _top(key, x, z, o, view, hyper, cfg):
   return top_attack(o, *view.pair_rewards(x, z), hyper.kappa)
 
 
-@registry.ATTACKS.register("gradient")
+def _check_gradient(cfg) -> None:
+  p = cfg.platform
+  if p.attack_recipe not in RECIPES:
+    raise ValueError(f"invalid config: attack_recipe={p.attack_recipe!r}: choose one of {tuple(RECIPES)}")
+  if p.attack_weighting not in WEIGHTINGS:
+    raise ValueError(f"invalid config: attack_weighting={p.attack_weighting!r}: choose one of {WEIGHTINGS}")
+
+
+@registry.ATTACKS.register("gradient", validate=_check_gradient)
 def _gradient(key, x, z, o, view, hyper, cfg):
+  """The bi-level attack with ``cfg.platform``'s recipe and weighting; its third output reports
+  ``attack_kept_dist`` (1.0 when the robust recipe kept the ``dist`` heuristic's flips)."""
   del key
   if view.x_pool is None:
     raise ValueError("the gradient attack needs samples x_pool of the current model p_t")
   view.pair_rewards(x[:1], z[:1])  # checks that the attacker's reward is given
-  return gradient_attack(x, z, o, view.x_pool, view.params, view.apply_fn, hyper.kappa, hyper.alpha,
-                         hyper.l2, steps=cfg.platform.attack_steps)
+  p = cfg.platform
+  o_flipped, flipped, info = gradient_attack(
+      x, z, o, view.x_pool, view.params, view.apply_fn, hyper.kappa, hyper.alpha, hyper.l2,
+      steps=p.attack_steps, weighting=p.attack_weighting, return_info=True, **RECIPES[p.attack_recipe])
+  return o_flipped, flipped, {"attack_kept_dist": info["kept_dist"]}
 
 
 def attack(name: str, key: chex.PRNGKey, x: chex.Array, z: chex.Array, o: chex.Array, *,
@@ -360,4 +400,4 @@ def attack(name: str, key: chex.PRNGKey, x: chex.Array, z: chex.Array, o: chex.A
   chex.assert_rank(o, 1)
   hyper = hyper_lib.Hyper.defaults(kappa=kappa, alpha=alpha, l2=l2)
   cfg = config.Config().replace(attack=name, attack_steps=steps)
-  return registry.ATTACKS[name](key, x, z, o, AttackerView(params, apply_fn, x_pool), hyper, cfg)
+  return registry.ATTACKS[name](key, x, z, o, AttackerView(params, apply_fn, x_pool), hyper, cfg)[:2]

@@ -3,7 +3,7 @@
 A checkpoint (``<workdir>/checkpoint.msgpack``, written atomically) holds the model after the last finished
 chunk, the outputs so far and a **fingerprint** of the run: every config setting under its flat keyword and
 the seed, with arrays by a SHA-256 digest of their bytes and functions (``reward_fn``, ``r_tilde_fn``) by
-their module, name, byte code, constants, defaults and closure contents. A checkpoint is only resumed by the
+their module, name, byte code, constants, defaults, closure contents and the module-level values they read. A checkpoint is only resumed by the
 same run; a run whose fingerprint cannot be trusted (a function closing over an object that cannot be
 digested) is refused, with a message, rather than resumed on a guess. A function may carry its own
 identity as a string attribute ``scl_fingerprint``.
@@ -56,9 +56,14 @@ def _digest(value: Any, depth: int = 0) -> str:
             f"{_digest(value.keywords, depth + 1)})")
   if isinstance(value, types.FunctionType):
     closure = [c.cell_contents for c in value.__closure__ or ()]
+    # The module-level names the code reads (``sign`` in ``lambda x: sign * x``) are part of what it does.
+    used = {name: value.__globals__[name] for name in sorted(_global_names(value.__code__))
+            if name in value.__globals__ and value.__globals__[name] is not value}
     code = _code_digest(value.__code__)
     return (f"fn:{value.__module__}.{value.__qualname__}:{code}:{_digest(value.__defaults__, depth + 1)}:"
-            f"{_digest(closure, depth + 1)}")
+            f"{_digest(closure, depth + 1)}:{_digest(used, depth + 1)}")
+  if isinstance(value, type):
+    return f"class:{value.__module__}.{value.__qualname__}"
   if isinstance(value, types.BuiltinFunctionType) or isinstance(value, np.ufunc):
     return f"builtin:{getattr(value, '__module__', '')}.{value.__name__}"
   if isinstance(value, types.ModuleType):
@@ -67,6 +72,15 @@ def _digest(value: Any, depth: int = 0) -> str:
   if wrapped is not None:
     return "wrapped:" + _digest(wrapped, depth + 1)
   raise Untrusted(f"cannot digest a {type(value).__name__}")
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+  """Names a code object (and the code nested in it) may read from its globals."""
+  names = set(code.co_names)
+  for const in code.co_consts:
+    if isinstance(const, types.CodeType):
+      names |= _global_names(const)
+  return names
 
 
 def _code_digest(code: types.CodeType) -> str:

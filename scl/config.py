@@ -182,6 +182,11 @@ class PlatformConfig(_Group):
     learned_reward: curate with the learned reward even without an attack.
     reward_hidden: hidden widths of the learned reward MLP (``(64,)``: the papers' 2→64→1 network).
     attack_steps: outer steps of the gradient attack.
+    attack_recipe: the gradient attack's recipe (:data:`scl.attacks.RECIPES`): ``"robust"`` (scl's: start
+      at the ``dist`` flips, standardised covariance, keep the better of its own and ``dist``'s flips) or
+      ``"paper"`` (Wei & Zhang Section 4.1 as written).
+    attack_weighting: ``"paper"`` (``J = Cov + α dist``) or ``"code"`` (the public code's ``α Cov +
+      (1 − α) dist``).
   """
 
   attack: str = "none"
@@ -190,6 +195,8 @@ class PlatformConfig(_Group):
   learned_reward: bool = False
   reward_hidden: tuple[int, ...] = (64,)
   attack_steps: int = 5
+  attack_recipe: str = "robust"
+  attack_weighting: str = "paper"
 
   @property
   def active(self) -> bool:

@@ -105,7 +105,8 @@ def final_outputs(params, hyper, data: task_lib.TaskData, key: chex.PRNGKey, tas
   monitors) NaN — no step follows ``p_T``."""
   template = jax.eval_shape(functools.partial(step, task=task), params, hyper, data, key)[1]
   out = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), template)
-  n = max(min(task.cfg.data.n_eval, task.cfg.curation.pool_size), N_SNAPSHOT)
+  pool = task.cfg.curation.pool_size  # the same snapshot size as the steps' (the pool may be small)
+  n = max(min(task.cfg.data.n_eval, pool), min(N_SNAPSHOT, pool))
   out.update(observe(params, task.model.sample(params, key, n), data, task))
   return out
 

@@ -37,7 +37,8 @@ def learned_reward(key: chex.PRNGKey, points: chex.Array, r_pool: chex.Array, hy
     ``(R~ [P], stats)``; ``stats``: ``n_flips`` (labels the attacker flipped, exactly ``floor(κ n)``),
     ``cov_r_learned`` (``Cov[e^{r - max r}, e^{R~ - max R~}]`` over the pool: only its sign and the
     correlation compare across attacks, the scale of ``R~`` being arbitrary), ``corr_r_learned`` and
-    ``reward_accuracy`` (pairwise accuracy of ``R~`` on fresh clean pairs, ties excluded).
+    ``reward_accuracy`` (pairwise accuracy of ``R~`` on fresh clean pairs, ties excluded), and any statistics
+    the attack reports (the gradient attack: ``attack_kept_dist``).
   """
   cfg = task.cfg
   platform = cfg.platform
@@ -50,7 +51,7 @@ def learned_reward(key: chex.PRNGKey, points: chex.Array, r_pool: chex.Array, hy
   # The attacker's estimate R_θ of the users' reward, from genuine preferences it collected itself.
   theta = reward_model.fit_reward(net.init(k_init, x[:1]), net.apply, x, z, o, hyper.l2)
   view = attacks.AttackerView(theta, net.apply, points[:min(points.shape[0], 4 * platform.n_pairs)])
-  o_flipped, flipped = registry.ATTACKS[platform.attack](k_attack, x, z, o, view, hyper, cfg)
+  o_flipped, flipped, *attack_stats = registry.ATTACKS[platform.attack](k_attack, x, z, o, view, hyper, cfg)
   theta_platform = reward_model.fit_reward(theta, net.apply, x, z, o_flipped, hyper.l2)
   r_learned = net.apply(theta_platform, points)
 
@@ -64,5 +65,6 @@ def learned_reward(key: chex.PRNGKey, points: chex.Array, r_pool: chex.Array, hy
       "cov_r_learned": cov,
       "corr_r_learned": cov / jnp.maximum(a.std() * b.std(), 1e-30),
       "reward_accuracy": reward_model.pairwise_accuracy(theta_platform, net.apply, xh, zh, oh),
+      **(attack_stats[0] if attack_stats else {}),
   }
   return r_learned, stats

@@ -1,6 +1,6 @@
 """Figures of a run: reward curves, sample scatters coloured by reward, mode proportions.
 
-Each function takes results (or arrays) and returns a matplotlib Figure; :func:`scl.io.save_figure` writes
+Each function takes results (or arrays) and returns a matplotlib Figure; :func:`scl.files.save_figure` writes
 it atomically. Uses the non-interactive Agg backend unless a notebook has already chosen one.
 """
 

@@ -95,7 +95,7 @@ CURATIONS = Registry("curation rule", "curation",
                      "weights [P]")
 ATTACKS = Registry("attack", "attack",
                    "(key, x [n, *event], z [n, *event], o [n], view: scl.attacks.AttackerView, "
-                   "hyper: scl.Hyper, cfg: scl.Config) -> (o_flipped [n], flipped [n] bool)")
+                   "hyper: scl.Hyper, cfg: scl.Config) -> (o_flipped [n], flipped [n] bool[, stats: dict])")
 LABELS = Registry("preference label mode", "labels", "(key, r_x [n], r_z [n]) -> o [n] in [0, 1]")
 
 #: kind -> registry, for :func:`register`.

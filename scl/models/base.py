@@ -26,7 +26,7 @@ class Model(NamedTuple):
     init: ``(key, x, w) -> params``: fit ``p_0`` from scratch on the weighted data ``(x, w)``.
     fit: ``(params, key, x, w, hyper) -> params``: retrain on ``(x, w)``, warm-started from ``params``
       (maximum likelihood for the categorical model and EM for the mixture, gradient steps for neural
-      models). ``hyper`` is the traced :class:`scl.types.Hyper` (learning rate, ...).
+      models). ``hyper`` is the traced :class:`scl.hyper.Hyper` (learning rate, ...).
     sample: ``(params, key, n) -> x [n, *event]`` with ``n`` static.
     log_prob: ``(params, x) -> [n]`` log density / mass, where the family has one, else None.
     probs: ``params -> [n_atoms]`` the probability vector, for models on a finite support, else None.
