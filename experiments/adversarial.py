@@ -1,25 +1,51 @@
-r"""Adversarial curation (Wei & Zhang 2025) on Gaussian-8: every attack, with and without real data.
+r"""Adversarial curation (Wei & Zhang 2025) on Gaussian-8: every attack and recipe, over seeds.
 
-    python experiments/adversarial.py --workdir=runs/adversarial [--config=experiments/configs/adversarial.py:quick]
+    python experiments/adversarial.py --workdir=runs/adversarial \
+        [--config=experiments/configs/adversarial.py[:quick|:code_toy]] [--config.seeds=5]
 
-For each attack in ``config.attacks`` and each real-data setting in ``config.settings`` (a λ value) runs the
-loop with a learned Bradley–Terry reward curating for the platform, and writes into ``--workdir``:
-  metrics.csv, metrics.json   one row per (setting, attack, iteration)
-  reward.png                  expected true reward per iteration, one panel per setting, one line per attack
-  modes.png                   final mode proportions per attack and setting (penalised modes hatched)
-  covariance.png              correlation of e^r with e^{R~} (the platform's learned reward) per iteration
-Each attack is compiled once: λ is a traced value, so the settings reuse the program.
+For each real-data setting in ``config.settings`` (name -> λ), each attack in ``config.attacks`` and, for the
+gradient attack, each recipe in ``config.recipes`` (``paper`` | ``robust``), runs the loop with a learned
+Bradley–Terry reward curating for the platform over ``range(config.seeds)`` seeds in one ``scl.sweep`` call
+(a "cell"). The other attacks do not depend on the recipe: they run once (recipe ``any`` in the tables) and
+are shown in every recipe's column and panel. Writes into ``--workdir``:
+  metrics.csv    long table: one row per (setting, attack, recipe, seed, iteration), every metric a column
+  metrics.json   {setting: {attack: {recipe: {metric: [seed][iteration]...}}}} and the seeds
+  summary.csv    one row per cell: final expected true reward mean and Student-t interval over seeds
+                 (``level``), the fraction of (iteration, seed) pairs in which the robust recipe kept the
+                 dist heuristic's flips (``kept_dist_fraction``; NaN for other attacks), seconds per cell
+                 (including compilation)
+  summary.json   the same, the pivot ``table`` {setting: {attack: {recipe: {mean, low, high}}}} with the
+                 recipe-independent attacks in every recipe column, the config and the total seconds
+  reward.png     expected true reward per iteration, one line per attack with seed bands, one panel per
+                 setting × recipe
+  modes.png      final mode proportions (mean over seeds) per attack, one panel per setting × recipe
+                 (penalised modes hatched)
+  covariance.png corr(e^r, e^{R~}) (the platform's learned reward against the users') per iteration, bands
+λ, κ and α are traced, so cells that differ only in the setting reuse one compiled program. On a CPU-only
+machine the CLI lays the seeds over the cores as XLA devices (as ``experiments/sweep.py`` does).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+import types
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+if __name__ == "__main__":
+  # XLA:CPU runs one loop program on about one core: as a binary on a CPU-only machine, make every core an
+  # XLA device so the seeds of a cell run in parallel. Set before JAX initialises its backends; an explicit
+  # XLA_FLAGS device count, or SCL_CPU_DEVICES=1, overrides it. Importing this module (tests) changes nothing.
+  if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    _cpu_devices = int(os.environ.get("SCL_CPU_DEVICES", os.cpu_count() or 1))
+    if _cpu_devices > 1:
+      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                 f" --xla_force_host_platform_device_count={_cpu_devices}").strip()
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Run from a checkout.
 
@@ -31,62 +57,181 @@ from scl import files  # noqa: E402
 from scl import plotting  # noqa: E402
 from scl import task as task_lib  # noqa: E402
 
+import matplotlib.pyplot as plt  # noqa: E402  (Agg, selected by scl.plotting)
+
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "adversarial.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment configuration file.",
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/adversarial", "Where to write metrics and plots.")
+_LEVEL = flags.DEFINE_float("level", 0.95, "Confidence level of the intervals over seeds.")
 
-_BINARY_FIELDS = ("seed", "attacks", "settings")
+_BINARY_FIELDS = ("seeds", "attacks", "recipes", "settings")
+ANY = "any"   # the recipe label of attacks that do not depend on the recipe
 
 
-def run_grid(config) -> dict[str, dict[str, scl.Result]]:
+def cells(config) -> dict[tuple[str, str, str], scl.Config]:
+  """(setting, attack, recipe) -> validated Config; every combination is built before any compute."""
   base = {k: v for k, v in config.to_dict().items() if k not in _BINARY_FIELDS}
   builder = getattr(scl.configs, base.pop("dataset"))
-  # Validate every combination before any compute.
-  cfgs = {(s, a): builder(**{**base, "attack": a, "lam": lam})
-          for s, lam in config.settings.items() for a in config.attacks}
-  results: dict[str, dict[str, scl.Result]] = {s: {} for s in config.settings}
+  out = {}
+  settings = sorted(config.settings.items(), key=lambda kv: -float(kv[1]))   # fully synthetic first
+  for setting, lam in settings:
+    for attack in config.attacks:
+      recipes = tuple(config.recipes) if attack == "gradient" else (ANY,)
+      for recipe in recipes:
+        extra = {} if recipe == ANY else {"attack_recipe": recipe}
+        out[(setting, attack, recipe)] = builder(**{**base, "attack": attack, "lam": float(lam), **extra})
+  return out
+
+
+def run_cells(config) -> tuple[dict, dict]:
+  """Run every cell over ``range(config.seeds)``: ({cell: SweepResult}, {cell: seconds})."""
   from tqdm.auto import tqdm
-  for (setting, attack), cfg in tqdm(cfgs.items(), desc="adversarial runs"):
-    logging.info("running %s / %s", setting, attack)
-    results[setting][attack] = scl.run(cfg, seed=config.seed)
-  return results
+  todo = cells(config)
+  results, seconds = {}, {}
+  bar = tqdm(todo.items(), desc="adversarial cells", unit="cell")
+  for cell, cfg in bar:
+    bar.set_postfix_str("/".join(cell))
+    logging.info("running %s over %d seeds", cell, config.seeds)
+    start = time.perf_counter()
+    results[cell] = scl.sweep(cfg, seeds=config.seeds)
+    seconds[cell] = time.perf_counter() - start
+  return results, seconds
 
 
-def write_outputs(results, workdir: str) -> None:
+def metrics_frame(results) -> pd.DataFrame:
   frames = []
-  for setting, by_attack in results.items():
-    for attack, res in by_attack.items():
-      frame = res.table()
-      frame.insert(0, "attack", attack)
-      frame.insert(0, "setting", setting)
-      frames.append(frame)
-  files.write_csv(os.path.join(workdir, "metrics.csv"), pd.concat(frames, ignore_index=True))
+  for (setting, attack, recipe), res in results.items():
+    frame = res.to_frame()
+    frame.insert(0, "recipe", recipe)
+    frame.insert(0, "attack", attack)
+    frame.insert(0, "setting", setting)
+    frames.append(frame)
+  return pd.concat(frames, ignore_index=True)
+
+
+def kept_dist_fraction(res: scl.SweepResult) -> float:
+  """Fraction of (seed, iteration) attack steps in which the attack kept the dist heuristic's flips."""
+  if "attack_kept_dist" not in res.metrics:
+    return float("nan")
+  kept = np.asarray(res.metrics["attack_kept_dist"], np.float64)[..., :-1]   # the last row is NaN
+  return float(np.mean(kept))
+
+
+def summary_frame(results, seconds, level: float) -> pd.DataFrame:
+  rows = []
+  for cell, res in results.items():
+    ci = res.final().mean_ci("expected_reward", level)
+    n_flips = np.asarray(res.metrics["n_flips"])[..., :-1]
+    rows.append(dict(zip(("setting", "attack", "recipe"), cell), final_reward_mean=float(ci.mean),
+                     final_reward_low=float(ci.low), final_reward_high=float(ci.high), n_seeds=ci.n,
+                     level=level, initial_reward=float(np.mean(res.metrics["expected_reward"][..., 0])),
+                     n_flips=float(np.mean(n_flips)), kept_dist_fraction=kept_dist_fraction(res),
+                     seconds=seconds[cell]))
+  return pd.DataFrame(rows)
+
+
+def pivot(summary: pd.DataFrame, recipes) -> dict:
+  """{setting: {attack: {recipe: {mean, low, high, kept_dist_fraction}}}}, shared runs in every column."""
+  table: dict = {}
+  for row in summary.itertuples():
+    for recipe in (recipes if row.recipe == ANY else (row.recipe,)):
+      table.setdefault(row.setting, {}).setdefault(row.attack, {})[recipe] = dict(
+          mean=row.final_reward_mean, low=row.final_reward_low, high=row.final_reward_high,
+          kept_dist_fraction=row.kept_dist_fraction, shared=row.recipe == ANY)
+  return table
+
+
+def _panels(results, recipes) -> dict[str, dict[str, scl.SweepResult]]:
+  """'setting · recipe' -> {attack: result}: recipe-independent attacks appear in every recipe's panel."""
+  panels: dict = {}
+  for (setting, attack, recipe), res in results.items():
+    for r in (recipes if recipe == ANY else (recipe,)):
+      panels.setdefault(f"{setting} · {r} recipe", {})[attack] = res
+  return panels
+
+
+def band_panels(panels, metric: str, ylabel: str, title: str, level: float):
+  """One panel per key, one line per attack: mean of ``metric`` over seeds with its Student-t band."""
+  names = list(panels)
+  fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False, sharey=True)
+  for ax, name in zip(axes[0], names):
+    for attack, res in panels[name].items():
+      ci = res.mean_ci(metric, level)
+      t = res.axes["iteration"]
+      ax.plot(t, ci.mean, marker="o", ms=3, label=attack)
+      if ci.n > 1:
+        ax.fill_between(t, ci.low, ci.high, alpha=0.15)
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel("iteration t")
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel(ylabel)
+  axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+  fig.suptitle(f"{title} (mean over seeds, {int(round(level * 100))}% bands)")
+  fig.tight_layout()
+  return fig
+
+
+def write_outputs(results, seconds, config, workdir: str, level: float = 0.95) -> dict:
+  recipes = tuple(config.recipes)
+  os.makedirs(workdir, exist_ok=True)
+  files.write_csv(os.path.join(workdir, "metrics.csv"), metrics_frame(results))
+  nested: dict = {}
+  for (setting, attack, recipe), res in results.items():
+    nested.setdefault(setting, {}).setdefault(attack, {})[recipe] = res.metrics
   files.write_json(os.path.join(workdir, "metrics.json"),
-                    {s: {a: res.metrics for a, res in by.items()} for s, by in results.items()})
+                   {"seeds": list(range(config.seeds)), "metrics": nested})
+  summary = summary_frame(results, seconds, level)
+  files.write_csv(os.path.join(workdir, "summary.csv"), summary)
+  out = {"cells": summary.to_dict(orient="records"), "table": pivot(summary, recipes),
+         "total_seconds": float(sum(seconds.values())), "level": level, "config": config.to_dict()}
+  files.write_json(os.path.join(workdir, "summary.json"), out)
+
+  panels = _panels(results, recipes)
   files.save_figure(os.path.join(workdir, "reward.png"),
-                     plotting.curve_panels(results, "expected_reward", "E_{p_t}[r] (true reward)",
-                                           "expected true reward under label-flip attacks"))
+                    band_panels(panels, "expected_reward", "E_{p_t}[r] (true reward)",
+                                "expected true reward under label-flip attacks", level))
   files.save_figure(os.path.join(workdir, "covariance.png"),
-                     plotting.curve_panels(results, "corr_r_learned", "corr(e^r, e^{R~})",
-                                           "alignment of the platform's learned reward with the users'"))
-  first = next(iter(next(iter(results.values())).values()))
+                    band_panels(panels, "corr_r_learned", "corr(e^r, e^{R~})",
+                                "alignment of the platform's learned reward with the users'", level))
+  first = next(iter(results.values()))
   task, data = task_lib.build(first.config)
   mode_rewards = np.asarray(task.reward(data.reward, data.modes))
   rewarded = [j for j in range(mode_rewards.shape[0]) if mode_rewards[j] > -1e-6]
-  files.save_figure(os.path.join(workdir, "modes.png"), plotting.final_mode_bars(results, rewarded))
-  final = pd.DataFrame({s: {a: float(res.metrics["expected_reward"][-1]) for a, res in by.items()}
-                        for s, by in results.items()})
-  print("final expected true reward (rows: attack, columns: real-data setting)")
-  print(final.to_string(float_format=lambda v: f"{v:.3f}"))
-  print(f"wrote metrics.csv, metrics.json and plots to {os.path.abspath(workdir)}")
+  means = {name: {a: types.SimpleNamespace(metrics={"mode_props": r.metrics["mode_props"].mean(0)})
+                  for a, r in by.items()} for name, by in panels.items()}
+  files.save_figure(os.path.join(workdir, "modes.png"), plotting.final_mode_bars(means, rewarded))
+  plt.close("all")
+  return out
+
+
+def print_table(out: dict, recipes) -> None:
+  for setting, by_attack in out["table"].items():
+    print(f"final expected true reward, {setting} (mean [{int(round(out['level'] * 100))}% CI] over seeds)")
+    rows = {a: {r: f"{v[r]['mean']:.3f} [{v[r]['low']:.3f}, {v[r]['high']:.3f}]" for r in recipes}
+            for a, v in by_attack.items()}
+    print(pd.DataFrame(rows).T.to_string())
+  kept = [c for c in out["cells"] if c["attack"] == "gradient"]
+  for c in kept:
+    print(f"{c['setting']} gradient/{c['recipe']}: kept dist's flips in {c['kept_dist_fraction']:.0%} of "
+          f"attack steps")
+
+
+def run(config, workdir: str, level: float = 0.95) -> dict:
+  """The binary's work: run every cell, write the tables and figures into ``workdir``, return the summary."""
+  results, seconds = run_cells(config)
+  return write_outputs(results, seconds, config, workdir, level)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  write_outputs(run_grid(_CONFIG.value), _WORKDIR.value)
+  import jax
+  logging.info("%d devices: %s", jax.device_count(), jax.devices())
+  out = run(_CONFIG.value, _WORKDIR.value, _LEVEL.value)
+  print_table(out, tuple(_CONFIG.value.recipes))
+  print(f"{out['total_seconds']:.0f} s in all; wrote metrics, summary and plots to "
+        f"{os.path.abspath(_WORKDIR.value)}")
 
 
 if __name__ == "__main__":
