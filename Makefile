@@ -1,17 +1,23 @@
-# Quick start: `make demo` runs the main job, `make test` runs the tests. Each creates .venv by itself.
+# Quick start: `make demo` runs the main job, `make test` runs the tests, `make docs` builds the API reference.
+# Each creates .venv by itself.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 WORKDIR ?= runs/demo
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
 
 install: $(STAMP)
 
@@ -27,6 +33,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -n auto -q -m ""
 
+## The API reference (pdoc) -> docs/api/index.html; fails on any pdoc warning.
+docs: $(DOCS_STAMP)
+	$(PY) docs/build_api.py
+
 bench: $(STAMP)
 	$(PY) benchmarks/loop.py
 	$(PY) benchmarks/exact.py
@@ -34,4 +44,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/sweep.py
 
 clean:
-	rm -rf $(VENV) runs *.egg-info
+	rm -rf $(VENV) runs *.egg-info docs/api
