@@ -18,6 +18,7 @@ from scl.registry import register
 # Modules that register the built-in components (imported for that effect, and as the public namespace).
 from scl import curation
 from scl import data
+from scl import images
 from scl import models
 from scl import preferences
 from scl import rewards

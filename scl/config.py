@@ -71,6 +71,8 @@ class DataConfig(_Group):
     ring_radius, ring_std, n_modes, ring_scale: the Gaussian ring (``ring_scale`` divides the data, as the
       second paper's code does with its standard deviation, about 1.414).
     moons_noise: noise of two-moons.
+    data_dir: where tensorflow-datasets keeps prepared data (CIFAR-10/100; None: its default).
+    classifier: the architecture of the classifier scl trains on an image data set (:mod:`scl.classifier`).
   """
 
   name: str = "gaussian8"
@@ -85,6 +87,8 @@ class DataConfig(_Group):
   n_modes: int = 8
   ring_scale: float = 1.0
   moons_noise: float = 0.05
+  data_dir: str | None = None
+  classifier: str = "cnn"
 
   def validate(self) -> None:
     _positive_ints(self, ("n_real", "n_eval", "n_atoms", "n_modes"))
@@ -100,6 +104,7 @@ class RewardConfig(_Group):
     reward_fn: the true reward ``r``, a JAX function ``[n, *event] -> [n]``, for ``reward="custom"``.
     gamma, r_min, x_star: the clipped distance reward; ``x_star`` None is the data set's anchor (mode 0).
     r_tilde_fn: the malicious users' reward ``r~`` (``[n, *event] -> [n]``); None is ``-r``.
+    target_class: the class ``c`` of the ``"class_prob"`` reward ``γ · P(c | x)`` (image data sets).
   """
 
   name: str = "clipped_distance"
@@ -108,6 +113,7 @@ class RewardConfig(_Group):
   r_min: float = 3.0
   x_star: tuple[float, ...] | None = None
   r_tilde_fn: Callable | None = None
+  target_class: int = 0
 
   def validate(self) -> None:
     if self.r_tilde_fn is not None and not callable(self.r_tilde_fn):
@@ -187,6 +193,9 @@ class PlatformConfig(_Group):
       ``"paper"`` (Wei & Zhang Section 4.1 as written).
     attack_weighting: ``"paper"`` (``J = Cov + α dist``) or ``"code"`` (the public code's ``α Cov +
       (1 − α) dist``).
+    reward_input: what the platform's reward model sees: ``"points"`` (the samples), or on image data sets
+      the frozen classifier's ``"logits"`` (with ``reward_hidden=()``: the reference's ``Linear(10, 1)``
+      head) or penultimate ``"features"``.
   """
 
   attack: str = "none"
@@ -197,6 +206,7 @@ class PlatformConfig(_Group):
   attack_steps: int = 5
   attack_recipe: str = "robust"
   attack_weighting: str = "paper"
+  reward_input: str = "points"
 
   @property
   def active(self) -> bool:
@@ -205,6 +215,11 @@ class PlatformConfig(_Group):
 
   def validate(self) -> None:
     _positive_ints(self, ("n_pairs", "attack_steps"))
+    if self.reward_input not in ("points", "logits", "features"):
+      raise ValueError(f"invalid config: reward_input={self.reward_input!r}: choose 'points', 'logits' or "
+                       "'features'")
+    if not all(isinstance(w, int) and w >= 1 for w in self.reward_hidden):
+      raise ValueError(f"invalid config: reward_hidden={self.reward_hidden!r}: widths must be integers >= 1")
 
 
 #: group attribute -> (group class, keyword of its ``name`` field or None).

@@ -14,6 +14,15 @@ Names (each a scalar per iteration, or ``[m]`` for ``mode_props``):
   ``energy_distance``  energy distance between model samples and a fixed sample of ``p_data`` (2,000 points).
   ``kl_to_data``       KL(p_t || p_data), exact, for the categorical model only.
 
+On image data sets (a classifier is part of the task), measured in the classifier's space:
+  ``class_props``      ``[C]`` share of samples the classifier assigns to each class (argmax).
+  ``frechet_distance`` Fréchet distance between Gaussians fitted to the penultimate features of model samples
+                       and of the real training images — the small-image analogue of FID (FID uses
+                       Inception-v3 features of 299×299 images; here the task's own classifier).
+  ``precision``, ``recall``  k-nearest-neighbour manifold precision and recall in the same features
+                       (Kynkäänniemi et al. 2019, ``k = 3``): the share of samples inside the real manifold,
+                       and of real images inside the samples' manifold.
+
 :func:`scl.run` adds, on a finite support, the theorem monitors of :func:`scl.theory.monitors` (row ``t``
 describes the step ``p_{t-1} -> p_t``; row 0 is NaN), and with a learned reward (``attack != "none"`` or
 ``learned_reward=True``; row ``T`` is NaN since no preferences are collected from ``p_T``):
@@ -33,6 +42,8 @@ import jax
 import jax.numpy as jnp
 
 N_ENERGY = 1000
+#: Neighbours of the precision/recall manifolds (Kynkäänniemi et al. 2019 use k = 3).
+K_NEIGHBOURS = 3
 
 
 def _mean_pairwise_distance(a, b):
@@ -40,7 +51,8 @@ def _mean_pairwise_distance(a, b):
 
 
 def energy_distance(x: chex.Array, y: chex.Array) -> chex.Array:
-  """``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` (the V-statistic) between point sets ``[n, d]`` and ``[m, d]``."""
+  """``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` (the V-statistic) between ``[n, *event]`` and ``[m, *event]``."""
+  x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
   return 2 * _mean_pairwise_distance(x, y) - _mean_pairwise_distance(x, x) - _mean_pairwise_distance(y, y)
 
 
@@ -92,7 +104,68 @@ def model_metrics(task, data, params, samples: chex.Array) -> dict[str, chex.Arr
   out["energy_distance"] = energy_distance(points[:N_ENERGY], data.eval_points[:N_ENERGY])
   if task.finite:
     out["kl_to_data"] = kl(p, data.p_data)
+  if task.classifier is not None:
+    out.update(image_metrics(task, data, samples[:task.cfg.data.n_eval]))
   return out
+
+
+def image_metrics(task, data, images: chex.Array) -> dict[str, chex.Array]:
+  """``class_props``, ``frechet_distance``, ``precision`` and ``recall`` of model images ``[n, H, W, C]``
+  against the real images' features held in ``data.images`` (see :class:`scl.task.TaskData`)."""
+  ref = data.images
+  logits, features = task.classifier.apply(ref["classifier"], images)
+  props = jnp.mean(jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1]), 0)
+  mu, cov = gaussian_stats(features)
+  out = {"class_props": props, "frechet_distance": frechet_distance(mu, cov, ref["mu"], ref["cov"])}
+  m = min(features.shape[0], ref["features"].shape[0])
+  out.update(precision_recall(ref["features"], ref["radii"], features[:m], K_NEIGHBOURS))
+  return out
+
+
+def gaussian_stats(features: chex.Array) -> tuple[chex.Array, chex.Array]:
+  """Mean ``[F]`` and covariance ``[F, F]`` (``ddof = 1``) of features ``[n, F]``."""
+  mu = jnp.mean(features, 0)
+  centred = features - mu
+  return mu, centred.T @ centred / (features.shape[0] - 1)
+
+
+def _sqrt_psd(a: chex.Array) -> chex.Array:
+  w, v = jnp.linalg.eigh(0.5 * (a + a.T))
+  return (v * jnp.sqrt(jnp.maximum(w, 0.0))) @ v.T
+
+
+def frechet_distance(mu1: chex.Array, cov1: chex.Array, mu2: chex.Array, cov2: chex.Array) -> chex.Array:
+  """``|mu1 - mu2|² + tr(cov1 + cov2 - 2 (cov1^{1/2} cov2 cov1^{1/2})^{1/2})`` (means ``[F]``, covariances
+  ``[F, F]``), by symmetric eigendecompositions (``tr sqrt(cov1 cov2)`` is the trace of the PSD square root
+  of ``cov1^{1/2} cov2 cov1^{1/2}``)."""
+  s1 = _sqrt_psd(cov1)
+  inner = jnp.linalg.eigvalsh(s1 @ cov2 @ s1)
+  return jnp.sum(jnp.square(mu1 - mu2)) + jnp.trace(cov1) + jnp.trace(cov2) - 2 * jnp.sum(
+      jnp.sqrt(jnp.maximum(inner, 0.0)))
+
+
+def _sq_distances(a: chex.Array, b: chex.Array) -> chex.Array:
+  return jnp.maximum(jnp.sum(a * a, 1)[:, None] + jnp.sum(b * b, 1)[None] - 2 * a @ b.T, 0.0)
+
+
+def knn_radii(features: chex.Array, k: int = 3) -> chex.Array:
+  """Squared distance of each of ``features [n, F]`` to its ``k``-th nearest other point, ``[n]``."""
+  d = _sq_distances(features, features)
+  return jnp.sort(d, axis=1)[:, k]            # column 0 is the point itself
+
+
+def precision_recall(real: chex.Array, real_radii: chex.Array, fake: chex.Array, k: int = 3
+                     ) -> dict[str, chex.Array]:
+  """Improved precision and recall (Kynkäänniemi et al. 2019) of ``fake [m, F]`` against ``real [n, F]``.
+
+  The real manifold is the union of balls around each real point reaching its ``k``-th neighbour
+  (``real_radii``, squared, from :func:`knn_radii`); likewise for the samples. Precision: the share of
+  samples inside the real manifold; recall: the share of real points inside the samples' manifold.
+  """
+  d = _sq_distances(fake, real)                                   # [m, n]
+  precision = jnp.mean(jnp.any(d <= real_radii[None], axis=1))
+  recall = jnp.mean(jnp.any(d <= knn_radii(fake, k)[:, None], axis=0))
+  return {"precision": precision, "recall": recall}
 
 
 def kl(p: chex.Array, q: chex.Array) -> chex.Array:

@@ -46,17 +46,22 @@ def learned_reward(key: chex.PRNGKey, points: chex.Array, r_pool: chex.Array, hy
   reward = lambda x: task.reward(data.reward, x)
   k_pairs, k_labels, k_init, k_attack, k_held = jax.random.split(key, 5)
 
-  x, z = preferences.draw_pairs(k_pairs, points, platform.n_pairs)
-  o = registry.LABELS[platform.labels](k_labels, reward(x), reward(z))
+  # The reward model sees the points (2-D) or the classifier's logits / features (images).
+  inputs = task.platform_inputs(data, points)
+  index = jnp.arange(points.shape[0])
+  ix, iz = preferences.draw_pairs(k_pairs, index, platform.n_pairs)
+  x, z = inputs[ix], inputs[iz]
+  o = registry.LABELS[platform.labels](k_labels, reward(points[ix]), reward(points[iz]))
   # The attacker's estimate R_θ of the users' reward, from genuine preferences it collected itself.
   theta = reward_model.fit_reward(net.init(k_init, x[:1]), net.apply, x, z, o, hyper.l2)
-  view = attacks.AttackerView(theta, net.apply, points[:min(points.shape[0], 4 * platform.n_pairs)])
+  view = attacks.AttackerView(theta, net.apply, inputs[:min(points.shape[0], 4 * platform.n_pairs)])
   o_flipped, flipped, *attack_stats = registry.ATTACKS[platform.attack](k_attack, x, z, o, view, hyper, cfg)
   theta_platform = reward_model.fit_reward(theta, net.apply, x, z, o_flipped, hyper.l2)
-  r_learned = net.apply(theta_platform, points)
+  r_learned = net.apply(theta_platform, inputs)
 
-  xh, zh = preferences.draw_pairs(k_held, points, platform.n_pairs)
-  oh = preferences.deterministic_labels(k_held, reward(xh), reward(zh))
+  ih, jh = preferences.draw_pairs(k_held, index, platform.n_pairs)
+  xh, zh = inputs[ih], inputs[jh]
+  oh = preferences.deterministic_labels(k_held, reward(points[ih]), reward(points[jh]))
   a = jnp.exp(r_pool - jnp.max(r_pool))
   b = jnp.exp(r_learned - jnp.max(r_learned))
   cov = jnp.mean((a - a.mean()) * (b - b.mean()))

@@ -6,29 +6,21 @@
     grid.metrics["expected_reward"]      # [4 (K), 3 (λ), 4 (seed), T + 1 (iteration)]
     ex = scl.exact_sweep(p0, r, iterations=20, K=[2, 4, 8], lam=[1.0, float("inf")])
 
-How a sweep runs (:func:`sweep` for the loop of :mod:`scl.loop`, :func:`exact_sweep` for :func:`scl.exact.run`):
-
-* **Grid.** A keyword given a sequence is an axis (axes in keyword order); a scalar fixes the value. The
-  names a sweep may take are the traced hyper-parameters of :data:`scl.config.TRACED`, validated by the same
-  domains as :meth:`scl.Config.validate`. The grid is flattened (C order over the axes, then the seed) into
-  ``N`` points of :class:`~scl.config.Hyper` leaves and PRNG keys (``jax.random.PRNGKey(seed)``, as
-  :func:`scl.run`): grid point ``(K=k, λ=l, seed=s)`` equals ``scl.run(cfg.replace(K=k, lam=l), seed=s)``.
-  The run's arrays (:class:`~scl.task.TaskData`) are one replicated argument shared by every point.
-* **Devices.** The flat grid is laid over a one-axis :class:`~jax.sharding.Mesh` (``"grid"``) of all
-  devices with ``NamedSharding(mesh, P("grid"))``, padded with copies of the first point (dropped
-  afterwards); each device runs its slice inside ``jax.shard_map``, nothing is communicated.
-* **Batches.** On each device ``jax.lax.map`` iterates over the local points ``batch_size`` at a time under
-  ``jax.vmap``. The default (:func:`default_batch_size`) is the whole shard on GPU/TPU and one point at a
-  time on CPU, where ``vmap`` adds no parallelism and was measured slower; on a CPU host the cores are used
-  by making them devices (``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>``).
-* **Chunks.** The grid runs in equal chunks (a multiple of ``devices * batch_size``), so it is compiled once.
-  A chunk is the whole padded grid unless ``max_chunk`` says less or the compiled program's
-  ``memory_analysis()`` exceeds ``memory_budget`` (bytes per device; default 75% of a GPU's memory, or half
-  the free host memory shared by the CPU devices); then the chunk is sized from the measured bytes (memory
-  is affine in the chunk) and compiled again — at most three compilations. A grid whose single point does
-  not fit fails before any compute. Compiled chunks are kept in a bounded cache.
-* **Hosts.** After ``jax.distributed.initialize`` every process builds the same grid and plans the same
-  chunks; inputs become global arrays and each chunk's outputs are gathered to every process.
+* **Grid.** A keyword given a sequence is an axis (in keyword order), a scalar a fixed value; the names are
+  the traced hyper-parameters of :data:`scl.hyper.TRACED`, checked by the same domains as
+  :meth:`scl.Config.validate`. Grid point ``(K=k, λ=l, seed=s)`` equals ``scl.run(cfg.replace(K=k, lam=l),
+  seed=s)``; the run's arrays (:class:`~scl.task.TaskData`) are one replicated argument of every point.
+* **Devices and batches.** The flat grid is laid over a one-axis mesh of all devices (``NamedSharding``,
+  padded with copies of the first point); inside ``jax.shard_map`` each device maps over its points,
+  ``batch_size`` at a time under ``vmap``: the whole shard on GPU/TPU, one point at a time on CPU
+  (:func:`default_batch_size`), whose cores become devices with
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>``.
+* **Chunks.** The grid runs in equal chunks, compiled once (a bounded cache keeps compiled chunks). A chunk is
+  the whole grid unless ``max_chunk`` says less or ``memory_analysis()`` exceeds ``memory_budget`` (bytes
+  per device; default 75% of a GPU's memory, or half the free host memory over the CPU devices); then it is
+  sized from the measured bytes (memory is affine in the chunk), at most three compilations in all.
+* **Hosts.** After ``jax.distributed.initialize`` every process plans the same chunks; outputs are gathered
+  to every process.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scl import config as config_lib
+from scl import metrics as metrics_lib
 from scl import registry
 from scl import rewards as rewards_lib
 from scl.models.base import Model
@@ -33,6 +34,9 @@ class Dataset(NamedTuple):
 
   A continuous data set gives ``sample``; a finite one gives its ``support`` and ``weights`` (``p_data``).
 
+  An empirical data set (images) gives ``real``, the whole training set, and the ``classifier`` that
+  defines its rewards and image metrics.
+
   Attributes:
     sample: ``(key, n) -> [n, *event]`` i.i.d. draws of ``p_data`` (None for a finite data set).
     support: ``[n_atoms, *event]`` atoms of a finite data set, else None.
@@ -40,6 +44,8 @@ class Dataset(NamedTuple):
     anchor: a point ``[d]``: the default ``x*`` of the clipped-distance reward (mode 0, the first atom).
     modes: ``[m, d]`` mode centres for the mode proportions, or None.
     mode_radius: points farther than this from every mode count as off-mode.
+    real: ``(x [N, *event], w [N])`` the real data set itself (images: the training split), or None.
+    classifier: ``(scl.classifier.Classifier, params)`` trained on the real data, or None.
   """
 
   sample: Callable[[chex.PRNGKey, int], chex.Array] | None = None
@@ -48,6 +54,8 @@ class Dataset(NamedTuple):
   anchor: tuple[float, ...] | None = None
   modes: Any = None
   mode_radius: float = 0.0
+  real: Any = None
+  classifier: Any = None
 
 
 class TaskData(NamedTuple):
@@ -62,6 +70,10 @@ class TaskData(NamedTuple):
     p_data: ``[n_atoms]`` ``p_data`` on the support, else None.
     modes: ``[m, d]`` mode centres, else None; mode_radius: scalar.
     reward, r_tilde: parameters of the users' reward ``r`` and of the malicious users' ``r~`` (pytrees).
+    images: on image data sets, ``{"classifier": params, "features": [M, F], "radii": [M], "mu": [F],
+      "cov": [F, F]}``: the classifier and the penultimate features of (up to ``N_EVAL_POINTS``) real
+      training images with their k-NN radii and Gaussian statistics (:func:`scl.metrics.image_metrics`);
+      else None.
   """
 
   real_x: chex.Array
@@ -73,6 +85,7 @@ class TaskData(NamedTuple):
   mode_radius: chex.Array
   reward: Any
   r_tilde: Any
+  images: Any = None
 
 
 class Task(NamedTuple):
@@ -84,6 +97,7 @@ class Task(NamedTuple):
     reward, r_tilde: ``(params, points [n, d]) -> [n]``, the users' reward ``r`` and the malicious users'
       ``r~``; their parameters are ``TaskData.reward`` / ``TaskData.r_tilde``.
     finite: the model lives on a finite support (samples are atom indices; metrics are exact).
+    classifier: the image classifier (:class:`scl.classifier.Classifier`), or None.
   """
 
   cfg: config_lib.Config
@@ -91,6 +105,18 @@ class Task(NamedTuple):
   reward: Callable[[Any, chex.Array], chex.Array]
   r_tilde: Callable[[Any, chex.Array], chex.Array]
   finite: bool
+  classifier: Any = None
+
+  def platform_inputs(self, data: TaskData, points: chex.Array) -> chex.Array:
+    """What the platform's reward model sees of ``points``: the points, or (images) the classifier's
+    logits or penultimate features (``cfg.platform.reward_input``)."""
+    how = self.cfg.platform.reward_input
+    if how == "points":
+      return points
+    if self.classifier is None:
+      raise ValueError(f"invalid config: reward_input={how!r}: needs an image data set with a classifier")
+    logits, features = self.classifier.apply(data.images["classifier"], points)
+    return logits if how == "logits" else features
 
   def to_points(self, data: TaskData, samples: chex.Array) -> chex.Array:
     """Model samples -> points (atom lookup on a finite support, else the samples themselves)."""
@@ -139,7 +165,17 @@ def build(cfg: config_lib.Config) -> tuple[Task, TaskData]:
   k_real, k_support, k_eval = jax.random.split(jax.random.PRNGKey(cfg.data.data_seed), 3)
 
   as_indices = registry.MODELS.meta(cfg.model.name, "finite_support", False)
-  if dataset.support is not None or as_indices:  # A finite support: given, or a discretised data set.
+  if dataset.real is not None:  # An empirical data set (images): the real data is the whole set.
+    if as_indices:
+      raise ValueError(f"invalid config: model={cfg.model.name!r}: data set {cfg.data.name!r} has no finite "
+                       "support to put it on")
+    support = p_data = None
+    real_x, real_w = (jnp.asarray(a) for a in dataset.real)
+    eval_idx = jax.random.choice(k_eval, real_x.shape[0], (min(N_EVAL_POINTS, real_x.shape[0]),), replace=False)
+    eval_points = real_x[eval_idx]
+    checked = real_x
+    model = registry.MODELS[cfg.model.name](cfg, tuple(real_x.shape[1:]), None)
+  elif dataset.support is not None or as_indices:  # A finite support: given, or a discretised data set.
     if dataset.support is not None:
       support, p_data = jnp.asarray(dataset.support), jnp.asarray(dataset.weights)
     else:
@@ -163,8 +199,19 @@ def build(cfg: config_lib.Config) -> tuple[Task, TaskData]:
                 r_tilde.apply(r_tilde.params, checked), checked.shape[0])
 
   modes = None if dataset.modes is None else jnp.asarray(dataset.modes, jnp.float32)
+  classifier, images = None, None
+  if dataset.classifier is not None:
+    classifier, params = dataset.classifier
+    _, features = jax.jit(classifier.apply)(params, eval_points)
+    mu, cov = metrics_lib.gaussian_stats(features)
+    images = {"classifier": params, "features": features, "mu": mu, "cov": cov,
+              "radii": metrics_lib.knn_radii(features, metrics_lib.K_NEIGHBOURS)}
   data = TaskData(real_x=real_x, real_w=real_w, eval_points=eval_points, support=support, p_data=p_data,
                   modes=modes, mode_radius=jnp.asarray(dataset.mode_radius, jnp.float32),
-                  reward=reward.params, r_tilde=r_tilde.params)
-  task = Task(cfg=cfg, model=model, reward=reward.apply, r_tilde=r_tilde.apply, finite=as_indices)
+                  reward=reward.params, r_tilde=r_tilde.params, images=images)
+  task = Task(cfg=cfg, model=model, reward=reward.apply, r_tilde=r_tilde.apply, finite=as_indices,
+              classifier=classifier)
+  if cfg.platform.reward_input != "points" and classifier is None:
+    raise ValueError(f"invalid config: reward_input={cfg.platform.reward_input!r}: needs an image data set "
+                     f"with a classifier; {cfg.data.name!r} has none")
   return task, data
