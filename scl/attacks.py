@@ -324,6 +324,7 @@ class AttackerView(NamedTuple):
   x_pool: chex.Array | None = None
 
   def pair_rewards(self, x: chex.Array, z: chex.Array) -> tuple[chex.Array, chex.Array]:
+    """``(R_θ(x), R_θ(z))``, each ``[n]``, from one network call; raises if the attacker has no reward."""
     if self.params is None or self.apply_fn is None:
       raise ValueError("this attack needs the attacker's reward (params, apply_fn)")
     n = x.shape[0]

@@ -91,6 +91,7 @@ class DataConfig(_Group):
   classifier: str = "cnn"
 
   def validate(self) -> None:
+    """Raise ``ValueError`` naming the field and value of an invalid setting of this group."""
     _positive_ints(self, ("n_real", "n_eval", "n_atoms", "n_modes"))
 
 
@@ -116,6 +117,7 @@ class RewardConfig(_Group):
   target_class: int = 0
 
   def validate(self) -> None:
+    """Raise ``ValueError`` naming the field and value of an invalid setting of this group."""
     if self.r_tilde_fn is not None and not callable(self.r_tilde_fn):
       raise ValueError(f"invalid config: r_tilde_fn={self.r_tilde_fn!r}: must be a function [n, d] -> [n]")
 
@@ -143,6 +145,7 @@ class ModelConfig(_Group):
   sample_steps: int = 100
 
   def validate(self) -> None:
+    """Raise ``ValueError`` naming the field and value of an invalid setting of this group."""
     _positive_ints(self, ("gmm_components", "em_steps", "width", "depth", "train_steps", "init_steps",
                           "batch_size", "sample_steps"))
 
@@ -170,6 +173,7 @@ class CurationConfig(_Group):
   fresh_candidates: bool = False
 
   def validate(self) -> None:
+    """Raise ``ValueError`` naming the field and value of an invalid setting of this group."""
     _positive_ints(self, ("pool_size", "n_keep", "K_max"))
     if self.fresh_candidates and self.pool_size != self.n_keep * self.K_max:
       raise ValueError(f"invalid config: pool_size={self.pool_size!r}: fresh_candidates needs pool_size = "
@@ -214,6 +218,7 @@ class PlatformConfig(_Group):
     return self.attack != "none" or self.learned_reward
 
   def validate(self) -> None:
+    """Raise ``ValueError`` naming the field and value of an invalid setting of this group."""
     _positive_ints(self, ("n_pairs", "attack_steps"))
     if self.reward_input not in ("points", "logits", "features"):
       raise ValueError(f"invalid config: reward_input={self.reward_input!r}: choose 'points', 'logits' or "

@@ -46,11 +46,13 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json(path: str, obj: Any) -> None:
+  """Write ``obj`` as indented JSON atomically (arrays as lists, NaN and inf as null)."""
   with atomic_open(path) as f:
     json.dump(to_jsonable(obj), f, indent=2)
 
 
 def write_bytes(path: str, data: bytes) -> None:
+  """Write ``data`` to ``path`` atomically."""
   with atomic_open(path, "wb") as f:
     f.write(data)
 

@@ -40,6 +40,7 @@ class Traced:
 
   @property
   def dtype(self):
+    """The traced dtype: int32 for integer hyper-parameters, else float32."""
     return jnp.int32 if self.integer else jnp.float32
 
   def check(self, value) -> None:
@@ -92,6 +93,7 @@ class Hyper:
 
   @classmethod
   def defaults(cls, **overrides) -> "Hyper":
+    """Every field at its :data:`TRACED` default, except ``overrides``."""
     return cls(**{**{t.name: t.default for t in TRACED}, **overrides})
 
   def __getattr__(self, name: str):
@@ -104,12 +106,15 @@ class Hyper:
     raise dataclasses.FrozenInstanceError(f"Hyper is immutable; use .replace({name}=...)")
 
   def replace(self, **values) -> "Hyper":
+    """A copy with ``values`` replaced (unknown names raise ``ValueError``)."""
     return Hyper(**{**self._values, **values})
 
   def items(self):
+    """``(name, value)`` pairs in :data:`TRACED` order."""
     return self._values.items()
 
   def as_dict(self) -> dict[str, Any]:
+    """name -> value, in :data:`TRACED` order."""
     return dict(self._values)
 
   def arrays(self) -> "Hyper":
@@ -117,10 +122,12 @@ class Hyper:
     return Hyper(**{t.name: jnp.asarray(self._values[t.name], t.dtype) for t in TRACED})
 
   def tree_flatten(self):
+    """JAX pytree protocol: the values in :data:`TRACED` order, no auxiliary data."""
     return tuple(self._values[t.name] for t in TRACED), None
 
   @classmethod
   def tree_unflatten(cls, aux, leaves):
+    """JAX pytree protocol: the inverse of :meth:`tree_flatten`."""
     del aux
     return cls(**dict(zip(traced_names(), leaves)))
 
@@ -136,6 +143,7 @@ class Hyper:
 
 
 def traced_names() -> tuple[str, ...]:
+  """The names of :data:`TRACED`, in order (the sweep axes a grid may take)."""
   return tuple(t.name for t in TRACED)
 
 

@@ -79,6 +79,7 @@ class SweepResult:
 
   @property
   def shape(self) -> tuple[int, ...]:
+    """The size of each axis, in :attr:`dims` order."""
     return tuple(len(v) for v in self.axes.values())
 
   def _index(self, name: str, value) -> int:

@@ -114,8 +114,6 @@ def test_the_check_sees_the_public_face():
     assert name in names, name
 
 
-@pytest.mark.xfail(strict=False, reason="some public names of scl still lack docstrings (the library "
-                   "engineers are filling them in); `python tests/test_docs.py` lists them")
 def test_every_public_name_has_a_docstring():
   missing = missing_docstrings()
   assert not missing, f"{len(missing)} public names lack a docstring:\n  " + "\n  ".join(missing)
