@@ -132,6 +132,8 @@ class ModelConfig(_Group):
     gmm_components, em_steps: the Gaussian mixture.
     width, depth, train_steps, init_steps, batch_size, sample_steps: the flow-matching network (residual MLP
       of ``depth`` blocks of ``width``), Adam steps per refit and for ``p_0``, minibatch, ODE evaluations.
+    velocity: the flow's velocity network: ``"mlp"`` (on flattened samples: 2-D data, 8×8 digits) or
+      ``"unet"`` (a small convolutional U-Net for ``[H, W, C]`` images such as CIFAR; ``width`` channels).
   """
 
   name: str = "gmm"
@@ -143,11 +145,14 @@ class ModelConfig(_Group):
   init_steps: int = 3000
   batch_size: int = 1000
   sample_steps: int = 100
+  velocity: str = "mlp"
 
   def validate(self) -> None:
     """Raise ``ValueError`` naming the field and value of an invalid setting of this group."""
     _positive_ints(self, ("gmm_components", "em_steps", "width", "depth", "train_steps", "init_steps",
                           "batch_size", "sample_steps"))
+    if self.velocity not in ("mlp", "unet"):
+      raise ValueError(f"invalid config: velocity={self.velocity!r}: choose 'mlp' or 'unet'")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
