@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.installed-docs
 WORKDIR ?= runs/demo
 
-.PHONY: install demo test test-all docs bench clean
+.PHONY: install demo test docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) experiments/curated_loop.py --config=experiments/configs/gaussian8.py:demo --workdir=$(WORKDIR)
 
-## The default test suite (slow tests excluded), on all cores.
+## The test suite, on all cores.
 test: $(STAMP)
 	$(PY) -m pytest -n auto -q
-
-## Everything, slow tests included.
-test-all: $(STAMP)
-	$(PY) -m pytest -n auto -q -m ""
 
 ## The API reference (pdoc) -> docs/api/index.html; fails on any pdoc warning.
 docs: $(DOCS_STAMP)

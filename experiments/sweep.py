@@ -66,7 +66,7 @@ def _grid(config) -> dict:
   grid = {}
   for name, values in config.grid.to_dict().items():
     values = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
-    grid[name] = [int(v) if name == "K" else v for v in values]
+    grid[name] = [int(v) if name == "K" and math.isfinite(v) and v == int(v) else v for v in values]
   return grid
 
 

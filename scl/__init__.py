@@ -9,8 +9,8 @@ Public face::
     grid = scl.sweep(cfg, K=[1, 2, 4, 8], lam=[0.5, 1.0, float("inf")], seeds=range(4))
     traj, metrics = scl.exact.run(p0, r, K=4, lam=1.0, iterations=20)
 
-Components (data sets, models, rewards, curation rules, attacks, label modes) are looked up by name in
-:mod:`scl.registry`; add your own with :func:`scl.register`.
+Components (data sets, models, rewards, curation rules, attacks, label modes, defences) are looked up by
+name in :mod:`scl.registry`; add your own with :func:`scl.register`.
 """
 
 from scl import registry
@@ -23,15 +23,16 @@ from scl import models
 from scl import preferences
 from scl import rewards
 from scl import attacks
+from scl import defences
 from scl import configs
 from scl import exact
 from scl import metrics
 from scl import theory
 from scl.config import Config, Hyper
-from scl.loop import Result, make_run, run
+from scl.loop import Result, run
 from scl.sweeps import SweepResult, exact_sweep, sweep
 
-__all__ = ["Config", "Hyper", "Result", "SweepResult", "attacks", "configs", "curation", "data", "exact",
-           "exact_sweep", "make_run", "metrics", "models", "preferences", "register", "registry", "rewards",
-           "run", "sweep", "theory"]
+__all__ = ["Config", "Hyper", "Result", "SweepResult", "attacks", "configs", "curation", "data", "defences",
+           "exact", "exact_sweep", "metrics", "models", "preferences", "register", "registry",
+           "rewards", "run", "sweep", "theory"]
 __version__ = "0.2.0"

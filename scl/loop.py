@@ -175,15 +175,6 @@ def jitted_pieces(static_cfg: config_lib.Config):
           data)
 
 
-def make_run(cfg: config_lib.Config) -> Callable:
-  """The jitted loop ``(hyper, key) -> (params_T, outputs)`` (data bound), cached on the static config.
-
-  Example: ``fn = make_run(cfg); fn(cfg.hyper.arrays(), jax.random.PRNGKey(0))``.
-  """
-  fn, data = _jitted_run(cfg.validate().static())
-  return lambda hyper, key: fn(hyper, key, data)
-
-
 @dataclasses.dataclass
 class Result:
   """What :func:`run` returns.
@@ -247,11 +238,14 @@ def run(cfg: config_lib.Config, seed: int = 0, *, workdir: str | None = None, ch
   cfg.validate()
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"invalid seed={seed!r}: must be an integer >= 0")
+  if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
+      or checkpoint_every < 1:
+    raise ValueError(f"invalid checkpoint_every={checkpoint_every!r}: must be an integer >= 1")
   key = jax.random.PRNGKey(seed)
   if workdir is None:
     fn, data = _jitted_run(cfg.static())
     params, outs = fn(cfg.hyper.arrays(), key, data)
     return to_result(cfg, seed, params, outs)
   from scl import checkpoint
-  return checkpoint.run_with_checkpoints(cfg, seed, workdir, max(1, int(checkpoint_every)),
+  return checkpoint.run_with_checkpoints(cfg, seed, workdir, int(checkpoint_every),
                                          True if progress is None else progress)

@@ -95,7 +95,8 @@ class SweepResult:
     index = [slice(None)] * len(self.axes)
     names = list(self.axes)
     for name, value in coords.items():
-      index[names.index(name) if name in names else 0] = self._index(name, value)
+      position = self._index(name, value)     # raises for an unknown axis or value
+      index[names.index(name)] = position
     index = tuple(index)
     axes = {n: v for n, v in self.axes.items() if n not in coords}
     metrics = {k: v[index] for k, v in self.metrics.items()}

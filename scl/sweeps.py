@@ -40,7 +40,7 @@ from scl import config as config_lib
 from scl import hyper as hyper_lib
 from scl import exact as exact_lib
 from scl import loop
-from scl.results import MeanCI, SweepResult  # noqa: F401  (re-exported)
+from scl.results import SweepResult
 
 #: Keywords of :func:`exact_sweep` that may be swept (the traced arguments of :func:`scl.exact.run`).
 EXACT_FIELDS = ("K", "lam", "phi")
@@ -127,6 +127,16 @@ def _local_batch(batch_size, n_points: int, n_dev: int, max_chunk: int | None) -
   if int(batch_size) < 1:
     raise ValueError(f"batch_size={batch_size!r} must be >= 1 (or None: the whole shard)")
   return min(int(batch_size), per_dev)
+
+
+def _check_execution(devices, batch_size, max_chunk) -> None:
+  """The execution arguments of a sweep, checked before anything is built."""
+  if devices is not None and not list(devices):
+    raise ValueError("invalid sweep: devices is empty")
+  if batch_size is not None and batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+    raise ValueError(f"invalid sweep: batch_size={batch_size!r} must be an integer >= 1, None or 'auto'")
+  if max_chunk is not None and (not isinstance(max_chunk, int) or max_chunk < 1):
+    raise ValueError(f"invalid sweep: max_chunk={max_chunk!r} must be an integer >= 1 or None")
 
 
 def _device_budget(devices: Sequence[jax.Device]) -> float:
@@ -299,7 +309,7 @@ def sweep(cfg: config_lib.Config, *, seeds: int | Iterable[int] = (0,), keep_sam
     memory_budget: bytes per device a compiled chunk may use (default: see the module docstring).
     batch_size: grid points per device under one ``vmap`` (``"auto"``: :func:`default_batch_size`; None:
       the whole shard). Results do not depend on it.
-    **grid: traced hyper-parameters (:data:`scl.config.TRACED`: ``K``, ``lam`` (λ), ``phi`` (φ), ``kappa``
+    **grid: traced hyper-parameters (:data:`scl.hyper.TRACED`: ``K``, ``lam`` (λ), ``phi`` (φ), ``kappa``
       (κ), ``alpha`` (α), ``beta``, ``lr``, ``l2``): a sequence is an axis, a scalar a fixed value.
 
   Returns:
@@ -312,6 +322,7 @@ def sweep(cfg: config_lib.Config, *, seeds: int | Iterable[int] = (0,), keep_sam
   """
   axes, fixed = _split_grid(grid, hyper_lib.traced_names())
   seed_values = _seed_values(seeds)
+  _check_execution(devices, batch_size, max_chunk)
   cfg = cfg.replace(**fixed).validate()
   hyper_lib.validate_traced(cfg, **axes)
   flat = _flat_grid(axes, seed_values)
@@ -360,6 +371,7 @@ def exact_sweep(p0, r, *, iterations: int, K: Any = 2.0, lam: Any = float("inf")
     ValueError before any compute for invalid arguments (:func:`scl.exact.validate`).
   """
   axes, fixed = _split_grid({"K": K, "lam": lam, "phi": phi}, EXACT_FIELDS)
+  _check_execution(devices, batch_size, max_chunk)
   if "phi" in axes and r_tilde is None:
     raise ValueError("invalid sweep: phi is swept but r_tilde is None (φ only acts through r~)")
   values = {**axes, **fixed}
@@ -371,9 +383,7 @@ def exact_sweep(p0, r, *, iterations: int, K: Any = 2.0, lam: Any = float("inf")
   n = int(np.prod([len(v) for v in axes.values()])) if axes else 1
   inputs = {f: np.broadcast_to(np.asarray(flat.get(f, fixed.get(f)), np.float64), (n,)).astype(dtype)
             for f in EXACT_FIELDS}
-  point = functools.partial(_exact_point, int(iterations), int(num_nodes), keep_trajectory)
-  if r_tilde is None:  # a static choice: without r~ the engine skips the adversarial curation
-    point = functools.partial(_exact_point_benign, point)
+  point = _exact_program(int(iterations), int(num_nodes), keep_trajectory, r_tilde is None)
   outputs, info = _execute(point, inputs, vectors, devices, max_chunk, memory_budget, batch_size)
   lead = tuple(len(v) for v in axes.values())
   return _result(outputs, {**axes, "iteration": np.arange(int(iterations) + 1)}, lead, config=None,
@@ -382,3 +392,11 @@ def exact_sweep(p0, r, *, iterations: int, K: Any = 2.0, lam: Any = float("inf")
 
 def _exact_point_benign(point: Callable, inputs, vectors):
   return point(inputs, vectors[:3] + (None,))
+
+
+@functools.lru_cache(maxsize=16)
+def _exact_program(iterations: int, num_nodes: int, keep_trajectory: bool, benign: bool) -> Callable:
+  """One point function per static setting, so the compiled chunks are found again in the cache."""
+  point = functools.partial(_exact_point, iterations, num_nodes, keep_trajectory)
+  # Without r~ (a static choice) the engine skips the adversarial curation.
+  return functools.partial(_exact_point_benign, point) if benign else point

@@ -2,8 +2,8 @@
 
 :func:`build` looks every component up in its registry (:mod:`scl.registry`) and returns two things:
 
-* a :class:`Task` — the static part: the model family, the reward functions, the sizes. It is hashable by
-  identity and cached on the config's static part, so a jitted program closes over functions only.
+* a :class:`Task` — the static part: the model family, the reward functions, the sizes. It is built once per
+  static config (cached), so a jitted program closes over functions only.
 * a :class:`TaskData` — every array a run needs (real data, support, ``p_data``, reward parameters such as
   ``x*`` or classifier weights), a pytree passed to the compiled program as an argument, never baked into
   it as a constant: the program does not grow with the data.
@@ -89,7 +89,7 @@ class TaskData(NamedTuple):
 
 
 class Task(NamedTuple):
-  """The static part of a run (functions and sizes; hashable by identity).
+  """The static part of a run (functions and sizes).
 
   Attributes:
     cfg: the static config (traced values at their defaults).
@@ -113,8 +113,6 @@ class Task(NamedTuple):
     how = self.cfg.platform.reward_input
     if how == "points":
       return points
-    if self.classifier is None:
-      raise ValueError(f"invalid config: reward_input={how!r}: needs an image data set with a classifier")
     logits, features = self.classifier.apply(data.images["classifier"], points)
     return logits if how == "logits" else features
 
