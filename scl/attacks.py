@@ -8,7 +8,7 @@ descending argsort (ties go to the lower index, so the choice is deterministic) 
 ``< floor(κ n)`` (:func:`flip_top`). A flipped tie (``o = 1/2``) stays ``1/2``; it still counts in the budget.
 
 Attacks, registered in :data:`scl.registry.ATTACKS` with the signature
-``(key, x, z, o, view: AttackerView, hyper, cfg) -> (o_flipped, flipped)``:
+``(key, x, z, o, view: AttackerView, hyper, cfg) -> (o_flipped, flipped[, stats])``:
   * ``"none"``: no flips (``κ`` ignored).
   * ``"random"``: a uniformly random subset of ``floor(κ n)`` pairs.
   * ``"dist"``: the pairs with the largest ``|R_θ(x) - R_θ(z)|`` (the most confident preferences).
@@ -45,6 +45,12 @@ Attacks, registered in :data:`scl.registry.ATTACKS` with the signature
     the true reward climb to about -1.3 in some loop runs; the defaults beat random on 6 of 6 and hold
     the loop at about -2.9, as the ``dist`` heuristic does.
 
+  * ``"gradient_adaptive"``: the same attack by an attacker who knows the platform's defence
+    (``cfg.platform.defence``, :mod:`scl.defences`) and its strength ``ε``: ``θ~(δ)`` is the DEFENDED fit
+    (label smoothing, the unbiased loss, the outlier model), and ``dJ/dδ`` flows through it by implicit
+    differentiation. Against ``"none"`` it is ``"gradient"``; against the discrete filters it falls back to the
+    undefended fit as a surrogate.
+
 All functions are pure and jittable (``n``, ``P``, ``steps``, solver iteration caps, ``apply_fn`` and the
 attack name static; ``κ``, ``α``, ``l2`` and the data traced), and vmappable over ``κ`` and ``α``.
 """
@@ -59,6 +65,7 @@ import jax.numpy as jnp
 
 from scl import config
 from scl import curation
+from scl import defences
 from scl import hyper as hyper_lib
 from scl import registry
 from scl import reward_model
@@ -191,7 +198,7 @@ def attack_objective(r: chex.Array, r_tilde: chex.Array, alpha: chex.Array,
 def relaxed_objective(delta: chex.Array, theta_init: Params, *, o: chex.Array, x: chex.Array,
                       z: chex.Array, x_pool: chex.Array, r_pool: chex.Array, apply_fn: ApplyFn,
                       alpha: chex.Array, l2: chex.Array, shift: chex.Array,
-                      standardise: bool = False, weighting: str = "paper",
+                      standardise: bool = False, weighting: str = "paper", refit: Callable | None = None,
                       **fit_kwargs) -> tuple[chex.Array, Params]:
   """``J(δ)``: re-fit ``θ~ = argmin L(θ; o + δ)`` from ``theta_init`` and evaluate the attack objective.
 
@@ -203,12 +210,16 @@ def relaxed_objective(delta: chex.Array, theta_init: Params, *, o: chex.Array, x
     apply_fn: the reward network (static).
     alpha, l2, shift: ``α``, the platform's L2 weight and the constant ``c``.
     standardise, weighting (static): see :func:`attack_objective`.
-    **fit_kwargs: solver settings for :func:`scl.reward_model.fit_reward`.
+    refit: the platform's fit ``(theta_init, apply_fn, x, z, o, l2, **fit_kwargs) -> θ~``, differentiable in
+      ``o``; None is the undefended :func:`scl.reward_model.fit_reward` (a defended one:
+      :func:`scl.defences.refit_for`).
+    **fit_kwargs: solver settings for ``refit``.
 
   Returns:
     ``(J, θ~)``; ``jax.grad`` w.r.t. ``delta`` (with ``has_aux``) differentiates through the solve implicitly.
   """
-  theta_tilde = reward_model.fit_reward(theta_init, apply_fn, x, z, o + delta, l2, **fit_kwargs)
+  refit = reward_model.fit_reward if refit is None else refit
+  theta_tilde = refit(theta_init, apply_fn, x, z, o + delta, l2, **fit_kwargs)
   r_tilde = apply_fn(theta_tilde, x_pool)
   return attack_objective(r_pool, r_tilde, alpha, shift, standardise, weighting), theta_tilde
 
@@ -241,7 +252,8 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
                     apply_fn: ApplyFn, kappa: chex.Array, alpha: chex.Array, l2: chex.Array, *,
                     steps: int = 5, step_size: float | chex.Array = 1.0, return_scores: bool = False,
                     init: str = "dist", standardise: bool = True, select: bool = True,
-                    weighting: str = "paper", return_info: bool = False, **fit_kwargs):
+                    weighting: str = "paper", return_info: bool = False, refit: Callable | None = None,
+                    **fit_kwargs):
   """The bi-level gradient attack (module docstring): flip the ``floor(κ n)`` pairs that lower ``J`` most.
 
   Args:
@@ -261,6 +273,8 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
       keep the flips with the lower ``J`` (two more warm-started fits, no CG solve).
     weighting (static): ``"paper"`` (``Cov + α dist``) or ``"code"`` (``α Cov + (1 - α) dist``).
     return_info: also return ``{"kept_dist": 1.0 if the dist heuristic's flips were kept else 0.0}``.
+    refit: the platform's fit the attack differentiates through (see :func:`relaxed_objective`); None is
+      plain Bradley–Terry, :func:`scl.defences.refit_for` a defended fit (the adaptive attacker).
     **fit_kwargs: solver settings for :func:`scl.reward_model.fit_reward` (``maxiter``, ``tol``, ...);
       unset ones take :data:`GRADIENT_ATTACK_FIT`.
 
@@ -280,7 +294,7 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
   shift = jax.lax.stop_gradient(jnp.max(r_pool))
   budget = flip_budget(kappa, n).astype(o.dtype)
   kw = dict(o=o, x=x, z=z, x_pool=x_pool, r_pool=r_pool, apply_fn=apply_fn, alpha=alpha, l2=l2, shift=shift,
-            standardise=standardise, weighting=weighting, **fit_kwargs)
+            standardise=standardise, weighting=weighting, refit=refit, **fit_kwargs)
   grad_j = jax.grad(relaxed_objective, has_aux=True)
   r_pairs = apply_fn(params, jnp.concatenate([x, z], axis=0))
   o_dist, mask_dist = dist_attack(o, r_pairs[:n], r_pairs[n:], kappa)
@@ -367,19 +381,34 @@ def _check_gradient(cfg) -> None:
     raise ValueError(f"invalid config: attack_weighting={p.attack_weighting!r}: choose one of {WEIGHTINGS}")
 
 
-@registry.ATTACKS.register("gradient", validate=_check_gradient)
-def _gradient(key, x, z, o, view, hyper, cfg):
-  """The bi-level attack with ``cfg.platform``'s recipe and weighting; its third output reports
-  ``attack_kept_dist`` (1.0 when the robust recipe kept the ``dist`` heuristic's flips)."""
-  del key
+def _run_gradient(x, z, o, view, hyper, cfg, refit=None):
   if view.x_pool is None:
     raise ValueError("the gradient attack needs samples x_pool of the current model p_t")
   view.pair_rewards(x[:1], z[:1])  # checks that the attacker's reward is given
   p = cfg.platform
   o_flipped, flipped, info = gradient_attack(
       x, z, o, view.x_pool, view.params, view.apply_fn, hyper.kappa, hyper.alpha, hyper.l2,
-      steps=p.attack_steps, weighting=p.attack_weighting, return_info=True, **RECIPES[p.attack_recipe])
+      steps=p.attack_steps, weighting=p.attack_weighting, return_info=True, refit=refit,
+      **RECIPES[p.attack_recipe])
   return o_flipped, flipped, {"attack_kept_dist": info["kept_dist"]}
+
+
+@registry.ATTACKS.register("gradient", validate=_check_gradient)
+def _gradient(key, x, z, o, view, hyper, cfg):
+  """The bi-level attack with ``cfg.platform``'s recipe and weighting; its third output reports
+  ``attack_kept_dist`` (1.0 when the robust recipe kept the ``dist`` heuristic's flips)."""
+  del key
+  return _run_gradient(x, z, o, view, hyper, cfg)
+
+
+@registry.ATTACKS.register("gradient_adaptive", validate=_check_gradient)
+def _gradient_adaptive(key, x, z, o, view, hyper, cfg):
+  """The gradient attack of an attacker who knows the platform's defence and its ``ε``: ``J`` is
+  differentiated through the DEFENDED fit (:func:`scl.defences.refit_for`: ``"label_smoothing"``,
+  ``"robust_bt"``, ``"outlier"``); against ``"none"`` it is ``"gradient"`` exactly, against the discrete filters
+  (``"ensemble_filter"``, ``"knn_relabel"``) it uses the undefended fit as its surrogate."""
+  del key
+  return _run_gradient(x, z, o, view, hyper, cfg, defences.refit_for(cfg.platform.defence, hyper.eps))
 
 
 def attack(name: str, key: chex.PRNGKey, x: chex.Array, z: chex.Array, o: chex.Array, *,

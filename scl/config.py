@@ -14,7 +14,7 @@ Every field has one flat keyword name, unique across the groups, used by :mod:`s
     cfg.replace(K=8, attack="gradient", kappa=0.2)
 
 The group's choice of registered component is its ``name`` field, reached by the keywords ``dataset``,
-``reward``, ``model`` and ``curation``; ``attack`` and ``labels`` name the platform's.
+``reward``, ``model`` and ``curation``; ``attack``, ``labels`` and ``defence`` name the platform's.
 
 **Traced hyper-parameters are declared once**, in :data:`scl.hyper.TRACED`: from that table follow the
 :class:`~scl.hyper.Hyper` pytree, the validation of values (``scl.run``, ``scl.sweep``) and the axes a sweep
@@ -205,6 +205,11 @@ class PlatformConfig(_Group):
     reward_input: what the platform's reward model sees: ``"points"`` (the samples), or on image data sets
       the frozen classifier's ``"logits"`` (with ``reward_hidden=()``: the reference's ``Linear(10, 1)``
       head) or penultimate ``"features"``.
+    defence: how the platform fits its reward on the (possibly flipped) labels (:data:`scl.registry.DEFENCES`,
+      :mod:`scl.defences`): ``"none"`` (plain Bradley–Terry), ``"label_smoothing"``, ``"robust_bt"``,
+      ``"outlier"``, ``"ensemble_filter"``, ``"knn_relabel"``; its strength is the traced ``eps`` (ε).
+    ensemble_size: reward models of the ``"ensemble_filter"`` defence (bootstrap resamples, vmapped).
+    knn_k: neighbours of the ``"knn_relabel"`` defence.
   """
 
   attack: str = "none"
@@ -216,6 +221,9 @@ class PlatformConfig(_Group):
   attack_recipe: str = "robust"
   attack_weighting: str = "paper"
   reward_input: str = "points"
+  defence: str = "none"
+  ensemble_size: int = 5
+  knn_k: int = 10
 
   @property
   def active(self) -> bool:
@@ -224,7 +232,7 @@ class PlatformConfig(_Group):
 
   def validate(self) -> None:
     """Raise ``ValueError`` naming the field and value of an invalid setting of this group."""
-    _positive_ints(self, ("n_pairs", "attack_steps"))
+    _positive_ints(self, ("n_pairs", "attack_steps", "ensemble_size", "knn_k"))
     if self.reward_input not in ("points", "logits", "features"):
       raise ValueError(f"invalid config: reward_input={self.reward_input!r}: choose 'points', 'logits' or "
                        "'features'")
@@ -252,7 +260,8 @@ def _flat_index() -> dict[str, tuple[str, str]]:
 
 FLAT: dict[str, tuple[str, str]] = _flat_index()
 _SELECTORS = (("dataset", registry.DATASETS), ("reward", registry.REWARDS), ("model", registry.MODELS),
-              ("curation", registry.CURATIONS), ("attack", registry.ATTACKS), ("labels", registry.LABELS))
+              ("curation", registry.CURATIONS), ("attack", registry.ATTACKS), ("labels", registry.LABELS),
+              ("defence", registry.DEFENCES))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -263,7 +272,7 @@ class Config(_Group):
     data, reward, model, curation, platform: the static settings of each component (see their classes).
     iterations: retraining iterations ``T``; metrics have ``T + 1`` rows.
     hyper: the traced hyper-parameters (:data:`TRACED`): ``K``, ``lam`` (λ, ``inf`` = fully synthetic),
-      ``phi`` (φ), ``kappa`` (κ), ``alpha`` (α), ``beta`` (β), ``lr``, ``l2``.
+      ``phi`` (φ), ``kappa`` (κ), ``alpha`` (α), ``beta`` (β), ``lr``, ``l2``, ``eps`` (ε).
   """
 
   data: DataConfig = DataConfig()

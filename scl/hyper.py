@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scl import registry
+
 
 @dataclasses.dataclass(frozen=True)
 class Traced:
@@ -67,6 +69,7 @@ TRACED: tuple[Traced, ...] = (
     Traced("beta", 0.5, "β, the fraction of the pool kept by the pool filters", hi=1.0, lo_open=True),
     Traced("lr", 1e-3, "the learning rate of neural models", lo_open=True),
     Traced("l2", 1e-3, "the L2 weight of the learned reward model"),
+    Traced("eps", 0.0, "ε, the defence's strength (flip rate / smoothing / outlier penalty, per defence)"),
 )
 TRACED_BY_NAME: dict[str, Traced] = {t.name: t for t in TRACED}
 
@@ -154,9 +157,21 @@ def real_share(lam) -> jax.Array:
 
 
 def validate_traced(cfg, **values) -> None:
-  """Check traced values (scalars or sequences of grid values) against their domains and ``K_max``."""
+  """Check traced values (scalars or sequences of grid values) against their domains and ``K_max``.
+
+  Besides the table's domains, ``eps`` (ε) is checked against the selected defence's own bound: a defence
+  registered with ``eps_max=b`` (:data:`scl.registry.DEFENCES`) reads ε in ``[0, b)`` (a flip rate or a
+  smoothing rate: ``b = 0.5``).
+  """
   for name, value in values.items():
     TRACED_BY_NAME[name].check(value)
+  defence = getattr(getattr(cfg, "platform", None), "defence", None)
+  if "eps" in values and defence in registry.DEFENCES:
+    eps_max = registry.DEFENCES.meta(defence, "eps_max")
+    if eps_max is not None and np.any(np.asarray(values["eps"], np.float64) >= eps_max):
+      what = registry.DEFENCES.meta(defence, "eps_doc", "its strength")
+      raise ValueError(f"invalid config: eps={values['eps']!r}: defence={defence!r} reads ε as {what}, which "
+                       f"must be in [0, {eps_max:g})")
   if "K" in values and np.any(np.asarray(values["K"], np.float64) > cfg.curation.K_max):
     raise ValueError(f"invalid config: K={values['K']!r}: exceeds K_max={cfg.curation.K_max}; K_max is static "
                      "(it fixes the candidate shapes and so the random draws): raise it to sweep larger K")

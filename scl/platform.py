@@ -3,11 +3,11 @@
 ::
 
     samples of p_t --pairs--> (x, z) --labels (r)--> o --attacker fits R_θ on o, flips κn labels--> o~
-        --platform fits R~ on o~ (warm-started at θ)--> R~ on the pool
+        --platform's defence fits R~ on o~ (warm-started at θ)--> R~ on the pool
 
 :func:`learned_reward` is one pure function of the step's pool, the true rewards on it and the traced
-hyper-parameters; the label mode and the attack are looked up in their registries
-(:data:`scl.registry.LABELS`, :data:`scl.registry.ATTACKS`).
+hyper-parameters; the label mode, the attack and the defence are looked up in their registries
+(:data:`scl.registry.LABELS`, :data:`scl.registry.ATTACKS`, :data:`scl.registry.DEFENCES`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from scl import attacks
+from scl import defences  # noqa: F401  (registers the defences)
 from scl import preferences
 from scl import registry
 from scl import reward_model
@@ -38,7 +39,10 @@ def learned_reward(key: chex.PRNGKey, points: chex.Array, r_pool: chex.Array, hy
     ``cov_r_learned`` (``Cov[e^{r - max r}, e^{R~ - max R~}]`` over the pool: only its sign and the
     correlation compare across attacks, the scale of ``R~`` being arbitrary), ``corr_r_learned`` and
     ``reward_accuracy`` (pairwise accuracy of ``R~`` on fresh clean pairs, ties excluded), and any statistics
-    the attack reports (the gradient attack: ``attack_kept_dist``).
+    the attack reports (the gradient attack: ``attack_kept_dist``). A defence that flags pairs
+    (:mod:`scl.defences`) adds ``n_flagged``, ``flag_precision`` (the share of flagged pairs whose label the
+    attacker changed; NaN if none is flagged) and ``flag_recall`` (the share of changed labels flagged; NaN if
+    none changed — a flipped tie ``o = 1/2`` is not a change), and any statistics the defence reports.
   """
   cfg = task.cfg
   platform = cfg.platform
@@ -56,7 +60,10 @@ def learned_reward(key: chex.PRNGKey, points: chex.Array, r_pool: chex.Array, hy
   theta = reward_model.fit_reward(net.init(k_init, x[:1]), net.apply, x, z, o, hyper.l2)
   view = attacks.AttackerView(theta, net.apply, inputs[:min(points.shape[0], 4 * platform.n_pairs)])
   o_flipped, flipped, *attack_stats = registry.ATTACKS[platform.attack](k_attack, x, z, o, view, hyper, cfg)
-  theta_platform = reward_model.fit_reward(theta, net.apply, x, z, o_flipped, hyper.l2)
+  # The platform's fit of R~ on the labels it received: its defence (plain Bradley–Terry for "none"). Its
+  # key is folded from the step's key, so the other draws are those of an undefended run.
+  theta_platform, flagged, *defence_stats = registry.DEFENCES[platform.defence](
+      jax.random.fold_in(key, 5), x, z, o_flipped, theta, net, hyper, cfg)
   r_learned = net.apply(theta_platform, inputs)
 
   ih, jh = preferences.draw_pairs(k_held, index, platform.n_pairs)
@@ -72,4 +79,20 @@ def learned_reward(key: chex.PRNGKey, points: chex.Array, r_pool: chex.Array, hy
       "reward_accuracy": reward_model.pairwise_accuracy(theta_platform, net.apply, xh, zh, oh),
       **(attack_stats[0] if attack_stats else {}),
   }
+  if flagged is not None:
+    stats.update(detection_stats(flagged, flipped & (o_flipped != o)))
+  stats.update(defence_stats[0] if defence_stats else {})
   return r_learned, stats
+
+
+def detection_stats(flagged: chex.Array, changed: chex.Array) -> dict[str, chex.Array]:
+  """``n_flagged``, ``flag_precision`` and ``flag_recall`` of flagged pairs against changed labels (``[n]``
+  bools each); precision is NaN when nothing is flagged, recall when nothing changed."""
+  chex.assert_equal_shape([flagged, changed])
+  hits = jnp.sum(flagged & changed).astype(jnp.float32)
+  n_flagged = jnp.sum(flagged).astype(jnp.float32)
+  n_changed = jnp.sum(changed).astype(jnp.float32)
+  nan = jnp.float32(jnp.nan)
+  return {"n_flagged": n_flagged,
+          "flag_precision": jnp.where(n_flagged > 0, hits / jnp.maximum(n_flagged, 1.0), nan),
+          "flag_recall": jnp.where(n_changed > 0, hits / jnp.maximum(n_changed, 1.0), nan)}

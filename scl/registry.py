@@ -1,9 +1,9 @@
 """Registries: one per kind of component, filled by the modules that define the components.
 
 Every choice a configuration makes by name — the data set, the generative model family, the reward, the
-curation rule, the attack, the preference label mode — is looked up in one :class:`Registry`. Allowed names,
-validation messages and config choices all come from it, so adding a component is one function plus one
-registration, and a user can add their own from outside scl::
+curation rule, the attack, the preference label mode, the platform's defence — is looked up in one
+:class:`Registry`. Allowed names, validation messages and config choices all come from it, so adding a
+component is one function plus one registration, and a user can add their own from outside scl::
 
     import scl
 
@@ -97,11 +97,15 @@ ATTACKS = Registry("attack", "attack",
                    "(key, x [n, *event], z [n, *event], o [n], view: scl.attacks.AttackerView, "
                    "hyper: scl.Hyper, cfg: scl.Config) -> (o_flipped [n], flipped [n] bool[, stats: dict])")
 LABELS = Registry("preference label mode", "labels", "(key, r_x [n], r_z [n]) -> o [n] in [0, 1]")
+DEFENCES = Registry("defence", "defence",
+                    "(key, x [n, *event], z [n, *event], o [n], theta0, net: scl.reward_model.RewardNet, "
+                    "hyper: scl.Hyper, cfg: scl.Config) -> (theta_platform, flagged [n] bool or None"
+                    "[, stats: dict])")
 
 #: kind -> registry, for :func:`register`.
 KINDS: dict[str, Registry] = {
     "dataset": DATASETS, "model": MODELS, "reward": REWARDS, "curation": CURATIONS, "attack": ATTACKS,
-    "labels": LABELS,
+    "labels": LABELS, "defence": DEFENCES,
 }
 
 

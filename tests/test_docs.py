@@ -24,6 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 MODULES = ("scl.configs", "scl.config", "scl.hyper", "scl.exact", "scl.registry", "scl.task", "scl.attacks",
+           "scl.defences", "scl.platform",
            "scl.curation", "scl.metrics", "scl.theory", "scl.models", "scl.rewards", "scl.preferences",
            "scl.reward_model", "scl.results", "scl.files", "scl.plotting", "scl.checkpoint", "scl.loop",
            "scl.sweeps")
