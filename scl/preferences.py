@@ -28,6 +28,32 @@ def bradley_terry_labels(key: chex.PRNGKey, r_x: chex.Array, r_z: chex.Array) ->
   return jax.random.bernoulli(key, jax.nn.sigmoid(r_z - r_x)).astype(jnp.float32)
 
 
+def minority_labels(share: float, target: float) -> Callable[[chex.PRNGKey, chex.Array, chex.Array], chex.Array]:
+  """A label mode of heterogeneous honest users: a majority and a minority with its own taste.
+
+  Each pair is labelled by a minority user with probability ``share`` (independently), otherwise by a
+  majority user. Majority users prefer the higher reward ``r`` (:func:`deterministic_labels`); minority users
+  prefer the sample whose reward is nearer ``target``, i.e. the higher ``r_m = -|r - target|`` (on Gaussian-8
+  with ``target = -7``: the two modes next to the worst one). Register it to use it in the loop, e.g.
+  ``scl.register("labels", "minority", minority_labels(0.3, -7.0))`` and ``labels="minority"``: the labels
+  are honest, so whatever a defence flags among them is a false alarm, and what it does to the minority's
+  preferred samples is the cost of the defence to the minority.
+
+  Returns:
+    ``(key, r_x [n], r_z [n]) -> o [n]`` in ``{0, 1/2, 1}``.
+  """
+  if not 0.0 <= share <= 1.0:
+    raise ValueError(f"minority share={share!r} must be in [0, 1]")
+
+  def labels(key, r_x, r_z):
+    minority = jax.random.bernoulli(key, share, r_x.shape)
+    o_majority = deterministic_labels(key, r_x, r_z)
+    o_minority = deterministic_labels(key, -jnp.abs(r_x - target), -jnp.abs(r_z - target))
+    return jnp.where(minority, o_minority, o_majority)
+
+  return labels
+
+
 def label_pairs(key: chex.PRNGKey, r_x: chex.Array, r_z: chex.Array,
                 mode: str = "deterministic") -> chex.Array:
   """Preference labels ``o_i`` (``1`` when ``z_i`` is preferred) from the users' rewards of the two samples.
