@@ -31,6 +31,11 @@ describes the step ``p_{t-1} -> p_t``; row 0 is NaN), and with a learned reward 
                        learned reward ``R~`` (each shifted by its max); ``corr_r_learned`` its correlation.
   ``reward_accuracy``  pairwise accuracy of ``R~`` on fresh clean pairs of ``p_t``'s samples (ties excluded;
                        NaN when every pair is a tie).
+and with a defence that flags pairs (``defence="outlier" | "ensemble_filter" | "knn_relabel"``,
+:mod:`scl.defences`):
+  ``n_flagged``        pairs the defence flagged as flipped.
+  ``flag_precision``   the share of flagged pairs whose label the attacker changed (NaN if none is flagged).
+  ``flag_recall``      the share of changed labels that were flagged (NaN if none changed).
 """
 
 from __future__ import annotations

@@ -118,8 +118,9 @@ def test_robust_bt_with_the_true_rate_recovers_the_direction_better_than_bradley
   Pairs of two kinds: half with a small true margin along e1 (z - x ≈ ±(0.5, 0)), half with a large one along
   the diagonal (z - x ≈ ±(3, 3)); labels Bradley–Terry from w = (1, 0). On flipped labels, Bradley–Terry fits
   the log-odds logit(ε + (1 - 2ε) s(m)), which shrinks large margins m more than small ones, so the two kinds
-  ask for different scales and the fitted direction tilts (about 0.96 cosine over seeds); the unbiased loss
-  has the clean loss as its expectation (0.99). Seed 0: Bradley–Terry 0.962, robust 0.995 (clean 0.996).
+  ask for different scales and the fitted direction tilts; the unbiased loss has the clean loss as its
+  expectation. Cosine with w, seed 0: Bradley–Terry 0.932, robust_bt 0.989 (clean labels 0.989); seeds 0-3:
+  Bradley–Terry 0.93-0.98, robust_bt 0.986-1.000, a gain of 0.010-0.057.
   """
   rng = np.random.default_rng(0)
   n, eps = 3000, 0.2
