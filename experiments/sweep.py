@@ -59,7 +59,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0 .. 
 _LEVEL = flags.DEFINE_float("level", 0.95, "Confidence level of the bands over seeds.")
 
 _BINARY_FIELDS = ("grid", "seeds", "engine", "keep_samples", "max_chunk", "memory_budget")
-_LABELS = {"K": "K", "lam": "λ", "phi": "φ", "kappa": "κ", "alpha": "α", "beta": "β", "lr": "lr", "l2": "l2"}
+_LABELS = {"K": "K", "lam": "λ", "phi": "φ", "kappa": "κ", "alpha": "α", "beta": "β", "lr": "lr", "l2": "l2",
+           "eps": "ε"}
 
 
 def _grid(config) -> dict:
