@@ -93,6 +93,14 @@ class DataConfig(_Group):
   def validate(self) -> None:
     """Raise ``ValueError`` naming the field and value of an invalid setting of this group."""
     _positive_ints(self, ("n_real", "n_eval", "n_atoms", "n_modes"))
+    for name, positive in (("ring_radius", True), ("ring_scale", True), ("ring_std", False),
+                           ("moons_noise", False)):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"invalid config: {name}={value!r}: must be a finite number "
+                         f"{'> 0' if positive else '>= 0'}")
+    if isinstance(self.data_seed, bool) or not isinstance(self.data_seed, int) or self.data_seed < 0:
+      raise ValueError(f"invalid config: data_seed={self.data_seed!r}: must be an integer >= 0")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -118,6 +126,9 @@ class RewardConfig(_Group):
 
   def validate(self) -> None:
     """Raise ``ValueError`` naming the field and value of an invalid setting of this group."""
+    for name in ("gamma", "r_min"):
+      if not isinstance(getattr(self, name), (int, float)) or not np.isfinite(getattr(self, name)):
+        raise ValueError(f"invalid config: {name}={getattr(self, name)!r}: must be a finite number")
     if self.r_tilde_fn is not None and not callable(self.r_tilde_fn):
       raise ValueError(f"invalid config: r_tilde_fn={self.r_tilde_fn!r}: must be a function [n, d] -> [n]")
 
@@ -293,13 +304,18 @@ class Config(_Group):
     groups = {g: {} for g in GROUPS}
     top, hyper = {}, {}
     for key, value in overrides.items():
+      value = _plain(value)
       if key in GROUPS and isinstance(value, GROUPS[key][0]):
         top[key] = value
+      elif key in GROUPS and isinstance(value, Mapping):      # a group's fields as a dict
+        groups[key].update(value)
       elif key in FLAT:
         group, field = FLAT[key]
         groups[group][field] = value
       elif key in TRACED_BY_NAME:
         hyper[key] = value
+      elif key == "hyper" and isinstance(value, Mapping):
+        hyper.update(value)
       elif key in ("iterations", "hyper"):
         top[key] = value
       else:
@@ -343,6 +359,13 @@ class Config(_Group):
         check(self)
     for group in GROUPS:
       getattr(self, group).validate()
+    images = registry.DATASETS.meta(self.data.name, "images", False)
+    if self.platform.reward_input != "points" and not images:
+      raise ValueError(f"invalid config: reward_input={self.platform.reward_input!r}: needs an image data set "
+                       f"with a classifier; dataset={self.data.name!r} has none")
+    if self.model.velocity == "unet" and not images:
+      raise ValueError(f"invalid config: velocity='unet': the U-Net needs [H, W, C] images; "
+                       f"dataset={self.data.name!r} is not an image data set")
     if isinstance(self.iterations, bool) or not isinstance(self.iterations, (int, np.integer)) \
         or self.iterations < 0:
       raise ValueError(f"invalid config: iterations={self.iterations!r}: must be an integer >= 0")
@@ -350,12 +373,19 @@ class Config(_Group):
     return self
 
 
+def _plain(value):
+  """NumPy/JAX scalars -> Python numbers and lists -> tuples, so equal settings compare (and hash) equal and
+  share a compiled program; arrays and functions are left as they are (compared by identity)."""
+  if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
+    return value.item()
+  if hasattr(value, "shape") and value.shape == () and hasattr(value, "item"):   # a JAX scalar
+    return value.item()
+  if isinstance(value, (list, tuple)):
+    return tuple(_plain(v) for v in value)
+  return value
+
+
 def _hashable(value):
   if value is None or isinstance(value, (str, int, float, bool, tuple, _Group, Hyper)):
     return value
   return ("id", id(value))
-
-
-def from_flat(values: Mapping[str, Any], base: Config | None = None) -> Config:
-  """A validated :class:`Config` from flat keywords (e.g. an ``ml_collections`` config's dict)."""
-  return (base or Config()).replace(**values).validate()

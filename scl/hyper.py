@@ -49,7 +49,8 @@ class Traced:
     """Raise ``ValueError`` naming the field and the value unless every entry of ``value`` is in the domain."""
     arr = np.asarray(value, dtype=np.float64)
     low = f"({self.lo:g}" if self.lo_open else f"[{self.lo:g}"
-    domain = f"{low}, {self.hi:g}]" + ("" if self.finite else " (inf allowed)")
+    high = f"{self.hi:g})" if math.isinf(self.hi) and self.finite else f"{self.hi:g}]"
+    domain = f"{low}, {high}" + ("" if self.finite else " (inf allowed)")
     bad = (np.isnan(arr) | (arr < self.lo) | (arr > self.hi) | ((arr == self.lo) & self.lo_open)
            | (np.isinf(arr) & self.finite))
     if self.integer:

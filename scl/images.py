@@ -33,8 +33,29 @@ def _image_dataset(cfg) -> task_lib.Dataset:
   return task_lib.Dataset(real=(splits.train_x, np.full((n,), 1.0 / n, np.float32)), classifier=(clf, params))
 
 
-for _name in ("digits", "cifar10", "cifar100"):
-  registry.DATASETS.register(_name, _image_dataset)
+def _check_image_config(cfg) -> None:
+  """Image data sets: a model off a finite support and a registered classifier architecture."""
+  if registry.MODELS.meta(cfg.model.name, "finite_support", False):
+    raise ValueError(f"invalid config: model={cfg.model.name!r}: data set {cfg.data.name!r} has no finite "
+                     "support to put it on")
+  if cfg.data.classifier not in classifier_lib.ARCHITECTURES:
+    raise ValueError(f"invalid config: classifier={cfg.data.classifier!r}: choose one of "
+                     f"{classifier_lib.ARCHITECTURES.names()}")
+
+
+for _name, _classes in (("digits", 10), ("cifar10", 10), ("cifar100", 100)):
+  registry.DATASETS.register(_name, _image_dataset, images=True, num_classes=_classes,
+                             validate=_check_image_config)
+
+
+def _check_classifier_reward(cfg) -> None:
+  """Classifier rewards need an image data set, and ``target_class`` one of its classes."""
+  if not registry.DATASETS.meta(cfg.data.name, "images", False):
+    raise ValueError(f"invalid config: reward={cfg.reward.name!r}: needs an image data set with a classifier; "
+                     f"dataset={cfg.data.name!r} has none")
+  classes = registry.DATASETS.meta(cfg.data.name, "num_classes", None)
+  if classes is not None and not 0 <= cfg.reward.target_class < classes:
+    raise ValueError(f"invalid config: target_class={cfg.reward.target_class!r}: must lie in [0, {classes - 1}]")
 
 
 def _classifier_of(cfg, dataset):
@@ -44,7 +65,7 @@ def _classifier_of(cfg, dataset):
   return dataset.classifier
 
 
-@registry.REWARDS.register("class_prob")
+@registry.REWARDS.register("class_prob", validate=_check_classifier_reward)
 def class_prob(cfg, dataset) -> rewards_lib.Reward:
   """``γ · P(class c | x)`` under the data set's classifier (``gamma``, ``target_class``)."""
   clf, params = _classifier_of(cfg, dataset)
@@ -61,7 +82,7 @@ def class_prob(cfg, dataset) -> rewards_lib.Reward:
                              "target": jnp.int32(cfg.reward.target_class)}, reward)
 
 
-@registry.REWARDS.register("class_index")
+@registry.REWARDS.register("class_index", validate=_check_classifier_reward)
 def class_index(cfg, dataset) -> rewards_lib.Reward:
   """``10 − ⌊10 ĉ(x) / C⌋`` with ``ĉ`` the classifier's predicted class among ``C`` (``10 − class`` for C = 10)."""
   clf, params = _classifier_of(cfg, dataset)
