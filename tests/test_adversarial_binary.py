@@ -1,7 +1,6 @@
 """experiments/adversarial.py on a tiny config: the files it writes, its confidence intervals recomputed from
 the per-seed values in metrics.csv, the attack budget floor(κ n_pairs) and the recipes' kept-dist fractions."""
 
-import importlib.util
 import json
 import math
 import os
@@ -10,18 +9,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+import _binaries
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load(name, *path):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, *path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
-binary = _load("adversarial_binary", "experiments", "adversarial.py")
-configs = _load("adversarial_config", "experiments", "configs", "adversarial.py")
+binary = _binaries.load("adversarial_binary", "experiments", "adversarial.py")
+configs = _binaries.load("adversarial_config", "experiments", "configs", "adversarial.py")
 
 
 def _tiny_config():

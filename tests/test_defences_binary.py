@@ -1,7 +1,6 @@
 """experiments/defences.py on a tiny config: the files it writes, its intervals and detection rates recomputed
 from the per-seed values in metrics.csv, the attack budget, and the honest-minority scenario."""
 
-import importlib.util
 import math
 import os
 
@@ -9,18 +8,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+import _binaries
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load(name, *path):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, *path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
-binary = _load("defences_binary", "experiments", "defences.py")
-configs = _load("defences_config", "experiments", "configs", "defences.py")
+binary = _binaries.load("defences_binary", "experiments", "defences.py")
+configs = _binaries.load("defences_config", "experiments", "configs", "defences.py")
 
 
 def _tiny_config():

@@ -1,6 +1,5 @@
 """experiments/exact_dynamics.py on its ``:quick`` preset: the files it writes and one value checked by hand."""
 
-import importlib.util
 import json
 import math
 import os
@@ -9,18 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import _binaries
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load(name, *path):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, *path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
-binary = _load("exact_dynamics_binary", "experiments", "exact_dynamics.py")
-configs = _load("exact_dynamics_config", "experiments", "configs", "exact_dynamics.py")
+binary = _binaries.load("exact_dynamics_binary", "experiments", "exact_dynamics.py")
+configs = _binaries.load("exact_dynamics_config", "experiments", "configs", "exact_dynamics.py")
 
 
 def test_quick_run_writes_tables_and_figures(tmp_path):
