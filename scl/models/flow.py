@@ -6,7 +6,9 @@ regressed onto it (Lipman et al. 2023, "Flow matching for generative modelling")
 
     L(θ) = E_{t ~ U[0, 1], x0 ~ N(0, I), x1 ~ Σ_i w_i δ_{x_i}} || v_θ(x_t, t) - (x1 - x0) ||² ,
 
-and samples are drawn by integrating ``dx/dt = v_θ(x, t)`` from ``t = 0`` to ``t = 1``.
+and samples are drawn by integrating ``dx/dt = v_θ(x, t)`` from ``t = 0`` to ``t = 1``. The velocity field
+is a residual MLP on flattened samples (:class:`VelocityMLP`, ``velocity="mlp"``) or, for images, a small
+convolutional U-Net (:class:`scl.models.unet.VelocityUNet`, ``velocity="unet"``).
 
 Everything lives in a standardised space ``z = (x - loc) / scale``; ``loc`` and ``scale`` are the weighted
 per-coordinate mean and standard deviation of the data given to :func:`init` (that of ``p_0``), kept in the
@@ -113,12 +115,15 @@ def make_flow(
     init_lr: float = 1e-2,
     solver: str = "midpoint",
     sample_chunk: int = 8192,
+    velocity: str = "mlp",
 ) -> Model:
   """Build the flow-matching :class:`~scl.models.base.Model` (name ``"flow"``).
 
   Args:
     event_shape: shape of one sample; samples are ``[n, *event_shape]`` float32.
-    width, depth: the residual MLP velocity field (see :class:`VelocityMLP`).
+    width, depth: the velocity network's size: for ``"mlp"`` the hidden width and the number of residual
+      blocks (:class:`VelocityMLP`); for ``"unet"`` the base channels and the residual blocks per resolution
+      (:class:`scl.models.unet.VelocityUNet`, two resolutions).
     train_steps: Adam steps per :func:`fit` (one ``lax.scan``).
     init_steps: Adam steps of :func:`init` (``p_0``, trained from scratch on the real data).
     batch_size: minibatch size; minibatches are drawn with replacement with probability ``∝ w``.
@@ -129,9 +134,15 @@ def make_flow(
     solver: ``"midpoint"`` (``sample_steps // 2`` explicit-midpoint steps, 2 NFE each) or ``"euler"``
       (``sample_steps`` Euler steps).
     sample_chunk: :func:`sample` integrates at most this many rows at once (see there).
+    velocity: the velocity network: ``"mlp"`` (:class:`VelocityMLP` on flattened samples) or ``"unet"``
+      (:class:`scl.models.unet.VelocityUNet`, for images; ``event_shape`` must be ``(H, W, C)``). Both take
+      and return flattened ``[n, d]``, so training and sampling are the same code.
 
   Returns:
     ``Model(name="flow", init, fit, sample, log_prob=None, probs=None)``.
+
+  Raises:
+    ValueError: an unknown ``solver`` or ``velocity``, or ``velocity="unet"`` on a non-image event shape.
   """
   event_shape = tuple(int(s) for s in event_shape)
   d = math.prod(event_shape)
@@ -139,7 +150,13 @@ def make_flow(
     raise ValueError(f"unknown solver {solver!r}")
   if solver == "midpoint" and sample_steps < 2:
     raise ValueError("the midpoint solver needs sample_steps >= 2")
-  net = VelocityMLP(width=width, depth=depth, out_dim=d)
+  if velocity == "mlp":
+    net = VelocityMLP(width=width, depth=depth, out_dim=d)
+  elif velocity == "unet":
+    from scl.models import unet as unet_lib  # here: unet imports this module's time features
+    net = unet_lib.make_unet(event_shape, width=width, blocks=depth)
+  else:
+    raise ValueError(f"unknown velocity {velocity!r}: choose 'mlp' or 'unet'")
   # Adam's moment estimates; the learning rate is applied outside so it can be a traced scalar.
   adam = optax.scale_by_adam()
 
@@ -242,8 +259,9 @@ def make_flow(
 
 @registry.MODELS.register("flow")
 def _build(cfg, event_shape, n_atoms: int | None) -> Model:
-  """Registered as ``model="flow"``: the residual-MLP flow of ``cfg.model``'s sizes."""
+  """Registered as ``model="flow"``: the flow of ``cfg.model``'s sizes and velocity network (``velocity``)."""
   del n_atoms
   m = cfg.model
   return make_flow(event_shape, width=m.width, depth=m.depth, train_steps=m.train_steps,
-                   init_steps=m.init_steps, batch_size=m.batch_size, sample_steps=m.sample_steps)
+                   init_steps=m.init_steps, batch_size=m.batch_size, sample_steps=m.sample_steps,
+                   velocity=m.velocity)
