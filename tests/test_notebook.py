@@ -70,7 +70,7 @@ def test_quickstart_notebook_runs_and_draws_its_figures(kernel):
   assert f"scl from {ROOT / 'scl' / '__init__.py'}" in text, "the notebook did not use this checkout's scl"
 
   figure_cells = [c for c in cells if "plt.show()" in c.source]
-  assert len(figure_cells) == 4   # curated loop, exact engine, attacks, sweep
+  assert len(figure_cells) == 5   # curated loop, exact engine, attacks, sweep, digits
   for cell in figure_cells:
     images = [o for o in cell.outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
     assert images, f"no inline figure from the cell starting {cell.source.splitlines()[0]!r}"
@@ -79,3 +79,4 @@ def test_quickstart_notebook_runs_and_draws_its_figures(kernel):
   assert "K = 2: Lemma 2.2 holds at every step: True" in text
   assert "K = 4: Lemma 2.2 holds at every step: True" in text
   assert "K = 4, λ = 0.25: Theorem 2.4 holds at every step: True" in text
+  assert "synthetic  class-0 share" in text and "real 1:1   class-0 share" in text
