@@ -186,7 +186,7 @@ LOSSES: dict[str, Loss] = {"label_smoothing": label_smoothing_loss, "robust_bt":
 
 def fit_defended(loss: Loss, params0: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: chex.Array,
                  eps: chex.Array, l2: chex.Array, *, maxiter: int = 500, tol: float = 1e-5,
-                 cg_maxiter: int = 100, cg_tol: float = 1e-6) -> Params:
+                 cg_maxiter: int = 100, cg_tol: float = 1e-6, history_size: int = 10) -> Params:
   """``θ(o, ε) = argmin_θ loss(θ, apply_fn, x, z, o, ε, l2)`` by one L-BFGS solve warm-started at ``params0``.
 
   The defended analogue of :func:`scl.reward_model.fit_reward` (the same solver and defaults):
@@ -202,7 +202,7 @@ def fit_defended(loss: Loss, params0: Params, apply_fn: ApplyFn, x: chex.Array, 
 
   params, _ = _solvers.minimize(fun, params0, x, z, jnp.asarray(o, dtype), jnp.asarray(eps, dtype),
                                 jnp.asarray(l2, dtype), maxiter=maxiter, tol=tol, cg_maxiter=cg_maxiter,
-                                cg_tol=cg_tol)
+                                cg_tol=cg_tol, history_size=history_size)
   return params
 
 

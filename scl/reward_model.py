@@ -122,7 +122,8 @@ def bt_loss(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: 
 
 def fit_reward(params0: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: chex.Array,
                l2: chex.Array, *, maxiter: int = 500, tol: float = 1e-5, cg_maxiter: int = 100,
-               cg_tol: float = 1e-6, return_info: bool = False, linesearch: str = "armijo"):
+               cg_tol: float = 1e-6, return_info: bool = False, linesearch: str = "armijo",
+               history_size: int = 10):
   """``θ(o) = argmin_θ L(θ; o)`` by one full-batch L-BFGS solve, warm-started at ``params0``.
 
   Differentiable w.r.t. ``o`` (and ``x``, ``z``, ``l2``) by implicit differentiation (matrix-free CG on
@@ -140,6 +141,7 @@ def fit_reward(params0: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array,
     return_info: also return :class:`scl._solvers.SolveInfo`.
     linesearch (static): ``"armijo"`` (scl's L-BFGS, default) or a ``jaxopt.LBFGS`` line search
       (``"zoom"``, ``"backtracking"``, ``"hager-zhang"``); see :func:`scl._solvers.minimize`.
+    history_size (static): L-BFGS memory (curvature pairs kept).
 
   Returns:
     ``θ`` (same structure as ``params0``), or ``(θ, info)`` if ``return_info``.
@@ -153,7 +155,8 @@ def fit_reward(params0: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array,
 
   params, info = _solvers.minimize(
       loss, params0, x, z, jnp.asarray(o, jnp.result_type(float)), jnp.asarray(l2, jnp.result_type(float)),
-      maxiter=maxiter, tol=tol, cg_maxiter=cg_maxiter, cg_tol=cg_tol, linesearch=linesearch)
+      maxiter=maxiter, tol=tol, cg_maxiter=cg_maxiter, cg_tol=cg_tol, linesearch=linesearch,
+      history_size=history_size)
   return (params, info) if return_info else params
 
 
