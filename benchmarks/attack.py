@@ -5,8 +5,9 @@ deterministic labels, a pool of ``2n`` model samples (the pairs are drawn from i
 estimated on it, as the paper's code does on the pairs' samples), ``κ = 0.2``, ``α = 0.8``, 5 outer steps.
 The attacker's ``θ`` is fitted first (timed separately, not part of the attack time).
 
-Each setting runs in a fresh subprocess so that ``ru_maxrss`` (peak resident memory) is its own.
-Reference: the paper's PyTorch code, ~24 s at n = 1,000, ~92 s at n = 4,000, ~20 min at n = 50,000.
+Each setting runs in a fresh subprocess so that ``ru_maxrss`` (peak resident memory) is its own. Ratios
+against the second paper's code come only from ``benchmarks/reference.py``, which runs both on one machine in
+one run; this script prints scl's absolute figures with the machine they were taken on.
 
 Solver settings: the attacker's fit and the attack use the library defaults
 (``scl.attacks.GRADIENT_ATTACK_FIT`` for the warm-started re-fits), except for the >= 100,000-parameter
@@ -22,12 +23,12 @@ shared machine are only comparable at similar load.
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
-REFERENCE_S = {1000: 24.0, 4000: 92.0, 50000: 1200.0}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _machine  # noqa: E402
 SETTINGS = [(1000, (64,)), (4000, (64,)), (50000, (64,)), (50000, (256, 256, 256))]
 # (attacker's fit kwargs, attack re-fit kwargs) per (n, hidden); absent: library defaults
 CAPS = {(50000, (256, 256, 256)): (dict(maxiter=50), dict(maxiter=10, cg_maxiter=10))}
@@ -77,11 +78,7 @@ def one(n, hidden):
              fit_theta_grad_norm=float(info.grad_norm),
              fit_kwargs=fit_kw, attack_fit_kwargs={**attacks.GRADIENT_ATTACK_FIT, **attack_kw},
              load_avg_1min_before=load_before, load_avg_1min_after=os.getloadavg()[0],
-             flips=int(mask.sum()), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             device=str(jax.devices()[0]))
-  if tuple(hidden) == (64,) and n in REFERENCE_S:
-    out["reference_pytorch_s"] = REFERENCE_S[n]
-    out["speedup"] = REFERENCE_S[n] / out["attack_s"]
+             flips=int(mask.sum()), peak_rss_mb=_machine.peak_rss_mb(), device=str(jax.devices()[0]))
   print(json.dumps(out))
 
 
@@ -100,7 +97,7 @@ def main():
                      dict(n_pairs=n, hidden=list(hidden), error=proc.stderr[-500:]))
     except subprocess.TimeoutExpired:
       results.append(dict(n_pairs=n, hidden=list(hidden), error=f"timed out after {timeout:.0f} s"))
-  print(json.dumps(dict(benchmark="gradient_attack", cpu_count=os.cpu_count(), results=results), indent=1))
+  print(json.dumps(dict(benchmark="gradient_attack", machine=_machine.machine(), results=results), indent=1))
 
 
 if __name__ == "__main__":

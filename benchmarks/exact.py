@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import platform
+import os
+import sys
 import time
 
 import jax
@@ -18,6 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from scl import exact
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _machine  # noqa: E402
 
 
 def main():
@@ -55,8 +59,9 @@ def main():
       results.append(dict(n=n, K=float(K), seconds_per_iteration=elapsed / reps, repetitions=reps,
                           compile_seconds=compile_s, finite=bool(jnp.all(jnp.isfinite(q)))))
   print(json.dumps(dict(device=str(jax.devices()[0]), backend=jax.default_backend(),
-                        machine=platform.machine(), num_nodes=args.num_nodes, dtype="float32",
-                        results=results), indent=1))
+                        machine=_machine.machine(), load_average=_machine.load_average(),
+                        num_nodes=args.num_nodes, dtype="float32", results=results,
+                        peak_rss_mb=_machine.peak_rss_mb()), indent=1))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""Speed of scl's flow model against the second paper's public code, and of the whole loop; prints JSON.
+"""Speed of scl's flow model and of the whole loop, against the machine's own peak; prints JSON.
 
-(a) ``equal_work``: the public code of Wei & Zhang (``osu-srml/Adversarial-Curation``) retrains its 2-D DDPM
-(MLP width 128, 3 residual layers, 100 diffusion steps) for 50 epochs of 25,000 samples at batch 1,000
-(1,250 Adam steps), then draws 50,000 samples with 100 network evaluations. Measured on an idle 2-CPU
-machine that takes about 22 s of training and 18 s of sampling per iteration, each including about 3 s of
-process start-up. Here scl's flow does the same work: width 128, depth 3, 1,250 Adam steps at batch 1,000 on
-25,000 weighted samples, then 50,000 samples with 100 NFE. Reported: compile seconds, run seconds (median
-and best of ``--repeats``, ``block_until_ready``), FLOPs and GFLOP/s, and the speed-up over the reference.
+(a) ``equal_work``: the work of one iteration of the second paper's public code (``osu-srml/
+Adversarial-Curation``), which retrains its 2-D DDPM for 50 epochs of 25,000 samples at batch 1,000 (1,250 Adam
+steps) and then draws 50,000 samples with 100 network evaluations. Here scl's flow does the same work: width
+128, depth 3, 1,250 Adam steps at batch 1,000 on 25,000 weighted samples, then 50,000 samples with 100 NFE.
+Reported: compile seconds, run seconds (median and best of ``--repeats``, ``block_until_ready``), FLOPs, GFLOP/s
+and their fraction of the machine's peak (below). Ratios against the reference code come only from
+``benchmarks/reference.py``, which runs both programs on one machine in one run.
+
+``peak``: the machine's FP32 peak as jitted code reaches it, measured in the same run: the best of 5 calls of
+a ``2048 x 2048 @ 2048 x 2048`` float32 matrix product (17.2 GFLOP), on all CPUs XLA uses.
 
 FLOPs: XLA's ``compiled.cost_analysis()["flops"]`` counts the body of a ``while`` loop (a ``lax.scan``)
 once, not times its trip count, so the FLOPs of a whole fit/sample are taken as those of the same program
@@ -14,9 +17,20 @@ compiled with one training step (resp. one midpoint step = 2 NFE) times the numb
 
 (b) ``loop``: seconds per iteration of the whole jitted loop (``scl.loop.make_run_fn``) at paper scale (50,000
 candidates, 25,000 kept, 10 iterations) for each model family; the per-iteration time is
-``(t(T=10) - t(T=0)) / 10``, where ``T=0`` runs only ``init`` of ``p_0`` and the final evaluation.
+``(t(T) - t(T=0)) / T``, where ``T=0`` runs only ``init`` of ``p_0`` and the final evaluation.
+
+(c) ``adversarial``: the same for the adversarial loop at the scale of the second paper's toy run (its
+public code's settings, as ``experiments/configs/adversarial.py:code_toy``): 50,000 samples per iteration,
+half kept (``luce_pool``, ``β = 0.5``), 50,000 preference pairs, the attacker's reward fitted on the genuine
+labels, the gradient attack at ``κ = 0.2`` (5 outer steps), the platform's fit on the flipped labels; the
+generative model is the Gaussian mixture (``--adv_model``). Beside it the same loop with ``attack="none"``
+(the attacker's fit and the platform's fit, no attack), so the attack's share is visible.
+
+Every section reports the peak resident memory of the process so far (``peak_rss_mb``) and the machine
+(CPU model, cores, vector extensions) with the load average at start and end.
 
     python benchmarks/loop.py [--quick] [--repeats 3] [--families categorical,gmm,flow] [--skip_loop]
+                              [--skip_equal_work] [--skip_adversarial]
 """
 
 from __future__ import annotations
@@ -24,8 +38,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -34,8 +48,8 @@ import jax.numpy as jnp
 from scl.models.flow import make_flow
 from scl.hyper import Hyper
 
-# The second paper's public code, one loop iteration on an idle 2-CPU machine (seconds).
-REFERENCE = dict(train_seconds=22.0, sample_seconds=18.0, startup_seconds_each=3.0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _machine  # noqa: E402
 
 
 def _time(fn, args, repeats, warmup=True) -> dict:
@@ -107,30 +121,34 @@ def equal_work(args) -> dict:
   sample_flops = _flops(jax.jit(one_midpoint.sample, static_argnums=2).lower(
       params, key, n_samples).compile()) * (args.nfe / 2)
 
-  ref_train, ref_sample, start = (REFERENCE["train_seconds"], REFERENCE["sample_seconds"],
-                                  REFERENCE["startup_seconds_each"])
+  peak = peak_gflops()
   return dict(
       size=dict(width=args.width, depth=3, train_steps=args.train_steps, batch_size=args.batch_size,
                 n_data=n_data, n_samples=n_samples, nfe=args.nfe, solver="midpoint", dtype="float32"),
+      peak=peak,
       init=dict(steps=args.init_steps, compile_seconds=init_compile, seconds=init_seconds),
       fit=dict(compile_seconds=fit_compile, **fit_t, gflop=fit_flops / 1e9,
                gflops_per_second=fit_flops / fit_med / 1e9,
                gflops_per_second_best=fit_flops / fit_t["seconds_best"] / 1e9,
+               fraction_of_peak=fit_flops / fit_med / 1e9 / peak["gflops_per_second"],
                ms_per_step=1e3 * fit_med / args.train_steps),
       sample=dict(compile_seconds=sample_compile, **sample_t, gflop=sample_flops / 1e9,
                   gflops_per_second=sample_flops / sample_med / 1e9,
-                  gflops_per_second_best=sample_flops / sample_t["seconds_best"] / 1e9),
-      reference=REFERENCE,
-      speedup=dict(
-          fit_vs_reference_with_startup=ref_train / fit_med,
-          fit_vs_reference_without_startup=(ref_train - start) / fit_med,
-          sample_vs_reference_with_startup=ref_sample / sample_med,
-          sample_vs_reference_without_startup=(ref_sample - start) / sample_med,
-          iteration_vs_reference_with_startup=(ref_train + ref_sample) / (fit_med + sample_med),
-          iteration_vs_reference_without_startup=(ref_train + ref_sample - 2 * start)
-          / (fit_med + sample_med),
-      ),
+                  gflops_per_second_best=sample_flops / sample_t["seconds_best"] / 1e9,
+                  fraction_of_peak=sample_flops / sample_med / 1e9 / peak["gflops_per_second"]),
+      peak_rss_mb=_machine.peak_rss_mb(),
   )
+
+
+def peak_gflops(size: int = 2048, repeats: int = 5) -> dict:
+  """The FP32 GFLOP/s of a jitted ``size x size`` matrix product (best of ``repeats``): the peak to compare to."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+  mm = jax.jit(jnp.matmul).lower(a, b).compile()
+  t = _time(mm, (a, b), repeats)
+  flop = 2.0 * size ** 3
+  return dict(matmul=f"{size}x{size} @ {size}x{size} float32", gflop=flop / 1e9,
+              seconds_best=t["seconds_best"], gflops_per_second=flop / t["seconds_best"] / 1e9)
 
 
 def loop_family(family: str, args) -> dict:
@@ -158,6 +176,37 @@ def loop_family(family: str, args) -> dict:
       out["pool_size"], out["n_keep"], out["iterations"] = cfg.curation.pool_size, cfg.curation.n_keep, T
   out["seconds_per_iteration"] = (runs[args.iterations][0] - runs[0][0]) / args.iterations
   out["cpu_seconds_per_iteration"] = (runs[args.iterations][1] - runs[0][1]) / args.iterations
+  out["peak_rss_mb"] = _machine.peak_rss_mb()
+  return out
+
+
+def adversarial(args) -> dict:
+  """(c): seconds per iteration of the adversarial loop at the toy run's scale, gradient attack vs none."""
+  from scl import configs, loop
+  base = dict(model=args.adv_model, learned_reward=True, ring_scale=1.414, curation="luce_pool", beta=0.5,
+              pool_size=50_000, n_keep=25_000, n_pairs=50_000, kappa=0.2, alpha=0.8,
+              attack_weighting="code")
+  if args.quick:
+    base.update(pool_size=2000, n_keep=1000, n_real=1000, n_eval=1000, n_pairs=1000, em_steps=5)
+  T = args.adv_iterations
+  key = jax.random.PRNGKey(0)
+  out = dict(settings={k: v for k, v in base.items()}, iterations=T)
+  for attack in ("gradient", "none"):
+    runs, part = {}, {}
+    for iters in (0, T):
+      cfg = configs.gaussian8(attack=attack, iterations=iters, **base)
+      run_fn, data = loop.make_run_fn(cfg)
+      hyper = cfg.hyper.arrays()
+      compiled, compile_s = _compile(jax.jit(run_fn), hyper, key, data)
+      timing = _time(compiled, (hyper, key, data), 1, warmup=False)
+      runs[iters] = (timing["seconds_median"], timing["cpu_seconds_median"])
+      part[f"T{iters}"] = dict(compile_seconds=compile_s, **timing)
+    part["seconds_per_iteration"] = (runs[T][0] - runs[0][0]) / T
+    part["cpu_seconds_per_iteration"] = (runs[T][1] - runs[0][1]) / T
+    out[attack] = part
+  out["attack_seconds_per_iteration"] = (out["gradient"]["seconds_per_iteration"]
+                                         - out["none"]["seconds_per_iteration"])
+  out["peak_rss_mb"] = _machine.peak_rss_mb()
   return out
 
 
@@ -168,21 +217,21 @@ def main():
   parser.add_argument("--families", default="categorical,gmm,flow")
   parser.add_argument("--iterations", type=int, default=10)
   parser.add_argument("--skip_loop", action="store_true", help="only (a)")
-  parser.add_argument("--skip_equal_work", action="store_true", help="only (b)")
+  parser.add_argument("--skip_equal_work", action="store_true", help="skip (a)")
+  parser.add_argument("--skip_adversarial", action="store_true", help="skip (c)")
+  parser.add_argument("--adv_model", default="gmm", help="generative model of (c)")
+  parser.add_argument("--adv_iterations", type=int, default=3, help="iterations timed in (c)")
   args = parser.parse_args()
   if args.quick:
     args.n_data, args.n_samples, args.width, args.batch_size = 2000, 2000, 32, 100
     args.train_steps, args.init_steps, args.nfe, args.repeats, args.iterations = 20, 20, 4, 1, 2
+    args.adv_iterations = 1
   else:
     args.n_data, args.n_samples, args.width, args.batch_size = 25_000, 50_000, 128, 1000
     args.train_steps, args.init_steps, args.nfe = 1250, 3000, 100
 
-  result = dict(device=str(jax.devices()[0]), backend=jax.default_backend(), machine=platform.machine(),
-                cpu_count=os.cpu_count(), jax_version=jax.__version__, quick=args.quick)
-  try:
-    result["load_average_1min_at_start"] = os.getloadavg()[0]
-  except OSError:
-    pass
+  result = dict(device=str(jax.devices()[0]), backend=jax.default_backend(), machine=_machine.machine(),
+                jax_version=jax.__version__, quick=args.quick, load_average_at_start=_machine.load_average())
   if not args.skip_equal_work:
     result["equal_work"] = equal_work(args)
   if not args.skip_loop:
@@ -192,6 +241,10 @@ def main():
         result["loop"][family] = loop_family(family, args)
       except Exception as e:  # report and keep going: one broken family should not hide the others
         result["loop"][family] = dict(error=f"{type(e).__name__}: {e}")
+  if not args.skip_adversarial:
+    result["adversarial"] = adversarial(args)
+  result["load_average_at_end"] = _machine.load_average()
+  result["peak_rss_mb"] = _machine.peak_rss_mb()
   print(json.dumps(result, indent=1))
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -37,6 +36,9 @@ import numpy as np  # noqa: E402
 
 import scl  # noqa: E402
 from scl import sweeps  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _machine  # noqa: E402
 
 GRID = dict(K=[1, 2, 4, 8], lam=[0.25, 1.0, 4.0, float("inf")])
 GRID_WARM = dict(K=[2, 3, 5, 8], lam=[0.5, 2.0, 8.0, float("inf")])   # same shape, other values
@@ -131,7 +133,7 @@ def main():
 
   result = dict(
       backend=jax.default_backend(), device=str(jax.devices()[0]), device_count=jax.device_count(),
-      machine=platform.machine(), cpu_count=os.cpu_count(),
+      machine=_machine.machine(),
       config=cfg.describe(),
       grid=dict(points=64, **GRID, seeds=SEEDS), sequential=sequential_times, sweep=sweep_times)
 
@@ -156,6 +158,8 @@ def main():
     else:
       result["devices"] = dict(note="a single device: no device speed-up to measure")
   result["load_average"] = dict(before=load_before, after=os.getloadavg())
+  result["peak_rss_mb"] = _machine.peak_rss_mb()
+  result["devices_subprocess_peak_rss_mb"] = _machine.peak_rss_mb(children=True)
   print(json.dumps(result, indent=1))
 
 

@@ -32,15 +32,9 @@ import sys
 import time
 import types
 
-if __name__ == "__main__":
-  # XLA:CPU runs one loop program on about one core: as a binary on a CPU-only machine, make every core an
-  # XLA device so the seeds of a cell run in parallel. Set before JAX initialises its backends; an explicit
-  # XLA_FLAGS device count, or SCL_CPU_DEVICES=1, overrides it. Importing this module (tests) changes nothing.
-  if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    _cpu_devices = int(os.environ.get("SCL_CPU_DEVICES", os.cpu_count() or 1))
-    if _cpu_devices > 1:
-      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                 f" --xla_force_host_platform_device_count={_cpu_devices}").strip()
+if __name__ == "__main__":  # every CPU core an XLA device, so the seeds of a cell run in parallel; before JAX
+  import _devices  # experiments/_devices.py (the script's folder is on sys.path)
+  _devices.cpu_cores_as_devices()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

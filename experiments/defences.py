@@ -34,13 +34,9 @@ import os
 import sys
 import time
 
-if __name__ == "__main__":
-  # As experiments/adversarial.py: every CPU core an XLA device, so the seeds of a cell run in parallel.
-  if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    _cpu_devices = int(os.environ.get("SCL_CPU_DEVICES", os.cpu_count() or 1))
-    if _cpu_devices > 1:
-      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                 f" --xla_force_host_platform_device_count={_cpu_devices}").strip()
+if __name__ == "__main__":  # every CPU core an XLA device, so the seeds of a cell run in parallel; before JAX
+  import _devices  # experiments/_devices.py (the script's folder is on sys.path)
+  _devices.cpu_cores_as_devices()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

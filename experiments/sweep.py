@@ -29,14 +29,9 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Run from a checkout.
 
-# XLA:CPU runs one loop program on about one core, so on a CPU-only machine the sweep lays its grid over
-# the cores as separate devices (measured 1.4-2.3x on 2 cores). Set before JAX initialises its backends;
-# an explicit XLA_FLAGS device count, or SCL_CPU_DEVICES=1, overrides it. Accelerators are unaffected.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  _cpu_devices = int(os.environ.get("SCL_CPU_DEVICES", os.cpu_count() or 1))
-  if _cpu_devices > 1:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={_cpu_devices}").strip()
+if __name__ == "__main__":  # the grid over the CPU cores as devices (1.4-2.3x on 2 cores); before JAX
+  import _devices  # experiments/_devices.py (the script's folder is on sys.path)
+  _devices.cpu_cores_as_devices()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -76,12 +76,54 @@ class RewardNet(NamedTuple):
   apply: ApplyFn
 
 
+#: Hidden activations (floats) one chunk of rows of an MLP reward may hold per layer set: 2**24, 64 MiB in
+#: float32 (see :func:`mlp_reward`).
+ACTIVATION_BUDGET = 2 ** 24
+
+
+def rows_per_chunk(hidden: Sequence[int], budget: int = ACTIVATION_BUDGET) -> int:
+  """Rows of one chunk of an MLP reward's evaluation: ``budget / sum(hidden)``, at least 1,024."""
+  return max(1024, budget // max(1, sum(hidden)))
+
+
+def _in_chunks(apply: ApplyFn, rows: int) -> ApplyFn:
+  """``apply`` evaluated ``rows`` rows at a time (``lax.map`` over rematerialised chunks) when ``x`` has more.
+
+  Each chunk's activations are recomputed in the backward pass (``jax.checkpoint``) instead of stored, so the
+  memory of a gradient or a Hessian-vector product is that of one chunk, whatever the number of rows. Row
+  counts up to ``rows`` (a static shape test) call ``apply`` unchanged.
+  """
+
+  def apply_in_chunks(params: Params, x: chex.Array) -> chex.Array:
+    n = x.shape[0]
+    if n <= rows:
+      return apply(params, x)
+    k = -(-n // rows)
+    padded = jnp.concatenate([x, jnp.zeros((k * rows - n,) + x.shape[1:], x.dtype)]) if k * rows > n else x
+    out = jax.lax.map(jax.checkpoint(lambda chunk: apply(params, chunk)),
+                      padded.reshape((k, rows) + x.shape[1:]))
+    return out.reshape(-1)[:n]
+
+  return apply_in_chunks
+
+
 @functools.lru_cache(maxsize=None)
 def mlp_reward(hidden: tuple[int, ...] = (64,),
-               activation: Callable[[chex.Array], chex.Array] = nn.silu) -> RewardNet:
-  """An MLP reward (cached: the same arguments return the same object)."""
+               activation: Callable[[chex.Array], chex.Array] = nn.silu,
+               chunk_rows: int | None | str = "auto") -> RewardNet:
+  """An MLP reward (cached: the same arguments return the same object).
+
+  Args:
+    hidden: widths of the hidden layers (``()``: a linear reward).
+    activation: the hidden layers' activation (smooth by default; see the module notes).
+    chunk_rows: evaluate at most this many rows at once, rematerialising each chunk's activations in the
+      backward pass, so that a fit on many pairs with a wide network stays within memory; ``"auto"`` (the
+      default) is :func:`rows_per_chunk` of ``hidden``: 262,144 rows for ``(64,)`` (in practice never
+      chunked) and 21,845 for ``(256, 256, 256)``; None never chunks.
+  """
   module = MLPReward(hidden=tuple(hidden), activation=activation)
-  return RewardNet(init=module.init, apply=module.apply)
+  rows = rows_per_chunk(hidden) if chunk_rows == "auto" else chunk_rows
+  return RewardNet(init=module.init, apply=module.apply if rows is None else _in_chunks(module.apply, rows))
 
 
 @functools.lru_cache(maxsize=None)

@@ -186,7 +186,8 @@ def make_flow(
       lr_i = lr * _warmup_cosine(i, steps) if decay else lr
       k_idx, k_z0, k_t = jax.random.split(step_key, 3)
       u = jax.random.uniform(k_idx, (batch_size,), jnp.float32) * total
-      idx = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), n - 1)
+      # the binary search unrolled (log2 N steps, the same indices): a loop of tiny ops costs ~7% of a step
+      idx = jnp.minimum(jnp.searchsorted(cdf, u, side="right", method="scan_unrolled"), n - 1)
       z1 = z1_all[idx]
       z0 = jax.random.normal(k_z0, (batch_size, d), jnp.float32)
       t = jax.random.uniform(k_t, (batch_size,), jnp.float32)
