@@ -634,7 +634,7 @@ CAVEATS = [
     "the reference, SiLU in scl (twice-differentiable, for the implicit function theorem).",
     "The attacks are equal in settings, not in algorithm: the reference re-trains a fresh reward net with "
     "10 n single-pair Adam steps per outer step and forms a dense Hessian; scl warm-starts an L-BFGS fit "
-    "(at most 60 iterations, 20 curvature pairs) and solves with matrix-free CG (at most 10 steps) per outer "
+    "(at most 100 iterations) and solves with matrix-free CG (at most 30 steps) per outer "
     "step, then re-fits once more (from the attacker's theta, on the gradient's discrete flips) to choose "
     "between them and the dist heuristic's flips, whose re-fit is the first outer step's.",
     "train_toy.py (as retrain_ddpm.py calls it) trains a fresh network from scratch every iteration (no "

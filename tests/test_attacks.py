@@ -234,3 +234,4 @@ def test_gradient_attack_selection_matches_separate_refits(ring_instance):
 
   chosen, own, dist, j_own, j_dist = both(kappa, alpha)
   np.testing.assert_array_equal(chosen, own if j_own <= j_dist else dist)
+
