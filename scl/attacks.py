@@ -272,7 +272,8 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
     standardise (static): the covariance term on ``R~`` standardised to ``R``'s mean and scale
       (:func:`attack_objective`); ``False`` is the raw ``Cov[e^R, e^{R~}] / Var[e^R]``.
     select (static): re-fit ``θ~`` on the gradient's discrete flips and on the ``dist`` heuristic's, and
-      keep the flips with the lower ``J`` (two more warm-started fits, no CG solve).
+      keep the flips with the lower ``J`` (one more fit from ``θ``, no CG solve: with ``init="dist"`` the
+      first outer step's re-fit is the ``dist`` flips' own; with ``init="zero"`` two more).
     weighting (static): ``"paper"`` (``Cov + α dist``) or ``"code"`` (``α Cov + (1 - α) dist``).
     return_info: also return ``{"kept_dist": 1.0 if the dist heuristic's flips were kept else 0.0}``.
     refit: the platform's fit the attack differentiates through (see :func:`relaxed_objective`); None is
