@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -53,21 +52,10 @@ import _machine  # noqa: E402
 
 
 def _time(fn, args, repeats, warmup=True) -> dict:
-  """Run ``fn(*args)`` ``repeats`` times (after a warm-up, unless told not to).
-
-  Returns wall seconds (median, best, all) and the process's CPU seconds (median, all threads): on a
-  machine shared with other jobs the wall time depends on their load, the CPU time much less.
-  """
-  if warmup:
-    jax.block_until_ready(fn(*args))
-  walls, cpus = [], []
-  for _ in range(repeats):
-    t0, c0 = time.perf_counter(), time.process_time()
-    jax.block_until_ready(fn(*args))
-    walls.append(time.perf_counter() - t0)
-    cpus.append(time.process_time() - c0)
-  return dict(seconds_median=statistics.median(walls), seconds_best=min(walls), seconds_all=walls,
-              cpu_seconds_median=statistics.median(cpus))
+  """:func:`_machine.time_calls` of the compiled ``fn(*args)`` (waits for the result); ``warmup=False``
+  skips the warm-up call (a program already compiled ahead of time, too expensive to run twice)."""
+  return _machine.time_calls(lambda: fn(*args), repeats, warmup=None if warmup else (lambda: None),
+                             sync=jax.block_until_ready)
 
 
 def _compile(jitted, *args):
@@ -151,59 +139,54 @@ def peak_gflops(size: int = 2048, repeats: int = 5) -> dict:
               seconds_best=t["seconds_best"], gflops_per_second=flop / t["seconds_best"] / 1e9)
 
 
-def loop_family(family: str, args) -> dict:
-  """(b): seconds per iteration of the whole jitted loop for one model family."""
+def _per_iteration(overrides: dict, iterations: int, repeats: int, warmup: bool) -> dict:
+  """Seconds per iteration of the whole jitted loop on ``gaussian8(**overrides)``: ``(t(T) - t(0)) / T``.
+
+  ``T = 0`` runs only ``init`` of ``p_0`` and the final evaluation. Each program is compiled ahead of time
+  (``compile_seconds``) and timed with :func:`_time`.
+  """
   from scl import configs, loop  # imported here so (a) runs even without the loop
-  overrides = dict(model=family)
-  if args.quick:
-    overrides.update(pool_size=2000, n_keep=1000, n_real=1000, n_eval=1000, train_steps=20,
-                     init_steps=20, batch_size=100, sample_steps=4, em_steps=5)
   key = jax.random.PRNGKey(0)
-  out = dict(model=family)
-  runs = {}
-  for T in (0, args.iterations):
+  out, runs = {}, {}
+  for T in (0, iterations):
     cfg = configs.gaussian8(iterations=T, **overrides)
     hyper = cfg.hyper.arrays()
     run_fn, data = loop.make_run_fn(cfg)
     compiled, compile_s = _compile(jax.jit(run_fn), hyper, key, data)
-    # The flow's loop is expensive: run it once (already compiled, so no warm-up); the others `repeats`
-    # times after a warm-up.
-    expensive = family == "flow" and not args.quick
-    timing = _time(compiled, (hyper, key, data), 1 if expensive else args.repeats, warmup=not expensive)
+    timing = _time(compiled, (hyper, key, data), repeats, warmup=warmup)
     runs[T] = (timing["seconds_median"], timing["cpu_seconds_median"])
     out[f"T{T}"] = dict(compile_seconds=compile_s, **timing)
-    if T == args.iterations:
-      out["pool_size"], out["n_keep"], out["iterations"] = cfg.curation.pool_size, cfg.curation.n_keep, T
-  out["seconds_per_iteration"] = (runs[args.iterations][0] - runs[0][0]) / args.iterations
-  out["cpu_seconds_per_iteration"] = (runs[args.iterations][1] - runs[0][1]) / args.iterations
+  out["pool_size"], out["n_keep"], out["iterations"] = cfg.curation.pool_size, cfg.curation.n_keep, iterations
+  out["seconds_per_iteration"] = (runs[iterations][0] - runs[0][0]) / iterations
+  out["cpu_seconds_per_iteration"] = (runs[iterations][1] - runs[0][1]) / iterations
+  return out
+
+
+def loop_family(family: str, args) -> dict:
+  """(b): seconds per iteration of the whole jitted loop for one model family."""
+  overrides = dict(model=family)
+  if args.quick:
+    overrides.update(pool_size=2000, n_keep=1000, n_real=1000, n_eval=1000, train_steps=20,
+                     init_steps=20, batch_size=100, sample_steps=4, em_steps=5)
+  # The flow's loop is expensive: run it once (already compiled, so no warm-up); the others `repeats` times
+  # after a warm-up.
+  expensive = family == "flow" and not args.quick
+  out = dict(model=family, **_per_iteration(overrides, args.iterations, 1 if expensive else args.repeats,
+                                            warmup=not expensive))
   out["peak_rss_mb"] = _machine.peak_rss_mb()
   return out
 
 
 def adversarial(args) -> dict:
   """(c): seconds per iteration of the adversarial loop at the toy run's scale, gradient attack vs none."""
-  from scl import configs, loop
   base = dict(model=args.adv_model, learned_reward=True, ring_scale=1.414, curation="luce_pool", beta=0.5,
               pool_size=50_000, n_keep=25_000, n_pairs=50_000, kappa=0.2, alpha=0.8,
               attack_weighting="code")
   if args.quick:
     base.update(pool_size=2000, n_keep=1000, n_real=1000, n_eval=1000, n_pairs=1000, em_steps=5)
-  T = args.adv_iterations
-  key = jax.random.PRNGKey(0)
-  out = dict(settings={k: v for k, v in base.items()}, iterations=T)
-  for attack in ("gradient", "none"):
-    runs, part = {}, {}
-    for iters in (0, T):
-      cfg = configs.gaussian8(attack=attack, iterations=iters, **base)
-      run_fn, data = loop.make_run_fn(cfg)
-      hyper = cfg.hyper.arrays()
-      compiled, compile_s = _compile(jax.jit(run_fn), hyper, key, data)
-      timing = _time(compiled, (hyper, key, data), 1, warmup=False)
-      runs[iters] = (timing["seconds_median"], timing["cpu_seconds_median"])
-      part[f"T{iters}"] = dict(compile_seconds=compile_s, **timing)
-    part["seconds_per_iteration"] = (runs[T][0] - runs[0][0]) / T
-    part["cpu_seconds_per_iteration"] = (runs[T][1] - runs[0][1]) / T
-    out[attack] = part
+  out = dict(settings=dict(base), iterations=args.adv_iterations)
+  for attack in ("gradient", "none"):  # one run each: an iteration takes seconds
+    out[attack] = _per_iteration(dict(base, attack=attack), args.adv_iterations, 1, warmup=False)
   out["attack_seconds_per_iteration"] = (out["gradient"]["seconds_per_iteration"]
                                          - out["none"]["seconds_per_iteration"])
   out["peak_rss_mb"] = _machine.peak_rss_mb()
