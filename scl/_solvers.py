@@ -182,7 +182,9 @@ def minimize(fun: Callable[..., chex.Array],
              cg_maxiter: int = 100,
              cg_tol: float = 1e-6,
              ridge: float = 0.0,
-             linesearch: str = "armijo") -> tuple[Params, SolveInfo]:
+             linesearch: str = "armijo",
+             value_and_grad: Callable[..., tuple[chex.Array, Params]] | None = None
+             ) -> tuple[Params, SolveInfo]:
   """``argmin_θ fun(θ, *args)``, differentiable w.r.t. ``args`` by implicit differentiation.
 
   Args:
@@ -201,6 +203,10 @@ def minimize(fun: Callable[..., chex.Array],
       and a small program (compiles in ~1 s instead of ~10-25 s for jaxopt's). ``"zoom"``,
       ``"backtracking"``, ``"hager-zhang"``: ``jaxopt.LBFGS`` with that line search (kept for comparison).
       Both use jaxopt's implicit differentiation (``custom_root``) for the backward pass.
+    value_and_grad: ``(params, *args) -> (fun, ∇_params fun)``, the same values as
+      ``jax.value_and_grad(fun)`` computed another way (e.g. over chunks of the data,
+      :func:`scl.reward_model.bt_value_and_grad`); it must be differentiable again, since the backward
+      pass differentiates the gradient. None is ``jax.value_and_grad(fun)``.
 
   Returns:
     ``(params, info)``: the minimiser (same pytree structure as ``init_params``) and :class:`SolveInfo`.
@@ -209,18 +215,27 @@ def minimize(fun: Callable[..., chex.Array],
     linear_solve = functools.partial(
         jaxopt.linear_solve.solve_cg, ridge=ridge or None, maxiter=cg_maxiter, tol=cg_tol)
     solver = jaxopt.LBFGS(linesearch=linesearch,
-        fun=fun, maxiter=maxiter, tol=tol, history_size=history_size,
+        fun=fun if value_and_grad is None else value_and_grad, value_and_grad=value_and_grad is not None,
+        maxiter=maxiter, tol=tol, history_size=history_size,
         implicit_diff=True, implicit_diff_solve=linear_solve)
     params, state = solver.run(init_params, *args)
     return params, SolveInfo(num_iters=state.iter_num, grad_norm=state.error)
 
-  optimality = jax.grad(fun)
+  value_and_grad = jax.value_and_grad(fun) if value_and_grad is None else value_and_grad
+
+  def optimality(params, *args):
+    return value_and_grad(params, *args)[1]
+
   linear_solve = functools.partial(_flat_cg_solve, ridge=ridge, maxiter=cg_maxiter, tol=cg_tol)
 
   @jaxopt.implicit_diff.custom_root(optimality, has_aux=True, solve=linear_solve)
   def solve(params0, *args):
     x0, unravel = ravel_pytree(params0)
-    vg = jax.value_and_grad(lambda x: fun(unravel(x), *args))
+
+    def vg(x):
+      value, grad = value_and_grad(unravel(x), *args)
+      return value, ravel_pytree(grad)[0]
+
     x, k, gnorm = _lbfgs_armijo(vg, x0, maxiter=maxiter, tol=tol, history_size=history_size)
     return unravel(x), SolveInfo(num_iters=k, grad_norm=gnorm)
 

@@ -2,6 +2,7 @@
 
 import chex
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -169,3 +170,36 @@ def test_chunked_reward_equals_the_whole_batch_and_needs_less_memory():
   big, small = temp_bytes(rm.mlp_reward(wide, chunk_rows=None)), temp_bytes(rm.mlp_reward(wide))
   assert rm.rows_per_chunk(wide) < 2 * n
   assert small < 0.25 * big, (small, big)
+
+
+def test_bt_value_and_grad_in_pair_chunks_equals_autodiff_of_the_whole_loss():
+  """bt_value_and_grad over chunks of pairs (15 pairs in 4 chunks of 4, one padding pair of weight 0):
+  the value and gradient of ``jax.value_and_grad(bt_loss)``, its Hessian-vector products, and the fit's
+  implicit derivative dθ/do (float64, against the unchunked fit)."""
+  with jax.enable_x64(True):
+    net = rm.mlp_reward((8,))
+    rng = np.random.default_rng(3)
+    x, z = jnp.asarray(rng.normal(size=(2, 15, 2)))
+    o = jnp.asarray(rng.uniform(size=15))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), net.init(jax.random.key(0), x[:1]))
+    l2 = 1e-2
+    value, grad = rm.bt_value_and_grad(params, net.apply, x, z, o, l2, pair_chunk=4)
+    ref_value, ref_grad = jax.value_and_grad(rm.bt_loss)(params, net.apply, x, z, o, l2)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
+    chex.assert_trees_all_close(grad, ref_grad, rtol=1e-10, atol=1e-14)
+
+    v = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), params)
+    hvp = jax.jvp(lambda p: rm.bt_value_and_grad(p, net.apply, x, z, o, l2, pair_chunk=4)[1],
+                  (params,), (v,))[1]
+    ref_hvp = jax.jvp(jax.grad(lambda p: rm.bt_loss(p, net.apply, x, z, o, l2)), (params,), (v,))[1]
+    chex.assert_trees_all_close(hvp, ref_hvp, rtol=1e-9, atol=1e-12)
+
+    def theta(o, chunk):
+      p = rm.fit_reward(params, net.apply, x, z, o, l2, tol=1e-10, maxiter=2000, cg_tol=1e-12,
+                        cg_maxiter=500, pair_chunk=chunk)
+      return jax.flatten_util.ravel_pytree(p)[0]
+
+    u = jnp.asarray(rng.normal(size=jax.flatten_util.ravel_pytree(params)[0].shape))
+    (t4, vjp4), (t0, vjp0) = (jax.vjp(lambda o: theta(o, c), o) for c in (4, None))
+    np.testing.assert_allclose(t4, t0, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(vjp4(u)[0], vjp0(u)[0], rtol=1e-5, atol=1e-8)
