@@ -61,6 +61,7 @@ from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
+from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 
 from scl import config
@@ -226,6 +227,55 @@ def relaxed_objective(delta: chex.Array, theta_init: Params, *, o: chex.Array, x
   return attack_objective(r_pool, r_tilde, alpha, shift, standardise, weighting), theta_tilde
 
 
+def bt_adjoint_objective(delta: chex.Array, theta_init: Params, u_init: chex.Array, *, o: chex.Array,
+                         x: chex.Array, z: chex.Array, x_pool: chex.Array, r_pool: chex.Array,
+                         apply_fn: ApplyFn, alpha: chex.Array, l2: chex.Array, shift: chex.Array,
+                         standardise: bool = False, weighting: str = "paper", cg_maxiter: int = 30,
+                         cg_tol: float = 1e-4, **fit_kwargs) -> tuple[chex.Array, Params, chex.Array, chex.Array]:
+  """``J(δ)`` and ``dJ/dδ`` for the plain Bradley–Terry re-fit, by the adjoint equation (no autodiff of the fit).
+
+  The labels enter the Bradley–Terry loss linearly, ``∂L/∂o_i = -d_i(θ) / n`` with ``d_i = R(z_i) - R(x_i)``,
+  so the implicit function theorem gives
+
+      dJ/dδ_i = (1/n) ∇_θ d_i(θ~) · u,    H(θ~; o + δ) u = ∇_θ J(θ~),
+
+  one Hessian solve (conjugate gradients on Hessian-vector products, started at ``u_init``) and one
+  forward-mode pass of the pair gaps in the direction ``u``. The same vector as ``jax.grad`` of
+  :func:`relaxed_objective` (which solves the same system from ``u = 0`` inside jaxopt's implicit
+  differentiation), but the solve can be warm-started at the previous outer step's ``u`` and the
+  derivative in ``δ`` is one JVP instead of a reverse pass through the fit.
+
+  Args:
+    delta, theta_init: as :func:`relaxed_objective`; u_init: the solve's start ``[p]`` (flattened ``θ``).
+    o, x, z, x_pool, r_pool, apply_fn, alpha, l2, shift, standardise, weighting: as :func:`relaxed_objective`.
+    cg_maxiter, cg_tol: the conjugate-gradient solve (static cap; tolerance relative to ``||∇_θ J||``).
+    **fit_kwargs: solver settings of :func:`scl.reward_model.fit_reward`.
+
+  Returns:
+    ``(J, θ~, u, dJ/dδ [n])``; nothing is differentiable (the returned values are the derivatives).
+  """
+  n = o.shape[0]
+  theta = jax.lax.stop_gradient(reward_model.fit_reward(theta_init, apply_fn, x, z, o + delta, l2, **fit_kwargs))
+  flat, unravel = ravel_pytree(theta)
+
+  def objective(t):
+    return attack_objective(r_pool, apply_fn(unravel(t), x_pool), alpha, shift, standardise, weighting)
+
+  def loss_grad(t):
+    chunk = fit_kwargs.get("pair_chunk", reward_model.PAIR_CHUNK)
+    grad = reward_model.bt_value_and_grad(unravel(t), apply_fn, x, z, o + delta, l2, pair_chunk=chunk)[1]
+    return ravel_pytree(grad)[0]
+
+  def gaps(t):
+    r = apply_fn(unravel(t), jnp.concatenate([x, z], axis=0))
+    return r[n:] - r[:n]
+
+  j, grad_j = jax.value_and_grad(objective)(flat)
+  hvp = lambda v: jax.jvp(loss_grad, (flat,), (v,))[1]
+  u, _ = jax.scipy.sparse.linalg.cg(hvp, grad_j, x0=u_init, tol=cg_tol, maxiter=cg_maxiter)
+  return j, theta, u, jax.jvp(gaps, (flat,), (u,))[1] / n
+
+
 def project_flips(v: chex.Array, o: chex.Array, budget: chex.Array,
                   bisection_steps: int = 40) -> chex.Array:
   """Euclidean projection of ``v [n]`` onto ``{δ : o + δ ∈ [0, 1], ||δ||_1 <= budget}``.
@@ -298,19 +348,26 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
   budget = flip_budget(kappa, n).astype(o.dtype)
   kw = dict(o=o, x=x, z=z, x_pool=x_pool, r_pool=r_pool, apply_fn=apply_fn, alpha=alpha, l2=l2, shift=shift,
             standardise=standardise, weighting=weighting, refit=refit, **fit_kwargs)
-  value_grad_j = jax.value_and_grad(relaxed_objective, has_aux=True)
   r_pairs = apply_fn(params, jnp.concatenate([x, z], axis=0))
   o_dist, mask_dist = dist_attack(o, r_pairs[:n], r_pairs[n:], kappa)
   delta0 = o_dist - o if init == "dist" else jnp.zeros_like(o)
 
+  def value_grad_j(delta, theta, u):
+    if refit is None:  # plain Bradley–Terry: the adjoint form, its solve warm-started at the last step's
+      j, theta, u, g = bt_adjoint_objective(delta, theta, u, **{k: v for k, v in kw.items() if k != "refit"})
+      return j, theta, u, g
+    (j, theta), g = jax.value_and_grad(relaxed_objective, has_aux=True)(delta, theta, **kw)
+    return j, jax.lax.stop_gradient(theta), u, g
+
   def outer(carry, _):
-    delta, theta = carry
-    (j, theta), g = value_grad_j(delta, theta, **kw)
+    delta, theta, u = carry
+    j, theta, u, g = value_grad_j(delta, theta, u)
     step = g / (jnp.max(jnp.abs(g)) + jnp.finfo(g.dtype).tiny)
     new_delta = project_flips(delta - step_size * step, o, budget)
-    return (new_delta, jax.lax.stop_gradient(theta)), (g, delta, j)
+    return (new_delta, theta, u), (g, delta, j)
 
-  _, (gs, deltas, js) = jax.lax.scan(outer, (delta0, params), None, length=steps)
+  u0 = jnp.zeros_like(ravel_pytree(params)[0])
+  _, (gs, deltas, js) = jax.lax.scan(outer, (delta0, params, u0), None, length=steps)
   g, delta = gs[-1], deltas[-1]  # the last gradient, taken at the last relaxed point
   scores = -g * (1.0 - 2.0 * o)
   o_flipped, mask = flip_top(o, scores, kappa)
