@@ -135,13 +135,14 @@ def run_with_checkpoints(cfg: config_lib.Config, seed: int, workdir: str, every:
   path = os.path.join(workdir, FILENAME)
   T = cfg.iterations
 
-  params = init(hyper, key, data)
   done, history = 0, None
-  if os.path.exists(path):
+  if os.path.exists(path):  # resume: p_0 is not trained again, only its structure is traced
     state = _load(path, fp, workdir)
-    params = serialization.from_state_dict(params, state["params"])
+    params = serialization.from_state_dict(jax.eval_shape(init, hyper, key, data), state["params"])
     done = int(state["done"])
     history = state["history"] or None
+  else:
+    params = init(hyper, key, data)
 
   bar = None
   if progress:

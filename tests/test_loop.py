@@ -182,7 +182,17 @@ def test_checkpointed_run_resumes_and_matches_uninterrupted(tmp_path, monkeypatc
   with pytest.raises(KeyboardInterrupt):
     scl.run(cfg, seed=5, workdir=str(tmp_path / "stopped"), progress=False)
   monkeypatch.setattr(files, "write_bytes", real_write)
+  # Resuming does not train p_0 again: its init may be traced (for the params' structure), never run.
+  init, *pieces = loop.jitted_pieces(cfg.static())
+
+  def traced_only(*args):
+    if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args)):
+      raise AssertionError("the resumed run trained p_0 again")
+    return init(*args)
+
+  monkeypatch.setattr(loop, "jitted_pieces", lambda static_cfg: (traced_only, *pieces))
   resumed = scl.run(cfg, seed=5, workdir=str(tmp_path / "stopped"), progress=False)
+  monkeypatch.undo()
   for name in clean.metrics:
     np.testing.assert_array_equal(resumed.metrics[name], clean.metrics[name])
   np.testing.assert_array_equal(resumed.samples, clean.samples)
