@@ -19,7 +19,10 @@ Threads: every worker first restricts itself to ``--threads`` CPUs (default: up 
 ``sched_setaffinity`` (XLA sizes its CPU thread pool from the affinity; ``OMP/MKL_NUM_THREADS`` are set to
 match) and the reference worker calls ``torch.set_num_threads(--threads)``; the JSON states what was set.
 
-Repeats: every figure is the median of ``--repeats`` timed calls after one untimed warm-up call. scl's
+Repeats: every figure is the median of ``--repeats`` timed calls (scl's attack: ``--scl-attack-repeats``,
+default 10) after one untimed warm-up call. The scl attack takes a tenth of a second and varies by up to a
+third from call to call on a shared 2-core virtual machine (the reference's minute-long calls vary by about
+2%), so its median is taken over more calls; the JSON keeps every call's time. scl's
 programs are compiled ahead of time (``jit(...).lower(...).compile()``, reported as ``compile_seconds``) and
 the warm-up is one run of the compiled program at full size. PyTorch runs eagerly, so its warm-up is a run of
 the same code at a small size (it warms imports, allocator and oneDNN primitive caches, not a compiler).
@@ -174,7 +177,7 @@ def scl_attack(spec):
   compiled = run.lower(*args).compile()
   compile_s = time.perf_counter() - t0
   last = []
-  timing = _machine.time_calls(lambda: last.append(compiled(*args)) or last[-1], spec["repeats"],
+  timing = _machine.time_calls(lambda: last.append(compiled(*args)) or last[-1], spec["attack_repeats"],
                                sync=jax.block_until_ready)
   _, mask = last[-1]
   return dict(timing, compile_seconds=compile_s, fit_theta_seconds=fit_s, fit_theta_compile_seconds=fit_compile,
@@ -532,9 +535,10 @@ def harness(args):
     settings["attack_pairs"] = [int(n) for n in args.attack_pairs.split(",")]
   if args.repeats is None:
     args.repeats = settings["repeats"]
-  if args.repeats < 1 or args.threads < 1:
-    sys.exit("--repeats and --threads must be at least 1")
+  if args.repeats < 1 or args.threads < 1 or args.scl_attack_repeats < 1:
+    sys.exit("--repeats, --scl-attack-repeats and --threads must be at least 1")
   settings["repeats"] = args.repeats
+  settings["scl_attack_repeats"] = args.scl_attack_repeats
   tasks = args.tasks.split(",")
   result = dict(benchmark="reference_side_by_side", quick=args.quick, settings=settings,
                 machine=_machine.machine(), load_average_before=_machine.load_average())
@@ -565,8 +569,8 @@ def harness(args):
     base = dict(threads=args.threads, repeats=args.repeats, settings=settings)
 
     def both(task, extra, name):
-      scl = run_worker(sys.executable, "scl", dict(base, task=task, tmp=os.path.join(tmp, name, "scl"), **extra),
-                       args.timeout)
+      scl = run_worker(sys.executable, "scl", dict(base, task=task, tmp=os.path.join(tmp, name, "scl"),
+                                                   attack_repeats=args.scl_attack_repeats, **extra), args.timeout)
       ref = None
       if args.repo:
         ref = run_worker(args.ref_python, "ref", dict(base, task=task, repo=args.repo,
@@ -663,6 +667,8 @@ def main():
                  help="interpreter with torch for the reference side (default: this one)")
   p.add_argument("--quick", action="store_true", help="smoke run: 100 pairs, 20 Adam steps, 1,000 samples")
   p.add_argument("--repeats", type=int, default=None, help="timed calls per figure (default 3; quick 2)")
+  p.add_argument("--scl-attack-repeats", type=int, default=10,
+                 help="timed calls of scl's attack (default 10: each takes a fraction of a second)")
   p.add_argument("--threads", type=int, default=min(2, len(os.sched_getaffinity(0))),
                  help="CPUs/threads per worker, both sides (default: min(2, usable CPUs))")
   p.add_argument("--tasks", default="attack,retrain", help="comma-separated: attack, retrain (incl. sampling)")

@@ -28,8 +28,10 @@ Attacks, registered in :data:`scl.registry.ATTACKS` with the signature
     attacker's reward variance (a constant) so that it is scale free like the covariance term; ``α = 1``
     then prices a centred mean squared error of one reward standard deviation as much as the largest
     possible covariance.
-    ``dJ/dδ`` flows through the implicit-differentiation solve of ``θ~(δ)`` (one matrix-free CG solve per
-    gradient, no Hessian). ``steps`` outer iterations (static) each re-fit ``θ~`` (warm-started) and take
+    ``dJ/dδ`` comes from the implicit function theorem (one matrix-free CG solve per gradient, no Hessian):
+    for the plain Bradley–Terry fit by the adjoint equation (:func:`bt_adjoint_objective`, each solve
+    warm-started at the previous outer step's), for a defended fit by ``jax.grad`` through its implicitly
+    differentiated solve (:func:`relaxed_objective`). ``steps`` outer iterations (static) each re-fit ``θ~`` (warm-started) and take
     ``dJ/dδ``; all but the last take a projected step ``δ <- Π(δ - η g / max|g|)``, with ``Π`` the projection
     onto ``{o + δ ∈ [0, 1]} ∩ {||δ||_1 <= floor(κ n)}`` (the convex hull of the allowed flips). The last
     gradient scores each pair by the first-order decrease of ``J`` that flipping it brings,
