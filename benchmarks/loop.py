@@ -203,7 +203,7 @@ def main():
   parser.add_argument("--skip_equal_work", action="store_true", help="skip (a)")
   parser.add_argument("--skip_adversarial", action="store_true", help="skip (c)")
   parser.add_argument("--adv_model", default="gmm", help="generative model of (c)")
-  parser.add_argument("--adv_iterations", type=int, default=3, help="iterations timed in (c)")
+  parser.add_argument("--adv_iterations", type=int, default=10, help="iterations timed in (c)")
   args = parser.parse_args()
   if args.quick:
     args.n_data, args.n_samples, args.width, args.batch_size = 2000, 2000, 32, 100

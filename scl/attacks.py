@@ -31,8 +31,8 @@ Attacks, registered in :data:`scl.registry.ATTACKS` with the signature
     ``dJ/dδ`` comes from the implicit function theorem (one matrix-free CG solve per gradient, no Hessian):
     for the plain Bradley–Terry fit by the adjoint equation (:func:`bt_adjoint_objective`, each solve
     warm-started at the previous outer step's), for a defended fit by ``jax.grad`` through its implicitly
-    differentiated solve (:func:`relaxed_objective`). ``steps`` outer iterations (static) each re-fit ``θ~`` (warm-started) and take
-    ``dJ/dδ``; all but the last take a projected step ``δ <- Π(δ - η g / max|g|)``, with ``Π`` the projection
+    differentiated solve (:func:`relaxed_objective`). ``steps`` outer iterations (static) each re-fit
+    ``θ~`` (warm-started) and take ``dJ/dδ``; all but the last take a projected step ``δ <- Π(δ - η g / max|g|)``, with ``Π`` the projection
     onto ``{o + δ ∈ [0, 1]} ∩ {||δ||_1 <= floor(κ n)}`` (the convex hull of the allowed flips). The last
     gradient scores each pair by the first-order decrease of ``J`` that flipping it brings,
     ``-g_i (1 - 2 o_i)``, and the top ``floor(κ n)`` pairs are flipped.
@@ -85,8 +85,8 @@ ApplyFn = Callable[[Params, chex.Array], chex.Array]
 # tightly from θ (a sign test over the instances where the flips differ):
 #   * 10 CG steps against 30: no weaker (better on 16 of 25 differing 500-pair rings and on 8 of 11 1,000-pair
 #     rings), and 1.3x faster at 50,000 pairs, where the solves stop at the cap;
-#   * 60 or 80 L-BFGS iterations (with 10 CG steps) against 100: weaker (worse on 17 of 27 and 17 of 28; median J -76 and -84
-#     against -89), and not faster at 50,000 pairs (less converged re-fits slow the next ones).
+#   * 60 or 80 L-BFGS iterations (with 10 CG steps) against 100: weaker (worse on 17 of 27 and 17 of 28;
+#     median J -76 and -84 against -89), and not faster at 50,000 pairs (less converged re-fits slow the next ones).
 GRADIENT_ATTACK_FIT = dict(maxiter=100, tol=1e-4, cg_maxiter=10, cg_tol=1e-4)
 
 
@@ -235,9 +235,10 @@ def relaxed_objective(delta: chex.Array, theta_init: Params, *, o: chex.Array, x
 def bt_adjoint_objective(delta: chex.Array, theta_init: Params, u_init: chex.Array, *, o: chex.Array,
                          x: chex.Array, z: chex.Array, x_pool: chex.Array, r_pool: chex.Array,
                          apply_fn: ApplyFn, alpha: chex.Array, l2: chex.Array, shift: chex.Array,
-                         standardise: bool = False, weighting: str = "paper", cg_maxiter: int = 30,
-                         cg_tol: float = 1e-4, **fit_kwargs) -> tuple[chex.Array, Params, chex.Array, chex.Array]:
-  """``J(δ)`` and ``dJ/dδ`` for the plain Bradley–Terry re-fit, by the adjoint equation (no autodiff of the fit).
+                         standardise: bool = False, weighting: str = "paper", cg_maxiter: int = 10,
+                         cg_tol: float = 1e-4,
+                         **fit_kwargs) -> tuple[chex.Array, Params, chex.Array, chex.Array]:
+  """``J(δ)`` and ``dJ/dδ`` for the plain Bradley–Terry re-fit by the adjoint equation (no autodiff of the fit).
 
   The labels enter the Bradley–Terry loss linearly, ``∂L/∂o_i = -d_i(θ) / n`` with ``d_i = R(z_i) - R(x_i)``,
   so the implicit function theorem gives
@@ -260,7 +261,8 @@ def bt_adjoint_objective(delta: chex.Array, theta_init: Params, u_init: chex.Arr
     ``(J, θ~, u, dJ/dδ [n])``; nothing is differentiable (the returned values are the derivatives).
   """
   n = o.shape[0]
-  theta = jax.lax.stop_gradient(reward_model.fit_reward(theta_init, apply_fn, x, z, o + delta, l2, **fit_kwargs))
+  theta = jax.lax.stop_gradient(
+      reward_model.fit_reward(theta_init, apply_fn, x, z, o + delta, l2, **fit_kwargs))
   flat, unravel = ravel_pytree(theta)
 
   def objective(t):
@@ -359,8 +361,7 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
 
   def value_grad_j(delta, theta, u):
     if refit is None:  # plain Bradley–Terry: the adjoint form, its solve warm-started at the last step's
-      j, theta, u, g = bt_adjoint_objective(delta, theta, u, **{k: v for k, v in kw.items() if k != "refit"})
-      return j, theta, u, g
+      return bt_adjoint_objective(delta, theta, u, **{k: v for k, v in kw.items() if k != "refit"})
     (j, theta), g = jax.value_and_grad(relaxed_objective, has_aux=True)(delta, theta, **kw)
     return j, jax.lax.stop_gradient(theta), u, g
 

@@ -165,6 +165,7 @@ def _bt_nll(d: chex.Array, o: chex.Array) -> chex.Array:
 
 
 def _l2_penalty(params: Params, l2: chex.Array) -> chex.Array:
+  """``l2/2 ||θ||²`` over every leaf of ``params``."""
   return 0.5 * l2 * sum(jnp.sum(jnp.square(p)) for p in jax.tree_util.tree_leaves(params))
 
 
