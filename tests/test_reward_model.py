@@ -199,10 +199,18 @@ def test_bt_value_and_grad_in_pair_chunks_equals_autodiff_of_the_whole_loss():
                         cg_maxiter=500, pair_chunk=chunk)
       return jax.flatten_util.ravel_pytree(p)[0]
 
+    @jax.jit
+    def solution_and_vjp(o, u):  # one program for both fits
+      out = []
+      for chunk in (4, None):
+        t, vjp = jax.vjp(lambda o: theta(o, chunk), o)
+        out.append((t, vjp(u)[0]))
+      return out
+
     u = jnp.asarray(rng.normal(size=jax.flatten_util.ravel_pytree(params)[0].shape))
-    (t4, vjp4), (t0, vjp0) = (jax.vjp(lambda o: theta(o, c), o) for c in (4, None))
+    (t4, g4), (t0, g0) = solution_and_vjp(o, u)
     np.testing.assert_allclose(t4, t0, rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(vjp4(u)[0], vjp0(u)[0], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(g4, g0, rtol=1e-5, atol=1e-8)
 
 
 def test_jaxopt_line_search_fit_with_chunked_gradient_matches_armijo():
@@ -220,8 +228,14 @@ def test_jaxopt_line_search_fit_with_chunked_gradient_matches_armijo():
     p = rm.fit_reward(p0, net.apply, x, z, o, l2, tol=1e-6, linesearch=linesearch, pair_chunk=64)
     return p["params"]["Dense_0"]["kernel"][:, 0]
 
-  ct = jnp.asarray([1.0, -2.0, 0.5])
-  w_zoom, vjp_zoom = jax.vjp(lambda o: w(o, "zoom"), o)
-  w_armijo, vjp_armijo = jax.vjp(lambda o: w(o, "armijo"), o)
+  @jax.jit
+  def solutions_and_vjps(o, ct):
+    out = []
+    for linesearch in ("zoom", "armijo"):
+      w_o, vjp = jax.vjp(lambda o: w(o, linesearch), o)
+      out.append((w_o, vjp(ct)[0]))
+    return out
+
+  (w_zoom, g_zoom), (w_armijo, g_armijo) = solutions_and_vjps(o, jnp.asarray([1.0, -2.0, 0.5]))
   np.testing.assert_allclose(w_zoom, w_armijo, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(vjp_zoom(ct)[0], vjp_armijo(ct)[0], rtol=1e-3, atol=1e-6)
+  np.testing.assert_allclose(g_zoom, g_armijo, rtol=1e-3, atol=1e-6)
