@@ -15,6 +15,8 @@ from scl import attacks
 from scl import preferences
 from scl import reward_model as rm
 
+import _fd  # tests/_fd.py
+
 KAPPAS = (0.0, 0.1, 0.2, 0.3, 0.7, 1.0)
 
 
@@ -105,16 +107,9 @@ def test_gradient_of_attack_objective_matches_finite_differences(standardise):
   Both covariance terms: raw ``R~`` and ``R~`` standardised to ``R``'s mean and scale (the attack's default).
   """
   with jax.enable_x64(True):
-    n, pool_size, l2, alpha = 24, 60, 1e-2, 0.5
-    pool = jax.random.normal(jax.random.key(0), (pool_size, 2), jnp.float64)
-    x, z, o = preferences.make_preferences(
-        jax.random.key(1), pool, n, lambda s: -jnp.sum((s - 0.5) ** 2, -1), "bradley_terry")
-    net = rm.mlp_reward((4,))
-    p0 = jax.tree.map(lambda a: a.astype(jnp.float64), net.init(jax.random.key(2), x[:1]))
-    tight = dict(maxiter=1000, tol=1e-10, cg_maxiter=200, cg_tol=1e-12)
-    delta0 = jnp.asarray(np.random.default_rng(3).uniform(0, 0.4, n)) * (1 - 2 * o)  # interior point
-    h = 1e-4
-    eye = jnp.eye(n, dtype=jnp.float64)
+    d = _fd.instance()
+    n, pool, l2, alpha, x, z, o, net, p0 = d.n, d.pool, d.l2, d.alpha, d.x, d.z, d.o, d.net, d.p0
+    tight, delta0, h, eye = d.tight, d.delta0, d.h, d.eye
 
     @jax.jit
     def grad_and_fd_values(o):
