@@ -11,29 +11,14 @@ from scipy import stats
 
 import _binaries
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-
-
 binary = _binaries.load("adversarial_binary", "experiments", "adversarial.py")
 configs = _binaries.load("adversarial_config", "experiments", "configs", "adversarial.py")
 
 
 def _tiny_config():
-  config = configs.get_config("quick")
-  config.iterations = 1
-  config.pool_size = 400
-  config.n_keep = 200
-  config.n_real = 400
-  config.n_eval = 400
-  config.n_pairs = 250          # floor(0.2 * 250) = 50 flips
-  config.kappa = 0.2
-  config.seeds = 2
-  config.attacks = ("none", "random", "gradient")
-  config.recipes = ("paper", "robust")
-  config.settings = {"synthetic": float("inf")}
-  return config
+  return _binaries.tiny(configs.get_config("quick"), kappa=0.2, seeds=2,
+                        attacks=("none", "random", "gradient"), recipes=("paper", "robust"),
+                        settings={"synthetic": float("inf")})
 
 
 def test_tiny_run_tables_intervals_and_budget(tmp_path):

@@ -10,28 +10,13 @@ from scipy import stats
 
 import _binaries
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-
-
 binary = _binaries.load("defences_binary", "experiments", "defences.py")
 configs = _binaries.load("defences_config", "experiments", "configs", "defences.py")
 
 
 def _tiny_config():
-  config = configs.get_config("quick")
-  config.iterations = 1
-  config.pool_size = 400
-  config.n_keep = 200
-  config.n_real = 400
-  config.n_eval = 400
-  config.n_pairs = 250          # floor(0.2 * 250) = 50 flips
-  config.seeds = 3
-  config.attacks = ("none", "dist")
-  config.defences = ("none", "outlier")
-  config.settings = {"synthetic": float("inf")}
-  return config
+  return _binaries.tiny(configs.get_config("quick"), seeds=3, attacks=("none", "dist"),
+                        defences=("none", "outlier"), settings={"synthetic": float("inf")})
 
 
 def test_tiny_run_tables_intervals_detection_and_minority(tmp_path):

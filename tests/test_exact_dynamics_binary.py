@@ -10,8 +10,6 @@ import pytest
 
 import _binaries
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 
 
