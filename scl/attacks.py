@@ -32,8 +32,9 @@ Attacks, registered in :data:`scl.registry.ATTACKS` with the signature
     for the plain Bradley–Terry fit by the adjoint equation (:func:`bt_adjoint_objective`, each solve
     warm-started at the previous outer step's), for a defended fit by ``jax.grad`` through its implicitly
     differentiated solve (:func:`relaxed_objective`). ``steps`` outer iterations (static) each re-fit
-    ``θ~`` (warm-started) and take ``dJ/dδ``; all but the last take a projected step ``δ <- Π(δ - η g / max|g|)``, with ``Π`` the projection
-    onto ``{o + δ ∈ [0, 1]} ∩ {||δ||_1 <= floor(κ n)}`` (the convex hull of the allowed flips). The last
+    ``θ~`` (warm-started) and take ``dJ/dδ``; all but the last take a projected step
+    ``δ <- Π(δ - η g / max|g|)``, with ``Π`` the projection onto ``{o + δ ∈ [0, 1]} ∩ {||δ||_1 <= floor(κ n)}``
+    (the convex hull of the allowed flips). The last
     gradient scores each pair by the first-order decrease of ``J`` that flipping it brings,
     ``-g_i (1 - 2 o_i)``, and the top ``floor(κ n)`` pairs are flipped.
     Defaults (each static and switchable, see :func:`gradient_attack`): the relaxation starts at the
@@ -86,7 +87,8 @@ ApplyFn = Callable[[Params, chex.Array], chex.Array]
 #   * 10 CG steps against 30: no weaker (better on 16 of 25 differing 500-pair rings and on 8 of 11 1,000-pair
 #     rings), and 1.3x faster at 50,000 pairs, where the solves stop at the cap;
 #   * 60 or 80 L-BFGS iterations (with 10 CG steps) against 100: weaker (worse on 17 of 27 and 17 of 28;
-#     median J -76 and -84 against -89), and not faster at 50,000 pairs (less converged re-fits slow the next ones).
+#     median J -76 and -84 against -89), and not faster at 50,000 pairs (less converged re-fits slow the
+#     next ones).
 GRADIENT_ATTACK_FIT = dict(maxiter=100, tol=1e-4, cg_maxiter=10, cg_tol=1e-4)
 
 
@@ -268,14 +270,15 @@ def bt_adjoint_objective(delta: chex.Array, theta_init: Params, u_init: chex.Arr
   def objective(t):
     return attack_objective(r_pool, apply_fn(unravel(t), x_pool), alpha, shift, standardise, weighting)
 
+  chunk = fit_kwargs.get("pair_chunk", reward_model.PAIR_CHUNK)
+
   def loss_grad(t):
-    chunk = fit_kwargs.get("pair_chunk", reward_model.PAIR_CHUNK)
     grad = reward_model.bt_value_and_grad(unravel(t), apply_fn, x, z, o + delta, l2, pair_chunk=chunk)[1]
     return ravel_pytree(grad)[0]
 
   def gaps(t):
-    r = apply_fn(unravel(t), jnp.concatenate([x, z], axis=0))
-    return r[n:] - r[:n]
+    r_x, r_z = reward_model.pair_rewards(unravel(t), apply_fn, x, z)
+    return r_z - r_x
 
   j, grad_j = jax.value_and_grad(objective)(flat)
   hvp = lambda v: jax.jvp(loss_grad, (flat,), (v,))[1]
@@ -355,8 +358,7 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
   budget = flip_budget(kappa, n).astype(o.dtype)
   kw = dict(o=o, x=x, z=z, x_pool=x_pool, r_pool=r_pool, apply_fn=apply_fn, alpha=alpha, l2=l2, shift=shift,
             standardise=standardise, weighting=weighting, refit=refit, **fit_kwargs)
-  r_pairs = apply_fn(params, jnp.concatenate([x, z], axis=0))
-  o_dist, mask_dist = dist_attack(o, r_pairs[:n], r_pairs[n:], kappa)
+  o_dist, mask_dist = dist_attack(o, *reward_model.pair_rewards(params, apply_fn, x, z), kappa)
   delta0 = o_dist - o if init == "dist" else jnp.zeros_like(o)
 
   def value_grad_j(delta, theta, u):
@@ -408,9 +410,7 @@ class AttackerView(NamedTuple):
     """``(R_θ(x), R_θ(z))``, each ``[n]``, from one network call; raises if the attacker has no reward."""
     if self.params is None or self.apply_fn is None:
       raise ValueError("this attack needs the attacker's reward (params, apply_fn)")
-    n = x.shape[0]
-    r = self.apply_fn(self.params, jnp.concatenate([x, z], axis=0))
-    return r[:n], r[n:]
+    return reward_model.pair_rewards(self.params, self.apply_fn, x, z)
 
 
 # Registered attacks: ``(key, x, z, o, view, hyper, cfg) -> (o_flipped [n], flipped [n] bool)``.

@@ -91,7 +91,7 @@ def _sq_norm(params: Params) -> chex.Array:
 
 def pair_margins(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array) -> chex.Array:
   """``R_θ(z_i) - R_θ(x_i)`` ``[n]`` from one network call on ``[2n, *event]``."""
-  r_x, r_z = reward_model._pair_rewards(params, apply_fn, x, z)  # pylint: disable=protected-access
+  r_x, r_z = reward_model.pair_rewards(params, apply_fn, x, z)
   return r_z - r_x
 
 

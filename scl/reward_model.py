@@ -86,6 +86,14 @@ def rows_per_chunk(hidden: Sequence[int], budget: int = ACTIVATION_BUDGET) -> in
   return max(1024, budget // max(1, sum(hidden)))
 
 
+def _split_rows(a: chex.Array, k: int, rows: int) -> chex.Array:
+  """``a [n, ...]`` padded with zero rows to ``k * rows`` and split into ``[k, rows, ...]`` (static sizes)."""
+  pad = k * rows - a.shape[0]
+  if pad:
+    a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
+  return a.reshape((k, rows) + a.shape[1:])
+
+
 def _in_chunks(apply: ApplyFn, rows: int) -> ApplyFn:
   """``apply`` evaluated ``rows`` rows at a time (``lax.map`` over rematerialised chunks) when ``x`` has more.
 
@@ -98,10 +106,7 @@ def _in_chunks(apply: ApplyFn, rows: int) -> ApplyFn:
     n = x.shape[0]
     if n <= rows:
       return apply(params, x)
-    k = -(-n // rows)
-    padded = jnp.concatenate([x, jnp.zeros((k * rows - n,) + x.shape[1:], x.dtype)]) if k * rows > n else x
-    out = jax.lax.map(jax.checkpoint(lambda chunk: apply(params, chunk)),
-                      padded.reshape((k, rows) + x.shape[1:]))
+    out = jax.lax.map(jax.checkpoint(lambda chunk: apply(params, chunk)), _split_rows(x, -(-n // rows), rows))
     return out.reshape(-1)[:n]
 
   return apply_in_chunks
@@ -133,8 +138,8 @@ def linear_reward(features: Callable[[chex.Array], chex.Array] | None = None) ->
   return RewardNet(init=module.init, apply=module.apply)
 
 
-def _pair_rewards(params: Params, apply_fn: ApplyFn, x: chex.Array,
-                  z: chex.Array) -> tuple[chex.Array, chex.Array]:
+def pair_rewards(params: Params, apply_fn: ApplyFn, x: chex.Array,
+                 z: chex.Array) -> tuple[chex.Array, chex.Array]:
   """``(R(x), R(z))``, each ``[n]``, from one network call on ``[2n, *event]``."""
   n = x.shape[0]
   r = apply_fn(params, jnp.concatenate([x, z], axis=0))
@@ -155,7 +160,7 @@ def bt_loss(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: 
   Returns:
     scalar ``L(θ; o)``.
   """
-  r_x, r_z = _pair_rewards(params, apply_fn, x, z)
+  r_x, r_z = pair_rewards(params, apply_fn, x, z)
   return jnp.mean(_bt_nll(r_z - r_x, o)) + _l2_penalty(params, l2)
 
 
@@ -196,12 +201,8 @@ def bt_value_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.
   k = -(-n // pair_chunk)
   rows = -(-n // k)  # k equal chunks, the last padded with fewer than k pairs of weight 0
 
-  def chunks(a):
-    a = jnp.concatenate([a, jnp.zeros((k * rows - n,) + a.shape[1:], a.dtype)])
-    return a.reshape((k, rows) + a.shape[1:])
-
   def nll_sum(p, xb, zb, ob, wb):
-    r_x, r_z = _pair_rewards(p, apply_fn, xb, zb)
+    r_x, r_z = pair_rewards(p, apply_fn, xb, zb)
     return jnp.sum(wb * _bt_nll(r_z - r_x, ob))
 
   def body(acc, chunk):
@@ -209,7 +210,7 @@ def bt_value_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.
 
   weight = jnp.ones((n,), o.dtype)
   zero = (jnp.zeros((), o.dtype), jax.tree_util.tree_map(jnp.zeros_like, params))
-  (value, grad), _ = jax.lax.scan(body, zero, tuple(map(chunks, (x, z, o, weight))))
+  (value, grad), _ = jax.lax.scan(body, zero, tuple(_split_rows(a, k, rows) for a in (x, z, o, weight)))
   l2_value, l2_grad = jax.value_and_grad(_l2_penalty)(params, l2)
   return value / n + l2_value, jax.tree_util.tree_map(lambda g, h: g / n + h, grad, l2_grad)
 
@@ -273,7 +274,7 @@ def pairwise_accuracy(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.
     scalar accuracy in ``[0, 1]`` (NaN if every pair is a tie).
   """
   chex.assert_rank(o, 1)
-  r_x, r_z = _pair_rewards(params, apply_fn, x, z)
+  r_x, r_z = pair_rewards(params, apply_fn, x, z)
   decided = (o != 0.5)
   correct = jnp.where(o > 0.5, r_z > r_x, r_x > r_z) & decided
   return jnp.sum(correct) / jnp.sum(decided)

@@ -14,6 +14,8 @@ import os
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DEFINED: set[str] = set()   # flags defined by binaries loaded through this module
+
 #: The scale of the attack binaries' tests: one iteration, 400 samples drawn (200 kept), 400 real and 400
 #: evaluation samples, 250 preference pairs (``floor(0.2 * 250) = 50`` flips at κ = 0.2).
 TINY = dict(iterations=1, pool_size=400, n_keep=200, n_real=400, n_eval=400, n_pairs=250)
@@ -24,7 +26,6 @@ def tiny(config, **fields):
   for name, value in {**TINY, **fields}.items():
     setattr(config, name, value)
   return config
-_DEFINED: set[str] = set()   # flags defined by binaries loaded through this module
 
 
 def load(name: str, *path: str):

@@ -136,22 +136,16 @@ def test_adjoint_gradient_equals_autodiff_through_the_fit():
   """bt_adjoint_objective (the adjoint equation, solve started anywhere) gives the J, θ~ and dJ/dδ of
   jax.grad through relaxed_objective's implicitly differentiated fit (float64, tight solves)."""
   with jax.enable_x64(True):
-    n, l2, alpha = 40, 1e-2, 0.3
-    pool = jax.random.normal(jax.random.key(4), (80, 2), jnp.float64)
-    x, z, o = preferences.make_preferences(
-        jax.random.key(5), pool, n, lambda s: -jnp.sum((s - 0.5) ** 2, -1), "bradley_terry")
-    net = rm.mlp_reward((6,))
-    p0 = jax.tree.map(lambda a: a.astype(jnp.float64), net.init(jax.random.key(6), x[:1]))
-    tight = dict(maxiter=2000, tol=1e-10, cg_maxiter=500, cg_tol=1e-12)
-    theta = rm.fit_reward(p0, net.apply, x, z, o, l2, **tight)
-    r_pool = net.apply(theta, pool)
-    delta = jnp.asarray(np.random.default_rng(7).uniform(0, 0.5, n)) * (1 - 2 * o)
-    kw = dict(o=o, x=x, z=z, x_pool=pool, r_pool=r_pool, apply_fn=net.apply, alpha=alpha, l2=l2,
-              shift=jnp.max(r_pool), standardise=True, **tight)
-    (j_ref, theta_ref), g_ref = jax.jit(lambda d, t: jax.value_and_grad(
-        attacks.relaxed_objective, has_aux=True)(d, t, **kw))(delta, theta)
+    d = _fd.instance()
+    theta = rm.fit_reward(d.p0, d.net.apply, d.x, d.z, d.o, d.l2, **d.tight)
+    r_pool = d.net.apply(theta, d.pool)
+    kw = dict(o=d.o, x=d.x, z=d.z, x_pool=d.pool, r_pool=r_pool, apply_fn=d.net.apply, alpha=d.alpha, l2=d.l2,
+              shift=jnp.max(r_pool), standardise=True, **d.tight)
+    (j_ref, theta_ref), g_ref = jax.jit(lambda delta, t: jax.value_and_grad(
+        attacks.relaxed_objective, has_aux=True)(delta, t, **kw))(d.delta0, theta)
     u_init = jnp.asarray(np.random.default_rng(8).normal(size=jax.flatten_util.ravel_pytree(theta)[0].shape))
-    j, theta_adj, _, g = jax.jit(lambda d, t, u: attacks.bt_adjoint_objective(d, t, u, **kw))(delta, theta, u_init)
+    j, theta_adj, _, g = jax.jit(lambda delta, t, u: attacks.bt_adjoint_objective(delta, t, u, **kw))(
+        d.delta0, theta, u_init)
     np.testing.assert_allclose(j, j_ref, rtol=1e-10)
     chex.assert_trees_all_close(theta_adj, theta_ref, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-9 * np.abs(g_ref).max())
@@ -257,7 +251,6 @@ def test_gradient_attack_selection_matches_separate_refits(ring_instance):
 
   chosen, own, dist, j_own, j_dist = both(kappa, alpha)
   np.testing.assert_array_equal(chosen, own if j_own <= j_dist else dist)
-
 
 
 def test_adjoint_attack_is_no_weaker_than_autodiff_through_the_fit():
