@@ -209,7 +209,7 @@ def relaxed_objective(delta: chex.Array, theta_init: Params, *, o: chex.Array, x
                       z: chex.Array, x_pool: chex.Array, r_pool: chex.Array, apply_fn: ApplyFn,
                       alpha: chex.Array, l2: chex.Array, shift: chex.Array,
                       standardise: bool = False, weighting: str = "paper", refit: Callable | None = None,
-                      **fit_kwargs) -> tuple[chex.Array, Params]:
+                      points: chex.Array | None = None, **fit_kwargs) -> tuple[chex.Array, Params]:
   """``J(δ)``: re-fit ``θ~ = argmin L(θ; o + δ)`` from ``theta_init`` and evaluate the attack objective.
 
   Args:
@@ -223,12 +223,17 @@ def relaxed_objective(delta: chex.Array, theta_init: Params, *, o: chex.Array, x
     refit: the platform's fit ``(theta_init, apply_fn, x, z, o, l2, **fit_kwargs) -> θ~``, differentiable in
       ``o``; None is the undefended :func:`scl.reward_model.fit_reward` (a defended one:
       :func:`scl.defences.refit_for`).
+    points: ``[P, *event]`` when ``x`` and ``z`` are int indices into it (the plain fit only,
+      :func:`scl.reward_model.fit_reward`); None when they are the samples.
     **fit_kwargs: solver settings for ``refit``.
 
   Returns:
     ``(J, θ~)``; ``jax.grad`` w.r.t. ``delta`` (with ``has_aux``) differentiates through the solve implicitly.
   """
-  refit = reward_model.fit_reward if refit is None else refit
+  if refit is None:
+    refit, fit_kwargs = reward_model.fit_reward, dict(fit_kwargs, points=points)
+  elif points is not None:
+    raise ValueError("a defended refit takes the pairs' samples, not indices into points")
   theta_tilde = refit(theta_init, apply_fn, x, z, o + delta, l2, **fit_kwargs)
   r_tilde = apply_fn(theta_tilde, x_pool)
   return attack_objective(r_pool, r_tilde, alpha, shift, standardise, weighting), theta_tilde
@@ -238,7 +243,7 @@ def bt_adjoint_objective(delta: chex.Array, theta_init: Params, u_init: chex.Arr
                          x: chex.Array, z: chex.Array, x_pool: chex.Array, r_pool: chex.Array,
                          apply_fn: ApplyFn, alpha: chex.Array, l2: chex.Array, shift: chex.Array,
                          standardise: bool = False, weighting: str = "paper", cg_maxiter: int = 10,
-                         cg_tol: float = 1e-4,
+                         cg_tol: float = 1e-4, points: chex.Array | None = None,
                          **fit_kwargs) -> tuple[chex.Array, Params, chex.Array, chex.Array]:
   """``J(δ)`` and ``dJ/dδ`` for the plain Bradley–Terry re-fit by the adjoint equation (no autodiff of the fit).
 
@@ -257,6 +262,7 @@ def bt_adjoint_objective(delta: chex.Array, theta_init: Params, u_init: chex.Arr
     delta, theta_init: as :func:`relaxed_objective`; u_init: the solve's start ``[p]`` (flattened ``θ``).
     o, x, z, x_pool, r_pool, apply_fn, alpha, l2, shift, standardise, weighting: as :func:`relaxed_objective`.
     cg_maxiter, cg_tol: the conjugate-gradient solve (static cap; tolerance relative to ``||∇_θ J||``).
+    points: ``[P, *event]`` when ``x`` and ``z`` are int indices into it, or None.
     **fit_kwargs: solver settings of :func:`scl.reward_model.fit_reward`.
 
   Returns:
@@ -264,20 +270,20 @@ def bt_adjoint_objective(delta: chex.Array, theta_init: Params, u_init: chex.Arr
   """
   n = o.shape[0]
   theta = jax.lax.stop_gradient(
-      reward_model.fit_reward(theta_init, apply_fn, x, z, o + delta, l2, **fit_kwargs))
+      reward_model.fit_reward(theta_init, apply_fn, x, z, o + delta, l2, points=points, **fit_kwargs))
   flat, unravel = ravel_pytree(theta)
 
   def objective(t):
     return attack_objective(r_pool, apply_fn(unravel(t), x_pool), alpha, shift, standardise, weighting)
 
-  chunk = fit_kwargs.get("pair_chunk", reward_model.PAIR_CHUNK)
+  chunks = {k: fit_kwargs[k] for k in ("pair_chunk", "point_chunk") if k in fit_kwargs}
 
   def loss_grad(t):
-    grad = reward_model.bt_value_and_grad(unravel(t), apply_fn, x, z, o + delta, l2, pair_chunk=chunk)[1]
+    grad = reward_model.bt_value_and_grad(unravel(t), apply_fn, x, z, o + delta, l2, points, **chunks)[1]
     return ravel_pytree(grad)[0]
 
   def gaps(t):
-    r_x, r_z = reward_model.pair_rewards(unravel(t), apply_fn, x, z)
+    r_x, r_z = reward_model.pair_rewards(unravel(t), apply_fn, x, z, points)
     return r_z - r_x
 
   j, grad_j = jax.value_and_grad(objective)(flat)
@@ -315,11 +321,11 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
                     steps: int = 5, step_size: float | chex.Array = 1.0, return_scores: bool = False,
                     init: str = "dist", standardise: bool = True, select: bool = True,
                     weighting: str = "paper", return_info: bool = False, refit: Callable | None = None,
-                    **fit_kwargs):
+                    points: chex.Array | None = None, **fit_kwargs):
   """The bi-level gradient attack (module docstring): flip the ``floor(κ n)`` pairs that lower ``J`` most.
 
   Args:
-    x, z: pairs ``[n, *event]``; o: genuine labels ``[n]``.
+    x, z: pairs ``[n, *event]``, or int indices ``[n]`` into ``points``; o: genuine labels ``[n]``.
     x_pool: samples of ``p_t`` ``[P, *event]`` on which ``Cov`` and ``dist`` are estimated.
     params: the attacker's ``θ`` (its reward fitted on the genuine labels); warm start of every re-fit.
     apply_fn: reward network ``(θ, x) -> [n]`` (static).
@@ -338,6 +344,9 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
     return_info: also return ``{"kept_dist": 1.0 if the dist heuristic's flips were kept else 0.0}``.
     refit: the platform's fit the attack differentiates through (see :func:`relaxed_objective`); None is
       plain Bradley–Terry, :func:`scl.defences.refit_for` a defended fit (the adaptive attacker).
+    points: ``[P', *event]`` samples that ``x`` and ``z`` index, or None. Every fit and Hessian-vector
+      product then evaluates each distinct sample once (:func:`scl.reward_model.bt_value_and_grad`): the
+      same attack, faster when the pairs share samples (the loop's pairs, drawn from its pool).
     **fit_kwargs: solver settings for :func:`scl.reward_model.fit_reward` (``maxiter``, ``tol``, ...);
       unset ones take :data:`GRADIENT_ATTACK_FIT`.
 
@@ -351,14 +360,16 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
   chex.assert_rank(o, 1)
   chex.assert_equal_shape([x, z])
   chex.assert_equal_shape_prefix([x, o], 1)
-  chex.assert_equal_shape_suffix([x, x_pool], x.ndim - 1)
+  if points is not None and refit is not None:  # a defended refit takes the samples
+    x, z, points = points[x], points[z], None
+  chex.assert_equal_shape_suffix([x if points is None else points, x_pool], x_pool.ndim - 1)
   n = o.shape[0]
   r_pool = apply_fn(params, x_pool)
   shift = jax.lax.stop_gradient(jnp.max(r_pool))
   budget = flip_budget(kappa, n).astype(o.dtype)
   kw = dict(o=o, x=x, z=z, x_pool=x_pool, r_pool=r_pool, apply_fn=apply_fn, alpha=alpha, l2=l2, shift=shift,
-            standardise=standardise, weighting=weighting, refit=refit, **fit_kwargs)
-  o_dist, mask_dist = dist_attack(o, *reward_model.pair_rewards(params, apply_fn, x, z), kappa)
+            standardise=standardise, weighting=weighting, refit=refit, points=points, **fit_kwargs)
+  o_dist, mask_dist = dist_attack(o, *reward_model.pair_rewards(params, apply_fn, x, z, points), kappa)
   delta0 = o_dist - o if init == "dist" else jnp.zeros_like(o)
 
   def value_grad_j(delta, theta, u):
@@ -400,11 +411,15 @@ class AttackerView(NamedTuple):
     params: ``θ``, the attacker's reward fitted on the genuine labels (None for oblivious attacks).
     apply_fn: ``(θ, x [n, *event]) -> [n]`` (static).
     x_pool: samples of ``p_t`` ``[P, *event]`` on which the gradient attack estimates ``Cov`` and ``dist``.
+    indexed: optionally ``(points [P', *event], ix [n], iz [n])``, the attack's pairs as indices into
+      ``points`` (``x = points[ix]``, ``z = points[iz]``); the gradient attack then evaluates each distinct
+      sample once per loss evaluation (the loop's platform passes it: its pairs are drawn from its pool).
   """
 
   params: Params = None
   apply_fn: ApplyFn | None = None
   x_pool: chex.Array | None = None
+  indexed: tuple[chex.Array, chex.Array, chex.Array] | None = None
 
   def pair_rewards(self, x: chex.Array, z: chex.Array) -> tuple[chex.Array, chex.Array]:
     """``(R_θ(x), R_θ(z))``, each ``[n]``, from one network call; raises if the attacker has no reward."""
@@ -453,9 +468,12 @@ def _run_gradient(x, z, o, view, hyper, cfg, refit=None):
     raise ValueError("the gradient attack needs samples x_pool of the current model p_t")
   view.pair_rewards(x[:1], z[:1])  # checks that the attacker's reward is given
   p = cfg.platform
+  points = None
+  if view.indexed is not None:
+    points, x, z = view.indexed
   o_flipped, flipped, info = gradient_attack(
       x, z, o, view.x_pool, view.params, view.apply_fn, hyper.kappa, hyper.alpha, hyper.l2,
-      steps=p.attack_steps, weighting=p.attack_weighting, return_info=True, refit=refit,
+      steps=p.attack_steps, weighting=p.attack_weighting, return_info=True, refit=refit, points=points,
       **RECIPES[p.attack_recipe])
   return o_flipped, flipped, {"attack_kept_dist": info["kept_dist"]}
 

@@ -56,14 +56,27 @@ def learned_reward(key: chex.PRNGKey, points: chex.Array, r_pool: chex.Array, hy
   ix, iz = preferences.draw_pairs(k_pairs, index, platform.n_pairs)
   x, z = inputs[ix], inputs[iz]
   o = registry.LABELS[platform.labels](k_labels, reward(points[ix]), reward(points[iz]))
-  # The attacker's estimate R_θ of the users' reward, from genuine preferences it collected itself.
-  theta = reward_model.fit_reward(net.init(k_init, x[:1]), net.apply, x, z, o, hyper.l2)
-  view = attacks.AttackerView(theta, net.apply, inputs[:min(points.shape[0], 4 * platform.n_pairs)])
+  # The attacker's estimate R_θ of the users' reward, from genuine preferences it collected itself. When the
+  # pool has fewer samples than the pairs' 2n, the plain Bradley–Terry fits (the attacker's, the gradient
+  # attack's, the undefended platform's) take the pairs as indices into it: each sample is evaluated once.
+  indexed = (inputs, ix, iz) if points.shape[0] < 2 * platform.n_pairs else None
+
+  def fit(theta0, o):
+    if indexed is None:
+      return reward_model.fit_reward(theta0, net.apply, x, z, o, hyper.l2)
+    return reward_model.fit_reward(theta0, net.apply, ix, iz, o, hyper.l2, points=inputs)
+
+  theta = fit(net.init(k_init, x[:1]), o)
+  view = attacks.AttackerView(theta, net.apply, inputs[:min(points.shape[0], 4 * platform.n_pairs)], indexed)
   o_flipped, flipped, *attack_stats = registry.ATTACKS[platform.attack](k_attack, x, z, o, view, hyper, cfg)
-  # The platform's fit of R~ on the labels it received: its defence (plain Bradley–Terry for "none"). Its
-  # key is folded from the step's key, so the other draws are those of an undefended run.
-  theta_platform, flagged, *defence_stats = registry.DEFENCES[platform.defence](
-      jax.random.fold_in(key, 5), x, z, o_flipped, theta, net, hyper, cfg)
+  # The platform's fit of R~ on the labels it received: its defence (plain Bradley–Terry for "none": the
+  # registered "none", here on indexed pairs when they are). Its key is folded from the step's key, so the
+  # other draws are those of an undefended run.
+  if platform.defence == "none":
+    theta_platform, flagged, defence_stats = fit(theta, o_flipped), None, []
+  else:
+    theta_platform, flagged, *defence_stats = registry.DEFENCES[platform.defence](
+        jax.random.fold_in(key, 5), x, z, o_flipped, theta, net, hyper, cfg)
   r_learned = net.apply(theta_platform, inputs)
 
   ih, jh = preferences.draw_pairs(k_held, index, platform.n_pairs)

@@ -138,29 +138,40 @@ def linear_reward(features: Callable[[chex.Array], chex.Array] | None = None) ->
   return RewardNet(init=module.init, apply=module.apply)
 
 
-def pair_rewards(params: Params, apply_fn: ApplyFn, x: chex.Array,
-                 z: chex.Array) -> tuple[chex.Array, chex.Array]:
-  """``(R(x), R(z))``, each ``[n]``, from one network call on ``[2n, *event]``."""
+def pair_rewards(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array,
+                 points: chex.Array | None = None) -> tuple[chex.Array, chex.Array]:
+  """``(R(x), R(z))``, each ``[n]``, from one network call.
+
+  Args:
+    params, apply_fn: the reward ``R_θ``.
+    x, z: the pairs' samples ``[n, *event]`` (one call on ``[2n, *event]``), or with ``points`` given, int
+      indices ``[n]`` into it (one call on ``points``: each distinct sample is evaluated once).
+    points: ``[P, *event]`` samples the pairs index, or None.
+  """
+  if points is not None:
+    r = apply_fn(params, points)
+    return r[x], r[z]
   n = x.shape[0]
   r = apply_fn(params, jnp.concatenate([x, z], axis=0))
   return r[:n], r[n:]
 
 
 def bt_loss(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: chex.Array,
-            l2: chex.Array) -> chex.Array:
+            l2: chex.Array, points: chex.Array | None = None) -> chex.Array:
   """Bradley–Terry negative log-likelihood (mean over pairs) plus ``l2/2 ||θ||²``.
 
   Args:
     params: ``θ``.
     apply_fn: ``(θ, x [n, *event]) -> [n]``.
-    x, z: the two samples of each pair, ``[n, *event]``.
+    x, z: the two samples of each pair, ``[n, *event]``, or int indices ``[n]`` into ``points``.
     o: labels in ``[0, 1]``, ``[n]`` (``1``: ``z`` preferred; fractional labels are soft labels).
     l2: L2 weight (scalar, traced).
+    points: ``[P, *event]`` the samples ``x`` and ``z`` index (see :func:`pair_rewards`), or None.
 
   Returns:
     scalar ``L(θ; o)``.
   """
-  r_x, r_z = pair_rewards(params, apply_fn, x, z)
+  r_x, r_z = pair_rewards(params, apply_fn, x, z, points)
   return jnp.mean(_bt_nll(r_z - r_x, o)) + _l2_penalty(params, l2)
 
 
@@ -180,9 +191,16 @@ def _l2_penalty(params: Params, l2: chex.Array) -> chex.Array:
 #: 4,000 pairs or fewer, which are not chunked.
 PAIR_CHUNK = 4096
 
+#: Samples per chunk of :func:`bt_value_and_grad` on indexed pairs (``points`` given). The 2 -> 64 -> 1
+#: net on 50,000 pairs drawn from 50,000 samples: 3.6 ms per loss and gradient, against 6.0 ms over the
+#: pairs' 100,000 rows (4.1 ms with 32,768-sample chunks, 3.9 ms with 8,192, 4.7 ms unchunked; 2-core AMD
+#: EPYC).
+POINT_CHUNK = 16384
+
 
 def bt_value_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: chex.Array,
-                      l2: chex.Array, *, pair_chunk: int | None = PAIR_CHUNK) -> tuple[chex.Array, Params]:
+                      l2: chex.Array, points: chex.Array | None = None, *, pair_chunk: int | None = PAIR_CHUNK,
+                      point_chunk: int | None = POINT_CHUNK) -> tuple[chex.Array, Params]:
   """``(L(θ; o), ∇_θ L)`` of :func:`bt_loss`, summed over chunks of at most ``pair_chunk`` pairs.
 
   One ``lax.scan`` over the chunks, each taking the value and gradient of its own pairs' summed loss, so a
@@ -191,10 +209,19 @@ def bt_value_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.
   rounding, for any ``n``: the pairs are padded to equal chunks with zero-weight pairs. Differentiable again
   (Hessian-vector products, derivatives in ``o``), as the fit's implicit differentiation needs.
 
+  With ``points`` (``x``, ``z`` int indices into it) each distinct sample is evaluated once, in two passes
+  over chunks of ``point_chunk`` samples (:func:`_indexed_value_and_grad`).
+
   Args:
-    params, apply_fn, x, z, o, l2: as :func:`bt_loss`.
+    params, apply_fn, x, z, o, l2, points: as :func:`bt_loss`.
     pair_chunk (static): pairs per chunk; None, or ``n <= pair_chunk``, is one ``jax.value_and_grad``.
+    point_chunk (static): samples per chunk with ``points``; None, or ``P <= point_chunk``, is one
+      ``jax.value_and_grad``.
   """
+  if points is not None:
+    if point_chunk is None or points.shape[0] <= point_chunk:
+      return jax.value_and_grad(bt_loss)(params, apply_fn, x, z, o, l2, points)
+    return _indexed_value_and_grad(params, apply_fn, points, x, z, o, l2, point_chunk)
   n = o.shape[0]
   if pair_chunk is None or n <= pair_chunk:
     return jax.value_and_grad(bt_loss)(params, apply_fn, x, z, o, l2)
@@ -211,14 +238,49 @@ def bt_value_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.
   weight = jnp.ones((n,), o.dtype)
   zero = (jnp.zeros((), o.dtype), jax.tree_util.tree_map(jnp.zeros_like, params))
   (value, grad), _ = jax.lax.scan(body, zero, tuple(_split_rows(a, k, rows) for a in (x, z, o, weight)))
+  return _add_l2(value / n, grad, n, params, l2)
+
+
+def _add_l2(nll_mean: chex.Array, nll_grad_sum: Params, n: int, params: Params,
+            l2: chex.Array) -> tuple[chex.Array, Params]:
+  """``(mean NLL + l2/2 ||θ||², ∇)`` from the mean NLL and the NLL gradient summed over ``n`` pairs."""
   l2_value, l2_grad = jax.value_and_grad(_l2_penalty)(params, l2)
-  return value / n + l2_value, jax.tree_util.tree_map(lambda g, h: g / n + h, grad, l2_grad)
+  return nll_mean + l2_value, jax.tree_util.tree_map(lambda g, h: g / n + h, nll_grad_sum, l2_grad)
+
+
+def _indexed_value_and_grad(params: Params, apply_fn: ApplyFn, points: chex.Array, ix: chex.Array,
+                            iz: chex.Array, o: chex.Array, l2: chex.Array,
+                            rows: int) -> tuple[chex.Array, Params]:
+  """:func:`bt_value_and_grad` on pairs ``(points[ix], points[iz])``, each sample evaluated once.
+
+  The loss depends on ``θ`` through the rewards ``r = R_θ(points) [P]`` only, so ``∇_θ L = J_r(θ)ᵀ c`` with
+  ``c = ∂L/∂r`` (each pair's ``∂L/∂d_i`` added at ``iz_i`` and subtracted at ``ix_i``). Pass 1 evaluates
+  ``r`` chunk by chunk; pass 2 recomputes each chunk and pulls ``c`` back through it (a VJP), so no chunk's
+  activations outlive the chunk. Over ``P`` samples instead of the pairs' ``2n`` rows: half the network
+  evaluations when ``P = n``, as in the loop (plus one more forward pass).
+  """
+  n, size = o.shape[0], points.shape[0]
+  k = -(-size // rows)
+  chunks = _split_rows(points, k, -(-size // k))
+  r = jax.lax.map(lambda chunk: apply_fn(params, chunk), chunks).reshape(-1)[:size]
+  nll_sum, dd = jax.value_and_grad(lambda d: jnp.sum(_bt_nll(d, o)))(r[iz] - r[ix])
+  c = jnp.zeros((size,), r.dtype).at[iz].add(dd).at[ix].add(-dd)
+
+  def pull_back(acc, chunk):
+    xb, cb = chunk
+    _, vjp = jax.vjp(lambda p: apply_fn(p, xb), params)
+    return jax.tree_util.tree_map(jnp.add, acc, vjp(cb)[0]), None
+
+  zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+  grad, _ = jax.lax.scan(pull_back, zero, (chunks, _split_rows(c, k, chunks.shape[1])))
+  return _add_l2(nll_sum / n, grad, n, params, l2)
 
 
 def fit_reward(params0: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: chex.Array,
                l2: chex.Array, *, maxiter: int = 500, tol: float = 1e-5, cg_maxiter: int = 100,
                cg_tol: float = 1e-6, return_info: bool = False, linesearch: str = "armijo",
-               history_size: int = 10, pair_chunk: int | None = PAIR_CHUNK):
+               history_size: int = 10, pair_chunk: int | None = PAIR_CHUNK,
+               points: chex.Array | None = None, point_chunk: int | None = POINT_CHUNK):
   """``θ(o) = argmin_θ L(θ; o)`` by one full-batch L-BFGS solve, warm-started at ``params0``.
 
   Differentiable w.r.t. ``o`` (and ``x``, ``z``, ``l2``) by implicit differentiation (matrix-free CG on
@@ -228,7 +290,7 @@ def fit_reward(params0: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array,
   Args:
     params0: warm start ``θ_0``.
     apply_fn: ``(θ, x [n, *event]) -> [n]`` (static).
-    x, z: ``[n, *event]``.
+    x, z: ``[n, *event]``, or int indices ``[n]`` into ``points``.
     o: ``[n]`` labels in ``[0, 1]``.
     l2: L2 weight, scalar (the platform's ``Hyper.l2``); must be > 0 for a well-posed fit.
     maxiter, tol: L-BFGS iteration cap (static) and gradient-norm tolerance.
@@ -239,6 +301,10 @@ def fit_reward(params0: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array,
     history_size (static): L-BFGS memory (curvature pairs kept).
     pair_chunk (static): the loss and its gradient are evaluated over chunks of this many pairs
       (:func:`bt_value_and_grad`); None evaluates all pairs at once.
+    points: ``[P, *event]``: the pairs are ``(points[x], points[z])`` and each distinct sample is evaluated
+      once per evaluation of the loss (faster when the pairs share samples: 50,000 pairs drawn from 50,000
+      samples evaluate 50,000 rows instead of 100,000); None: ``x`` and ``z`` are the samples.
+    point_chunk (static): samples per chunk with ``points`` (:func:`bt_value_and_grad`).
 
   Returns:
     ``θ`` (same structure as ``params0``), or ``(θ, info)`` if ``return_info``.
@@ -246,16 +312,21 @@ def fit_reward(params0: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array,
   chex.assert_rank(o, 1)
   chex.assert_equal_shape_prefix([x, z, o], 1)
   chex.assert_equal_shape([x, z])
+  if points is not None:
+    chex.assert_rank([x, z], 1)
+    chex.assert_type([x, z], int)
+  extra = () if points is None else (points,)
 
-  def loss(params, x, z, o, l2):
-    return bt_loss(params, apply_fn, x, z, o, l2)
+  def loss(params, x, z, o, l2, *points):
+    return bt_loss(params, apply_fn, x, z, o, l2, *points)
 
-  def value_and_grad(params, x, z, o, l2):
-    return bt_value_and_grad(params, apply_fn, x, z, o, l2, pair_chunk=pair_chunk)
+  def value_and_grad(params, x, z, o, l2, *points):
+    return bt_value_and_grad(params, apply_fn, x, z, o, l2, *points, pair_chunk=pair_chunk,
+                             point_chunk=point_chunk)
 
   params, info = _solvers.minimize(
       loss, params0, x, z, jnp.asarray(o, jnp.result_type(float)), jnp.asarray(l2, jnp.result_type(float)),
-      maxiter=maxiter, tol=tol, cg_maxiter=cg_maxiter, cg_tol=cg_tol, linesearch=linesearch,
+      *extra, maxiter=maxiter, tol=tol, cg_maxiter=cg_maxiter, cg_tol=cg_tol, linesearch=linesearch,
       history_size=history_size, value_and_grad=value_and_grad)
   return (params, info) if return_info else params
 

@@ -152,6 +152,36 @@ def test_adjoint_gradient_equals_autodiff_through_the_fit():
     assert np.abs(g_ref).max() > 1e-3  # not a vacuous comparison
 
 
+def test_attack_on_indexed_pairs_equals_the_gathered_pairs():
+  """Pairs given as indices into the pool (``points=``, as the loop's platform gives them): the adjoint's J,
+  θ~ and dJ/dδ, and the whole attack's flips, are those of the gathered samples (float64, tight solves)."""
+  with jax.enable_x64(True):
+    d = _fd.instance()
+    ix, iz = jax.random.randint(jax.random.key(4), (2, d.n), 0, d.pool.shape[0])
+    x, z, o = d.pool[ix], d.pool[iz], d.o.astype(jnp.float64)
+    theta = rm.fit_reward(d.p0, d.net.apply, x, z, o, d.l2, **d.tight)
+    r_pool = d.net.apply(theta, d.pool)
+    kw = dict(o=o, x_pool=d.pool, r_pool=r_pool, apply_fn=d.net.apply, alpha=d.alpha, l2=d.l2,
+              shift=jnp.max(r_pool), standardise=True, **d.tight)
+    u0 = jnp.zeros_like(jax.flatten_util.ravel_pytree(theta)[0])
+    adjoint = jax.jit(lambda x, z, points: attacks.bt_adjoint_objective(
+        d.delta0, theta, u0, x=x, z=z, points=points, point_chunk=16, **kw))
+    j1, t1, _, g1 = adjoint(ix, iz, d.pool)
+    j0, t0, _, g0 = adjoint(x, z, None)
+    np.testing.assert_allclose(j1, j0, rtol=1e-10)
+    chex.assert_trees_all_close(t1, t0, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(g1, g0, rtol=1e-6, atol=1e-9 * np.abs(g0).max())
+
+    attack = jax.jit(lambda x, z, points: attacks.gradient_attack(
+        x, z, o, d.pool, theta, d.net.apply, 0.25, d.alpha, d.l2, points=points, return_scores=True,
+        **d.tight))
+    o1, m1, s1, _ = attack(ix, iz, d.pool)
+    o0, m0, s0, _ = attack(x, z, None)
+    np.testing.assert_allclose(s1, s0, rtol=1e-5, atol=1e-8 * np.abs(s0).max())
+    np.testing.assert_array_equal(m1, m0)
+    np.testing.assert_array_equal(o1, o0)
+
+
 @pytest.fixture(scope="module")
 def ring_instance():
   n, pool_size, l2 = 200, 400, 1e-3

@@ -291,10 +291,14 @@ SMALL = dict(model="categorical", n_atoms=128, pool_size=2000, n_keep=1000, n_ev
              K=4, K_max=4, iterations=2, kappa=0.2, alpha=0.0, attack="dist")
 
 
-def test_defence_none_is_the_undefended_platform():
+@pytest.mark.parametrize("n_pairs", [200, 1200])
+def test_defence_none_is_the_undefended_platform(n_pairs):
   """platform.learned_reward with defence="none" vs the pre-defence pipeline written out here (pairs, labels,
-  the attacker's fit, the attack, the platform's plain Bradley–Terry fit warm-started at θ): equal."""
-  cfg = scl.configs.gaussian8(**SMALL)
+  the attacker's fit, the attack, the platform's plain Bradley–Terry fit warm-started at θ): equal. With
+  1,200 pairs from the 2,000-sample pool (fewer samples than the pairs' 2,400 rows) the fits take the pairs
+  as indices into the pool, as the platform does then (that this equals the fit on the gathered samples is
+  tested in tests/test_reward_model.py)."""
+  cfg = scl.configs.gaussian8(**{**SMALL, "n_pairs": n_pairs})
   task, data = task_lib.build(cfg)
   hyper = cfg.hyper.arrays()
   key = jax.random.key(4)
@@ -307,10 +311,11 @@ def test_defence_none_is_the_undefended_platform():
     ix, iz = preferences.draw_pairs(k_pairs, jnp.arange(points.shape[0]), cfg.platform.n_pairs)
     x, z = points[ix], points[iz]
     o = preferences.deterministic_labels(k_labels, task.reward(data.reward, x), task.reward(data.reward, z))
-    theta = rm.fit_reward(net.init(k_init, x[:1]), net.apply, x, z, o, hyper.l2)
+    indexed = dict(x=ix, z=iz, points=points) if n_pairs == 1200 else dict(x=x, z=z)
+    theta = rm.fit_reward(net.init(k_init, x[:1]), net.apply, o=o, l2=hyper.l2, **indexed)
     r = net.apply(theta, jnp.concatenate([x, z]))
     o_flipped, _ = attacks.dist_attack(o, r[:x.shape[0]], r[x.shape[0]:], hyper.kappa)
-    return net.apply(rm.fit_reward(theta, net.apply, x, z, o_flipped, hyper.l2), points)
+    return net.apply(rm.fit_reward(theta, net.apply, o=o_flipped, l2=hyper.l2, **indexed), points)
 
   ours, stats = jax.jit(lambda k, p: platform.learned_reward(k, p, r_pool, hyper, data, task))(key, points)
   np.testing.assert_array_equal(np.asarray(ours), np.asarray(jax.jit(reference)(key, points)))

@@ -213,6 +213,59 @@ def test_bt_value_and_grad_in_pair_chunks_equals_autodiff_of_the_whole_loss():
     np.testing.assert_allclose(g4, g0, rtol=1e-5, atol=1e-8)
 
 
+def test_indexed_pairs_equal_the_gathered_pairs():
+  """Pairs given as indices into their samples (``points=``; 15 pairs from 13 points, so samples repeat):
+  bt_value_and_grad in two passes over chunks of 5 points (the last one padded) and unchunked has the value,
+  gradient and Hessian-vector products of ``jax.value_and_grad(bt_loss)`` on the gathered samples, and the
+  fit's implicit derivatives in the labels and in the points equal the gathered fit's (float64)."""
+  with jax.enable_x64(True):
+    net = rm.mlp_reward((8,))
+    rng = np.random.default_rng(5)
+    points = jnp.asarray(rng.normal(size=(13, 2)))
+    ix, iz = jnp.asarray(rng.integers(0, 13, size=(2, 15)), jnp.int32)
+    assert len(np.unique(np.concatenate([ix, iz]))) < 30  # some sample is in two pairs
+    o = jnp.asarray(rng.uniform(size=15))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), net.init(jax.random.key(0), points[:1]))
+    l2 = 1e-2
+    ref_value, ref_grad = jax.value_and_grad(rm.bt_loss)(params, net.apply, points[ix], points[iz], o, l2)
+    v = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), params)
+    ref_hvp = jax.jvp(jax.grad(lambda p: rm.bt_loss(p, net.apply, points[ix], points[iz], o, l2)),
+                      (params,), (v,))[1]
+    for chunk in (5, None):
+      value, grad = rm.bt_value_and_grad(params, net.apply, ix, iz, o, l2, points, point_chunk=chunk)
+      np.testing.assert_allclose(value, ref_value, rtol=1e-12)
+      chex.assert_trees_all_close(grad, ref_grad, rtol=1e-10, atol=1e-14)
+      hvp = jax.jvp(lambda p: rm.bt_value_and_grad(p, net.apply, ix, iz, o, l2, points, point_chunk=chunk)[1],
+                    (params,), (v,))[1]
+      chex.assert_trees_all_close(hvp, ref_hvp, rtol=1e-9, atol=1e-12)
+    r_x, r_z = rm.pair_rewards(params, net.apply, ix, iz, points)
+    np.testing.assert_allclose(r_z - r_x, net.apply(params, points[iz]) - net.apply(params, points[ix]),
+                               rtol=1e-12)
+
+    def theta(o, points, indexed):
+      kw = dict(tol=1e-10, maxiter=2000, cg_tol=1e-12, cg_maxiter=500)
+      if indexed:
+        p = rm.fit_reward(params, net.apply, ix, iz, o, l2, points=points, point_chunk=5, **kw)
+      else:
+        p = rm.fit_reward(params, net.apply, points[ix], points[iz], o, l2, **kw)
+      return jax.flatten_util.ravel_pytree(p)[0]
+
+    @jax.jit
+    def solution_and_vjp(o, points, u):
+      out = []
+      for indexed in (True, False):
+        t, vjp = jax.vjp(lambda o, points: theta(o, points, indexed), o, points)
+        out.append((t, *vjp(u)))
+      return out
+
+    u = jnp.asarray(rng.normal(size=jax.flatten_util.ravel_pytree(params)[0].shape))
+    (t1, go1, gp1), (t0, go0, gp0) = solution_and_vjp(o, points, u)
+    np.testing.assert_allclose(t1, t0, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(go1, go0, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(gp1, gp0, rtol=1e-5, atol=1e-8)
+    assert np.abs(go0).max() > 1e-3 and np.abs(gp0).max() > 1e-3  # not a vacuous comparison
+
+
 def test_jaxopt_line_search_fit_with_chunked_gradient_matches_armijo():
   """fit_reward(linesearch="zoom") hands the chunked loss-and-gradient to jaxopt.LBFGS (value_and_grad=True):
   on a convex linear Bradley–Terry fit it reaches the minimiser of scl's own L-BFGS, and its implicit
