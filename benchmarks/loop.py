@@ -24,7 +24,9 @@ public code's settings, as ``experiments/configs/adversarial.py:code_toy``): 50,
 half kept (``luce_pool``, ``β = 0.5``), 50,000 preference pairs, the attacker's reward fitted on the genuine
 labels, the gradient attack at ``κ = 0.2`` (5 outer steps), the platform's fit on the flipped labels; the
 generative model is the Gaussian mixture (``--adv_model``). Beside it the same loop with ``attack="none"``
-(the attacker's fit and the platform's fit, no attack), so the attack's share is visible.
+(the attacker's fit and the platform's fit, no attack), so the attack's share is visible. The pool has fewer
+samples than the pairs' 100,000 rows, so the platform's Bradley–Terry fits and the attack take the pairs as
+indices into it (``points=`` of :func:`scl.reward_model.fit_reward`).
 
 Every section reports the peak resident memory of the process so far (``peak_rss_mb``) and the machine
 (CPU model, cores, vector extensions) with the load average at start and end.
