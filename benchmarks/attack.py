@@ -14,7 +14,9 @@ Solver settings: the attacker's fit and the attack use the library defaults
 network at n = 50,000, where one function-and-gradient evaluation over the 2n = 100,000 samples costs about
 a second on a 2-core CPU: there the attacker's fit is capped at 50 L-BFGS iterations and each re-fit at 10
 iterations with 10 CG steps (``CAPS`` below; reported as ``fit_kwargs``/``attack_fit_kwargs``), so that the
-setting runs in minutes. Load averages (1 min) before and after each setting are reported: timings on a
+setting runs in minutes. Each setting reports the work of the attack's re-fits (``refits``: L-BFGS
+iterations and loss-and-gradient evaluations of each outer step's re-fit and of the selection's, and their
+totals; the conjugate-gradient solves take at most ``cg_maxiter`` Hessian-vector products each). Load averages (1 min) before and after each setting are reported: timings on a
 shared machine are only comparable at similar load.
 
   python benchmarks/attack.py                 # all settings
@@ -63,23 +65,35 @@ def one(n, hidden):
   fit_s = time.perf_counter() - t
 
   run = jax.jit(lambda x, z, o, pool, theta, kappa, alpha: attacks.gradient_attack(
-      x, z, o, pool, theta, net.apply, kappa, alpha, l2, steps=5, **attack_kw))
+      x, z, o, pool, theta, net.apply, kappa, alpha, l2, steps=5, return_info=True, **attack_kw))
   t = time.perf_counter()
   compiled = run.lower(x, z, o, pool, theta, kappa, alpha).compile()
   compile_s = time.perf_counter() - t
   times = []
   for _ in range(3 if n <= 4000 else 1):
     t = time.perf_counter()
-    o_flip, mask = jax.block_until_ready(compiled(x, z, o, pool, theta, kappa, alpha))
+    o_flip, mask, work = jax.block_until_ready(compiled(x, z, o, pool, theta, kappa, alpha))
     times.append(time.perf_counter() - t)
   out = dict(n_pairs=n, hidden=list(hidden), n_params=int(n_params), pool=2 * n, steps=5,
              attack_s=min(times), attack_s_all=times, compile_s=compile_s,
              fit_theta_s_incl_compile=fit_s, fit_theta_iters=int(info.num_iters),
+             fit_theta_evals=int(info.num_evals),
              fit_theta_grad_norm=float(info.grad_norm),
              fit_kwargs=fit_kw, attack_fit_kwargs={**attacks.GRADIENT_ATTACK_FIT, **attack_kw},
              load_avg_1min_before=load_before, load_avg_1min_after=os.getloadavg()[0],
-             flips=int(mask.sum()), peak_rss_mb=_machine.peak_rss_mb(), device=str(jax.devices()[0]))
+             flips=int(mask.sum()), refits=_refit_work(work),
+             peak_rss_mb=_machine.peak_rss_mb(), device=str(jax.devices()[0]))
   print(json.dumps(out))
+
+
+def _refit_work(info):
+  """The attack's re-fits: L-BFGS iterations and loss-and-gradient evaluations per outer step, the
+  selection's, and the totals (from ``gradient_attack(return_info=True)``)."""
+  out = {k: [int(v) for v in info[k]] for k in ("fit_iters", "fit_evals")}
+  out.update({k: int(info[k]) for k in ("select_fit_iters", "select_fit_evals")})
+  out["total_iters"] = sum(out["fit_iters"]) + out["select_fit_iters"]
+  out["total_evals"] = sum(out["fit_evals"]) + out["select_fit_evals"]
+  return out
 
 
 def main():

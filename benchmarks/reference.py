@@ -47,7 +47,8 @@ What is timed
       library's solver defaults (``scl.attacks.GRADIENT_ATTACK_FIT``) and ``net = scl.reward_model
       .mlp_reward((64,))`` (2 -> 64 -> 1, SiLU), as ``benchmarks/attack.py`` runs it; ``θ`` is fitted first by
       ``scl.reward_model.fit_reward`` (timed separately, one call after compilation). ``Cov`` and ``dist`` are
-      estimated on the pool of the pairs' ``2n`` samples, as the reference does on the pairs.
+      estimated on the pool of the pairs' ``2n`` samples, as the reference does on the pairs. ``refits``
+      reports the L-BFGS iterations and loss-and-gradient evaluations of each of its re-fits.
 
 (2) DDPM / flow retrain: 1,250 Adam steps at batch 1,000 (50 epochs of 25,000 samples).
 
@@ -171,7 +172,7 @@ def scl_attack(spec):
   fit_s = time.perf_counter() - t0
 
   run = jax.jit(lambda x, z, o, pool, theta, kappa, alpha: attacks.gradient_attack(
-      x, z, o, pool, theta, net.apply, kappa, alpha, l2, steps=OUTER_STEPS))
+      x, z, o, pool, theta, net.apply, kappa, alpha, l2, steps=OUTER_STEPS, return_info=True))
   args = (x, z, o, pool, theta, kappa, alpha)
   t0 = time.perf_counter()
   compiled = run.lower(*args).compile()
@@ -179,9 +180,10 @@ def scl_attack(spec):
   last = []
   timing = _machine.time_calls(lambda: last.append(compiled(*args)) or last[-1], spec["attack_repeats"],
                                sync=jax.block_until_ready)
-  _, mask = last[-1]
+  _, mask, work = last[-1]
   return dict(timing, compile_seconds=compile_s, fit_theta_seconds=fit_s, fit_theta_compile_seconds=fit_compile,
               fit_theta_iters=int(info.num_iters), flips=int(mask.sum()), n_pairs=n,
+              refits={k: np.asarray(v).tolist() for k, v in work.items() if k != "kept_dist"},
               n_params=int(sum(a.size for a in jax.tree_util.tree_leaves(p0))),
               attack_fit_kwargs=dict(attacks.GRADIENT_ATTACK_FIT), device=str(jax.devices()[0]),
               versions=dict(jax=jax.__version__, numpy=np.__version__))

@@ -41,12 +41,15 @@ class SolveInfo(NamedTuple):
   """Diagnostics of one solve (not differentiated).
 
   Attributes:
-    num_iters: L-BFGS iterations run, int32 scalar.
+    num_iters: L-BFGS iterations run (accepted steps), int32 scalar.
     grad_norm: ``||∇_θ fun||_2`` at the returned parameters, scalar.
+    num_evals: function-and-gradient evaluations, int32 scalar (the start's, each iteration's, and each
+      rejected trial step's; jaxopt's line searches: its count of gradient evaluations).
   """
 
   num_iters: chex.Array
   grad_norm: chex.Array
+  num_evals: chex.Array
 
 
 def _back_substitute(r: chex.Array, b: chex.Array) -> chex.Array:
@@ -107,7 +110,8 @@ def _lbfgs_armijo(value_and_grad: Callable[[chex.Array], tuple[chex.Array, chex.
   non-convex losses). Stops at ``||g|| <= tol``, after ``maxiter`` accepted steps, or after
   ``max_backtracks`` rejected trials in a row (no decrease is left at float precision).
 
-  Returns ``(x, num_iters, grad_norm)``, ``num_iters`` the accepted steps.
+  Returns ``(x, num_iters, grad_norm, num_evals)``, ``num_iters`` the accepted steps, ``num_evals`` the
+  calls of ``value_and_grad`` (the loop's trips).
   """
   dtype = x0.dtype
   p = x0.shape[0]
@@ -115,11 +119,11 @@ def _lbfgs_armijo(value_and_grad: Callable[[chex.Array], tuple[chex.Array, chex.
   eps = jnp.finfo(dtype).eps
 
   def cond(state):
-    k, _, _, g, _, _, _, _, _, _, _, _, started, stalled = state
+    k, _, _, g, _, _, _, _, _, _, _, _, started, stalled, _ = state
     return (k < maxiter) & ((jnp.linalg.norm(g) > tol) | ~started) & ~stalled
 
   def body(state):
-    k, x, f, g, d, t, gd, s_hist, y_hist, valid, gamma, nback, started, _ = state
+    k, x, f, g, d, t, gd, s_hist, y_hist, valid, gamma, nback, started, _, evals = state
     x_try = x + t * d
     f_try, g_try = value_and_grad(x_try)
     finite = jnp.isfinite(f_try)
@@ -151,14 +155,14 @@ def _lbfgs_armijo(value_and_grad: Callable[[chex.Array], tuple[chex.Array, chex.
     nback = jnp.where(ok, 0, nback + 1)
     return (k + (ok & started).astype(k.dtype), x_acc, f_acc, g_acc,
             jnp.where(ok, d_new, d), jnp.where(ok, jnp.ones_like(t), t_back), jnp.where(ok, gd_new, gd),
-            s_hist, y_hist, valid, gamma, nback, jnp.bool_(True), nback >= max_backtracks)
+            s_hist, y_hist, valid, gamma, nback, jnp.bool_(True), nback >= max_backtracks, evals + 1)
 
   zero = jnp.zeros((), dtype)
   state = (jnp.int32(0), x0, jnp.asarray(jnp.inf, dtype), jnp.zeros_like(x0), jnp.zeros_like(x0), zero, zero,
            jnp.zeros((m, p), dtype), jnp.zeros((m, p), dtype), jnp.zeros((m,), bool), jnp.ones((), dtype),
-           jnp.int32(0), jnp.bool_(False), jnp.bool_(False))
-  k, x, _, g, *_ = jax.lax.while_loop(cond, body, state)
-  return x, k, jnp.linalg.norm(g)
+           jnp.int32(0), jnp.bool_(False), jnp.bool_(False), jnp.int32(0))
+  k, x, _, g, *_, evals = jax.lax.while_loop(cond, body, state)
+  return x, k, jnp.linalg.norm(g), evals
 
 
 def _flat_cg_solve(matvec, b, *, ridge: float, maxiter: int, tol: float):
@@ -219,7 +223,8 @@ def minimize(fun: Callable[..., chex.Array],
         maxiter=maxiter, tol=tol, history_size=history_size,
         implicit_diff=True, implicit_diff_solve=linear_solve)
     params, state = solver.run(init_params, *args)
-    return params, SolveInfo(num_iters=state.iter_num, grad_norm=state.error)
+    return params, SolveInfo(num_iters=state.iter_num, grad_norm=state.error,
+                             num_evals=jnp.asarray(state.num_grad_eval, jnp.int32))
 
   value_and_grad = jax.value_and_grad(fun) if value_and_grad is None else value_and_grad
 
@@ -236,7 +241,7 @@ def minimize(fun: Callable[..., chex.Array],
       value, grad = value_and_grad(unravel(x), *args)
       return value, ravel_pytree(grad)[0]
 
-    x, k, gnorm = _lbfgs_armijo(vg, x0, maxiter=maxiter, tol=tol, history_size=history_size)
-    return unravel(x), SolveInfo(num_iters=k, grad_norm=gnorm)
+    x, k, gnorm, evals = _lbfgs_armijo(vg, x0, maxiter=maxiter, tol=tol, history_size=history_size)
+    return unravel(x), SolveInfo(num_iters=k, grad_norm=gnorm, num_evals=evals)
 
   return solve(init_params, *args)

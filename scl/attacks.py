@@ -209,7 +209,8 @@ def relaxed_objective(delta: chex.Array, theta_init: Params, *, o: chex.Array, x
                       z: chex.Array, x_pool: chex.Array, r_pool: chex.Array, apply_fn: ApplyFn,
                       alpha: chex.Array, l2: chex.Array, shift: chex.Array,
                       standardise: bool = False, weighting: str = "paper", refit: Callable | None = None,
-                      points: chex.Array | None = None, **fit_kwargs) -> tuple[chex.Array, Params]:
+                      points: chex.Array | None = None, return_info: bool = False,
+                      **fit_kwargs) -> tuple[chex.Array, Params]:
   """``J(δ)``: re-fit ``θ~ = argmin L(θ; o + δ)`` from ``theta_init`` and evaluate the attack objective.
 
   Args:
@@ -225,25 +226,32 @@ def relaxed_objective(delta: chex.Array, theta_init: Params, *, o: chex.Array, x
       :func:`scl.defences.refit_for`).
     points: ``[P, *event]`` when ``x`` and ``z`` are int indices into it (the plain fit only,
       :func:`scl.reward_model.fit_reward`); None when they are the samples.
+    return_info (static): also return the plain fit's :class:`scl._solvers.SolveInfo` (the plain fit only).
     **fit_kwargs: solver settings for ``refit``.
 
   Returns:
-    ``(J, θ~)``; ``jax.grad`` w.r.t. ``delta`` (with ``has_aux``) differentiates through the solve implicitly.
+    ``(J, θ~)`` (then ``info`` if ``return_info``); ``jax.grad`` w.r.t. ``delta`` (with ``has_aux``)
+    differentiates through the solve implicitly.
   """
+  info = ()
   if refit is None:
-    refit, fit_kwargs = reward_model.fit_reward, dict(fit_kwargs, points=points)
-  elif points is not None:
-    raise ValueError("a defended refit takes the pairs' samples, not indices into points")
-  theta_tilde = refit(theta_init, apply_fn, x, z, o + delta, l2, **fit_kwargs)
+    theta_tilde = reward_model.fit_reward(theta_init, apply_fn, x, z, o + delta, l2, points=points,
+                                          return_info=return_info, **fit_kwargs)
+    if return_info:
+      theta_tilde, info = theta_tilde[0], theta_tilde[1:]
+  elif points is not None or return_info:
+    raise ValueError("a defended refit takes the pairs' samples (not indices into points) and reports no info")
+  else:
+    theta_tilde = refit(theta_init, apply_fn, x, z, o + delta, l2, **fit_kwargs)
   r_tilde = apply_fn(theta_tilde, x_pool)
-  return attack_objective(r_pool, r_tilde, alpha, shift, standardise, weighting), theta_tilde
+  return (attack_objective(r_pool, r_tilde, alpha, shift, standardise, weighting), theta_tilde) + info
 
 
 def bt_adjoint_objective(delta: chex.Array, theta_init: Params, u_init: chex.Array, *, o: chex.Array,
                          x: chex.Array, z: chex.Array, x_pool: chex.Array, r_pool: chex.Array,
                          apply_fn: ApplyFn, alpha: chex.Array, l2: chex.Array, shift: chex.Array,
                          standardise: bool = False, weighting: str = "paper", cg_maxiter: int = 10,
-                         cg_tol: float = 1e-4, points: chex.Array | None = None,
+                         cg_tol: float = 1e-4, points: chex.Array | None = None, return_info: bool = False,
                          **fit_kwargs) -> tuple[chex.Array, Params, chex.Array, chex.Array]:
   """``J(δ)`` and ``dJ/dδ`` for the plain Bradley–Terry re-fit by the adjoint equation (no autodiff of the fit).
 
@@ -263,14 +271,16 @@ def bt_adjoint_objective(delta: chex.Array, theta_init: Params, u_init: chex.Arr
     o, x, z, x_pool, r_pool, apply_fn, alpha, l2, shift, standardise, weighting: as :func:`relaxed_objective`.
     cg_maxiter, cg_tol: the conjugate-gradient solve (static cap; tolerance relative to ``||∇_θ J||``).
     points: ``[P, *event]`` when ``x`` and ``z`` are int indices into it, or None.
+    return_info (static): also return the re-fit's :class:`scl._solvers.SolveInfo`.
     **fit_kwargs: solver settings of :func:`scl.reward_model.fit_reward`.
 
   Returns:
-    ``(J, θ~, u, dJ/dδ [n])``; nothing is differentiable (the returned values are the derivatives).
+    ``(J, θ~, u, dJ/dδ [n])`` (then ``info`` if ``return_info``); nothing is differentiable (the returned
+    values are the derivatives).
   """
   n = o.shape[0]
-  theta = jax.lax.stop_gradient(
-      reward_model.fit_reward(theta_init, apply_fn, x, z, o + delta, l2, points=points, **fit_kwargs))
+  theta, info = jax.lax.stop_gradient(reward_model.fit_reward(
+      theta_init, apply_fn, x, z, o + delta, l2, points=points, return_info=True, **fit_kwargs))
   flat, unravel = ravel_pytree(theta)
 
   def objective(t):
@@ -289,7 +299,7 @@ def bt_adjoint_objective(delta: chex.Array, theta_init: Params, u_init: chex.Arr
   j, grad_j = jax.value_and_grad(objective)(flat)
   hvp = lambda v: jax.jvp(loss_grad, (flat,), (v,))[1]
   u, _ = jax.scipy.sparse.linalg.cg(hvp, grad_j, x0=u_init, tol=cg_tol, maxiter=cg_maxiter)
-  return j, theta, u, jax.jvp(gaps, (flat,), (u,))[1] / n
+  return (j, theta, u, jax.jvp(gaps, (flat,), (u,))[1] / n) + ((info,) if return_info else ())
 
 
 def project_flips(v: chex.Array, o: chex.Array, budget: chex.Array,
@@ -341,7 +351,11 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
       keep the flips with the lower ``J`` (one more fit from ``θ``, no CG solve: with ``init="dist"`` the
       first outer step's re-fit is the ``dist`` flips' own; with ``init="zero"`` two more).
     weighting (static): ``"paper"`` (``Cov + α dist``) or ``"code"`` (``α Cov + (1 - α) dist``).
-    return_info: also return ``{"kept_dist": 1.0 if the dist heuristic's flips were kept else 0.0}``.
+    return_info: also return a dict: ``kept_dist`` (1.0 if the ``dist`` heuristic's flips were kept, else
+      0.0) and the work of the plain Bradley–Terry re-fits: ``fit_iters`` and ``fit_evals`` ``[steps]``
+      (L-BFGS iterations and loss-and-gradient evaluations of each outer step's re-fit; -1 for a defended
+      re-fit, which reports none) and ``select_fit_iters``, ``select_fit_evals`` (the selection's re-fit on
+      the gradient's flips; 0 without ``select``).
     refit: the platform's fit the attack differentiates through (see :func:`relaxed_objective`); None is
       plain Bradley–Terry, :func:`scl.defences.refit_for` a defended fit (the adaptive attacker).
     points: ``[P', *event]`` samples that ``x`` and ``z`` index, or None. Every fit and Hessian-vector
@@ -372,36 +386,45 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
   o_dist, mask_dist = dist_attack(o, *reward_model.pair_rewards(params, apply_fn, x, z, points), kappa)
   delta0 = o_dist - o if init == "dist" else jnp.zeros_like(o)
 
+  unknown = (jnp.int32(-1), jnp.int32(-1))
+
   def value_grad_j(delta, theta, u):
     if refit is None:  # plain Bradley–Terry: the adjoint form, its solve warm-started at the last step's
-      return bt_adjoint_objective(delta, theta, u, **{k: v for k, v in kw.items() if k != "refit"})
+      j, theta, u, g, info = bt_adjoint_objective(
+          delta, theta, u, return_info=True, **{k: v for k, v in kw.items() if k != "refit"})
+      return j, theta, u, g, (info.num_iters, info.num_evals)
     (j, theta), g = jax.value_and_grad(relaxed_objective, has_aux=True)(delta, theta, **kw)
-    return j, jax.lax.stop_gradient(theta), u, g
+    return j, jax.lax.stop_gradient(theta), u, g, unknown
 
   def outer(carry, _):
     delta, theta, u = carry
-    j, theta, u, g = value_grad_j(delta, theta, u)
+    j, theta, u, g, work = value_grad_j(delta, theta, u)
     step = g / (jnp.max(jnp.abs(g)) + jnp.finfo(g.dtype).tiny)
     new_delta = project_flips(delta - step_size * step, o, budget)
-    return (new_delta, theta, u), (g, delta, j)
+    return (new_delta, theta, u), (g, delta, j, work)
 
   u0 = jnp.zeros_like(ravel_pytree(params)[0])
-  _, (gs, deltas, js) = jax.lax.scan(outer, (delta0, params, u0), None, length=steps)
+  _, (gs, deltas, js, (fit_iters, fit_evals)) = jax.lax.scan(outer, (delta0, params, u0), None, length=steps)
   g, delta = gs[-1], deltas[-1]  # the last gradient, taken at the last relaxed point
   scores = -g * (1.0 - 2.0 * o)
   o_flipped, mask = flip_top(o, scores, kappa)
   use_grad = jnp.asarray(True)
+  select_work = (jnp.int32(0), jnp.int32(0))
   if select:  # the discrete J of both flip sets, each with θ~ re-fitted from θ
-    j_grad = relaxed_objective(o_flipped - o, params, **kw)[0]
+    if refit is None:
+      j_grad, _, info = relaxed_objective(o_flipped - o, params, return_info=True, **kw)
+      select_work = (info.num_iters, info.num_evals)
+    else:
+      j_grad, select_work = relaxed_objective(o_flipped - o, params, **kw)[0], unknown
     # from δ = dist's flips the first outer step re-fitted θ~ from θ already: the same solve, not repeated
     j_dist = js[0] if init == "dist" else relaxed_objective(o_dist - o, params, **kw)[0]
     use_grad = j_grad <= j_dist
     o_flipped = jnp.where(use_grad, o_flipped, o_dist)
     mask = jnp.where(use_grad, mask, mask_dist)
   out = (o_flipped, mask) + ((scores, delta) if return_scores else ())
-  # Kept dist's flips: the selection chose them, and they differ from the gradient's own.
-  kept_dist = jnp.logical_not(use_grad).astype(jnp.float32)
-  return out + ({"kept_dist": kept_dist},) if return_info else out
+  info = {"kept_dist": jnp.logical_not(use_grad).astype(jnp.float32), "fit_iters": fit_iters,
+          "fit_evals": fit_evals, "select_fit_iters": select_work[0], "select_fit_evals": select_work[1]}
+  return out + (info,) if return_info else out
 
 
 class AttackerView(NamedTuple):

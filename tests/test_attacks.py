@@ -182,6 +182,27 @@ def test_attack_on_indexed_pairs_equals_the_gathered_pairs():
     np.testing.assert_array_equal(o1, o0)
 
 
+def test_attack_reports_the_work_of_its_refits():
+  """gradient_attack(return_info=True) reports each outer step's re-fit (L-BFGS iterations, evaluations) and
+  the selection's: the first outer step's equals a fit of θ~ from θ on the dist heuristic's flips made here
+  with the same settings, and the counts respect the caps (evaluations >= iterations + 1, iterations <= 100)."""
+  with jax.enable_x64(True):
+    d = _fd.instance()
+    o = d.o.astype(jnp.float64)
+    theta = rm.fit_reward(d.p0, d.net.apply, d.x, d.z, o, d.l2, **d.tight)
+    kappa = 0.25
+    *_, info = attacks.gradient_attack(d.x, d.z, o, d.pool, theta, d.net.apply, kappa, d.alpha, d.l2,
+                                       return_info=True)
+    o_dist, _ = attacks.dist_attack(o, *rm.pair_rewards(theta, d.net.apply, d.x, d.z), kappa)
+    fit = {k: v for k, v in attacks.GRADIENT_ATTACK_FIT.items() if not k.startswith("cg")}
+    _, first = rm.fit_reward(theta, d.net.apply, d.x, d.z, o_dist, d.l2, return_info=True, **fit)
+  iters, evals = np.asarray(info["fit_iters"]), np.asarray(info["fit_evals"])
+  assert iters.shape == evals.shape == (5,)
+  assert (iters[0], evals[0]) == (int(first.num_iters), int(first.num_evals))
+  assert np.all(evals >= iters + 1) and np.all(iters <= 100) and np.all(iters >= 1)
+  assert int(info["select_fit_evals"]) >= int(info["select_fit_iters"]) + 1 >= 1
+
+
 @pytest.fixture(scope="module")
 def ring_instance():
   n, pool_size, l2 = 200, 400, 1e-3

@@ -266,6 +266,26 @@ def test_indexed_pairs_equal_the_gathered_pairs():
     assert np.abs(go0).max() > 1e-3 and np.abs(gp0).max() > 1e-3  # not a vacuous comparison
 
 
+def test_solve_info_counts_the_evaluations():
+  """SolveInfo.num_evals is the number of loss-and-gradient evaluations the fit made, counted here by a host
+  callback in the reward network: the start, one per accepted iteration, and one per rejected trial step."""
+  calls = []
+  net = rm.mlp_reward((8,))
+
+  def counted_apply(params, x):
+    jax.debug.callback(lambda: calls.append(1))
+    return net.apply(params, x)
+
+  rng = np.random.default_rng(6)
+  x, z = (jnp.asarray(rng.normal(size=(200, 2)), jnp.float32) for _ in range(2))
+  o = jnp.asarray(rng.uniform(size=200) < 0.5, jnp.float32)
+  p0 = net.init(jax.random.key(0), x[:1])
+  _, info = jax.jit(lambda o: rm.fit_reward(p0, counted_apply, x, z, o, 1e-3, return_info=True))(o)
+  jax.effects_barrier()
+  assert int(info.num_evals) == len(calls)
+  assert int(info.num_evals) > int(info.num_iters) + 1  # some trial step was rejected on this fit
+
+
 def test_jaxopt_line_search_fit_with_chunked_gradient_matches_armijo():
   """fit_reward(linesearch="zoom") hands the chunked loss-and-gradient to jaxopt.LBFGS (value_and_grad=True):
   on a convex linear Bradley–Terry fit it reaches the minimiser of scl's own L-BFGS, and its implicit
