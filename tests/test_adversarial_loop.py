@@ -12,7 +12,10 @@ import pytest
 import scl
 from scl import loop
 
-SMALL = dict(model="categorical", n_atoms=256, pool_size=4000, n_keep=2000, n_eval=2000, n_pairs=400,
+# A pool of 700 samples and 400 pairs: fewer samples than the pairs' 800 rows, so the platform's fits and the
+# gradient attack take the pairs as indices into the pool (tests/test_defences.py's SMALL, 2,000 samples and
+# 200 pairs, runs the loop on the gathered pairs).
+SMALL = dict(model="categorical", n_atoms=256, pool_size=700, n_keep=350, n_eval=2000, n_pairs=400,
              learned_reward=True, K=4, K_max=4, iterations=3, kappa=0.2, alpha=0.0)
 
 
