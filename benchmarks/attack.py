@@ -81,14 +81,14 @@ def one(n, hidden):
              fit_theta_grad_norm=float(info.grad_norm),
              fit_kwargs=fit_kw, attack_fit_kwargs={**attacks.GRADIENT_ATTACK_FIT, **attack_kw},
              load_avg_1min_before=load_before, load_avg_1min_after=os.getloadavg()[0],
-             flips=int(mask.sum()), refits=_refit_work(work),
+             flips=int(mask.sum()), refits=refit_work(work),
              peak_rss_mb=_machine.peak_rss_mb(), device=str(jax.devices()[0]))
   print(json.dumps(out))
 
 
-def _refit_work(info):
+def refit_work(info):
   """The attack's re-fits: L-BFGS iterations and loss-and-gradient evaluations per outer step, the
-  selection's, and the totals (from ``gradient_attack(return_info=True)``)."""
+  selection's, and the totals (from ``gradient_attack(return_info=True)``); ``reference.py`` reports the same."""
   out = {k: [int(v) for v in info[k]] for k in ("fit_iters", "fit_evals")}
   out.update({k: int(info[k]) for k in ("select_fit_iters", "select_fit_evals")})
   out["total_iters"] = sum(out["fit_iters"]) + out["select_fit_iters"]

@@ -155,6 +155,7 @@ def scl_attack(spec):
   import jax.numpy as jnp
   import numpy as np
   from scl import attacks, reward_model as rm
+  import attack as attack_benchmark  # benchmarks/attack.py: the same report of the attack's re-fits
 
   d = np.load(spec["pairs"])
   x, z, o, pool = (jnp.asarray(d[k]) for k in ("x", "z", "o", "pool"))
@@ -183,7 +184,7 @@ def scl_attack(spec):
   _, mask, work = last[-1]
   return dict(timing, compile_seconds=compile_s, fit_theta_seconds=fit_s, fit_theta_compile_seconds=fit_compile,
               fit_theta_iters=int(info.num_iters), flips=int(mask.sum()), n_pairs=n,
-              refits={k: np.asarray(v).tolist() for k, v in work.items() if k != "kept_dist"},
+              refits=attack_benchmark.refit_work(work),
               n_params=int(sum(a.size for a in jax.tree_util.tree_leaves(p0))),
               attack_fit_kwargs=dict(attacks.GRADIENT_ATTACK_FIT), device=str(jax.devices()[0]),
               versions=dict(jax=jax.__version__, numpy=np.__version__))

@@ -233,16 +233,14 @@ def relaxed_objective(delta: chex.Array, theta_init: Params, *, o: chex.Array, x
     ``(J, θ~)`` (then ``info`` if ``return_info``); ``jax.grad`` w.r.t. ``delta`` (with ``has_aux``)
     differentiates through the solve implicitly.
   """
-  info = ()
   if refit is None:
-    theta_tilde = reward_model.fit_reward(theta_init, apply_fn, x, z, o + delta, l2, points=points,
-                                          return_info=return_info, **fit_kwargs)
-    if return_info:
-      theta_tilde, info = theta_tilde[0], theta_tilde[1:]
+    theta_tilde, solve_info = reward_model.fit_reward(theta_init, apply_fn, x, z, o + delta, l2, points=points,
+                                                      return_info=True, **fit_kwargs)
   elif points is not None or return_info:
     raise ValueError("a defended refit takes the pairs' samples (not indices into points) and reports no info")
   else:
     theta_tilde = refit(theta_init, apply_fn, x, z, o + delta, l2, **fit_kwargs)
+  info = (solve_info,) if return_info else ()
   r_tilde = apply_fn(theta_tilde, x_pool)
   return (attack_objective(r_pool, r_tilde, alpha, shift, standardise, weighting), theta_tilde) + info
 
