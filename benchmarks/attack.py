@@ -10,13 +10,16 @@ against the second paper's code come only from ``benchmarks/reference.py``, whic
 one run; this script prints scl's absolute figures with the machine they were taken on.
 
 Solver settings: the attacker's fit and the attack use the library defaults
-(``scl.attacks.GRADIENT_ATTACK_FIT`` for the warm-started re-fits), except for the >= 100,000-parameter
+(``scl.attacks.GRADIENT_ATTACK_FIT`` for the warm-started re-fits, ``COARSE_PAIRS`` and ``COARSE_MAXITER``
+for the subsample fit that starts the first re-fit from 20,000 pairs on), except for the >= 100,000-parameter
 network at n = 50,000, where one function-and-gradient evaluation over the 2n = 100,000 samples costs about
-a second on a 2-core CPU: there the attacker's fit is capped at 50 L-BFGS iterations and each re-fit at 10
-iterations with 10 CG steps (``CAPS`` below; reported as ``fit_kwargs``/``attack_fit_kwargs``), so that the
-setting runs in minutes. Each setting reports the work of the attack's re-fits (``refits``: L-BFGS
-iterations and loss-and-gradient evaluations of each outer step's re-fit and of the selection's, and their
-totals; the conjugate-gradient solves take at most ``cg_maxiter`` Hessian-vector products each). Load averages (1 min) before and after each setting are reported: timings on a
+a second on a 2-core CPU: there the attacker's fit is capped at 50 L-BFGS iterations, each re-fit at 10
+iterations with 10 CG steps, and the subsample fit at 50 iterations (``CAPS`` below; reported as
+``fit_kwargs``/``attack_fit_kwargs``), so that the setting runs in minutes. Each setting reports the work of
+the attack's fits (``refits``: L-BFGS iterations and loss-and-gradient evaluations of each outer step's
+re-fit, of the selection's and of the subsample fit, and the totals on all pairs; the conjugate-gradient
+solves take at most ``cg_maxiter`` Hessian-vector products each). Load averages (1 min) before and after
+each setting are reported: timings on a
 shared machine are only comparable at similar load.
 
   python benchmarks/attack.py                 # all settings
@@ -33,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
 SETTINGS = [(1000, (64,)), (4000, (64,)), (50000, (64,)), (50000, (256, 256, 256))]
 # (attacker's fit kwargs, attack re-fit kwargs) per (n, hidden); absent: library defaults
-CAPS = {(50000, (256, 256, 256)): (dict(maxiter=50), dict(maxiter=10, cg_maxiter=10))}
+CAPS = {(50000, (256, 256, 256)): (dict(maxiter=50), dict(maxiter=10, cg_maxiter=10, coarse_maxiter=50))}
 
 
 def one(n, hidden):
@@ -70,7 +73,7 @@ def one(n, hidden):
   compiled = run.lower(x, z, o, pool, theta, kappa, alpha).compile()
   compile_s = time.perf_counter() - t
   times = []
-  for _ in range(3 if n <= 4000 else 1):
+  for _ in range(3 if n_params < 10000 else 1):  # best of 3, but once for the wide net (minutes)
     t = time.perf_counter()
     o_flip, mask, work = jax.block_until_ready(compiled(x, z, o, pool, theta, kappa, alpha))
     times.append(time.perf_counter() - t)
@@ -79,7 +82,8 @@ def one(n, hidden):
              fit_theta_s_incl_compile=fit_s, fit_theta_iters=int(info.num_iters),
              fit_theta_evals=int(info.num_evals),
              fit_theta_grad_norm=float(info.grad_norm),
-             fit_kwargs=fit_kw, attack_fit_kwargs={**attacks.GRADIENT_ATTACK_FIT, **attack_kw},
+             fit_kwargs=fit_kw, attack_fit_kwargs={**attacks.GRADIENT_ATTACK_FIT, "coarse_pairs": attacks.COARSE_PAIRS,
+                                                   "coarse_maxiter": attacks.COARSE_MAXITER, **attack_kw},
              load_avg_1min_before=load_before, load_avg_1min_after=os.getloadavg()[0],
              flips=int(mask.sum()), refits=refit_work(work),
              peak_rss_mb=_machine.peak_rss_mb(), device=str(jax.devices()[0]))
@@ -88,9 +92,12 @@ def one(n, hidden):
 
 def refit_work(info):
   """The attack's re-fits: L-BFGS iterations and loss-and-gradient evaluations per outer step, the
-  selection's, and the totals (from ``gradient_attack(return_info=True)``); ``reference.py`` reports the same."""
+  selection's, and the totals on all pairs (from ``gradient_attack(return_info=True)``); then those of the
+  subsample fit that starts the first re-fit (``coarse_*``: on about ``scl.attacks.COARSE_PAIRS`` pairs,
+  from 10,000 pairs on). ``reference.py`` reports the same."""
   out = {k: [int(v) for v in info[k]] for k in ("fit_iters", "fit_evals")}
-  out.update({k: int(info[k]) for k in ("select_fit_iters", "select_fit_evals")})
+  out.update({k: int(info[k]) for k in ("select_fit_iters", "select_fit_evals", "coarse_fit_iters",
+                                        "coarse_fit_evals")})
   out["total_iters"] = sum(out["fit_iters"]) + out["select_fit_iters"]
   out["total_evals"] = sum(out["fit_evals"]) + out["select_fit_evals"]
   return out
