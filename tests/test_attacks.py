@@ -304,6 +304,29 @@ def test_gradient_attack_selection_matches_separate_refits(ring_instance):
   np.testing.assert_array_equal(chosen, own if j_own <= j_dist else dist)
 
 
+def _ring_instance(seed, n, net, l2, kappa, alpha):
+  """A ring instance for the quality tests: pairs, genuine labels, pool, the attacker's θ, and ``j(o_new)``,
+  the attack objective of a flip set with θ~ re-fitted tightly from θ."""
+  k = jax.random.key(seed)
+  pool = _ring(jax.random.fold_in(k, 0), 2 * n)
+  x, z, o = preferences.make_preferences(jax.random.fold_in(k, 1), pool, n, _true_reward)
+  theta = rm.fit_reward(net.init(jax.random.fold_in(k, 2), x[:1]), net.apply, x, z, o, l2)
+  r_pool = net.apply(theta, pool)
+  j = lambda o_new: attacks.relaxed_objective(
+      o_new - o, theta, o=o, x=x, z=z, x_pool=pool, r_pool=r_pool, apply_fn=net.apply, alpha=alpha, l2=l2,
+      shift=jnp.max(r_pool), standardise=True, maxiter=1000, tol=1e-6)[0]
+  return x, z, o, pool, theta, j
+
+
+def _assert_no_weaker(j_new, j_old, differ):
+  """One-sided sign test: over the instances where the flips differ, ``j_new`` higher on at most the
+  binomial(m, 1/2) 1% critical count."""
+  m = int(differ.sum())
+  worse = int(np.sum(differ & (j_new > j_old + 1e-6 * np.abs(j_old))))
+  critical = next(c for c in range(m + 1) if scipy.stats.binom.sf(c, m, 0.5) <= 0.01) if m else 0
+  assert worse <= critical, (worse, m, j_new, j_old)
+
+
 def test_adjoint_attack_is_no_weaker_than_autodiff_through_the_fit():
   """The plain Bradley–Terry attack takes dJ/dδ by the adjoint equation with warm-started solves of at most
   10 CG steps; passing ``refit=fit_reward`` and ``cg_maxiter=30`` is the attack as it was before (jax.grad
@@ -317,24 +340,13 @@ def test_adjoint_attack_is_no_weaker_than_autodiff_through_the_fit():
   kappa, alpha = jnp.float32(0.2), jnp.float32(0.8)
 
   def instance(seed):
-    k = jax.random.key(seed)
-    pool = _ring(jax.random.fold_in(k, 0), 2 * n)
-    x, z, o = preferences.make_preferences(jax.random.fold_in(k, 1), pool, n, _true_reward)
-    theta = rm.fit_reward(net.init(jax.random.fold_in(k, 2), x[:1]), net.apply, x, z, o, l2)
-    r_pool = net.apply(theta, pool)
+    x, z, o, pool, theta, j = _ring_instance(seed, n, net, l2, kappa, alpha)
     adjoint = attacks.gradient_attack(x, z, o, pool, theta, net.apply, kappa, alpha, l2)[0]
     autodiff = attacks.gradient_attack(x, z, o, pool, theta, net.apply, kappa, alpha, l2, refit=rm.fit_reward,
                                        cg_maxiter=30)[0]
-    j = lambda o_new: attacks.relaxed_objective(
-        o_new - o, theta, o=o, x=x, z=z, x_pool=pool, r_pool=r_pool, apply_fn=net.apply, alpha=alpha, l2=l2,
-        shift=jnp.max(r_pool), standardise=True, maxiter=1000, tol=1e-6)[0]
     return j(adjoint), j(autodiff), jnp.any(adjoint != autodiff)
 
-  j_adj, j_auto, differ = map(np.asarray, jax.jit(lambda s: jax.lax.map(instance, s))(jnp.arange(24)))
-  m = int(differ.sum())
-  worse = int(np.sum(differ & (j_adj > j_auto + 1e-6 * np.abs(j_auto))))
-  critical = next(c for c in range(m + 1) if scipy.stats.binom.sf(c, m, 0.5) <= 0.01) if m else 0
-  assert worse <= critical, (worse, m, j_adj, j_auto)
+  _assert_no_weaker(*map(np.asarray, jax.jit(lambda s: jax.lax.map(instance, s))(jnp.arange(24))))
 
 
 def test_coarse_start_of_the_first_refit_is_no_weaker_and_shortens_it():
@@ -349,17 +361,10 @@ def test_coarse_start_of_the_first_refit_is_no_weaker_and_shortens_it():
   kappa, alpha = jnp.float32(0.2), jnp.float32(0.8)
 
   def instance(seed):
-    k = jax.random.key(seed)
-    pool = _ring(jax.random.fold_in(k, 0), 2 * n)
-    x, z, o = preferences.make_preferences(jax.random.fold_in(k, 1), pool, n, _true_reward)
-    theta = rm.fit_reward(net.init(jax.random.fold_in(k, 2), x[:1]), net.apply, x, z, o, l2)
-    r_pool = net.apply(theta, pool)
+    x, z, o, pool, theta, j = _ring_instance(seed, n, net, l2, kappa, alpha)
     attack = lambda coarse: attacks.gradient_attack(x, z, o, pool, theta, net.apply, kappa, alpha, l2,
                                                     coarse_pairs=coarse, return_info=True)
     (coarse, _, info_c), (plain, _, info_p) = attack(100), attack(None)
-    j = lambda o_new: attacks.relaxed_objective(
-        o_new - o, theta, o=o, x=x, z=z, x_pool=pool, r_pool=r_pool, apply_fn=net.apply, alpha=alpha, l2=l2,
-        shift=jnp.max(r_pool), standardise=True, maxiter=1000, tol=1e-6)[0]
     return (j(coarse), j(plain), jnp.any(coarse != plain), info_c["coarse_fit_iters"],
             info_p["coarse_fit_iters"], info_c["fit_iters"][0], info_p["fit_iters"][0])
 
@@ -367,7 +372,4 @@ def test_coarse_start_of_the_first_refit_is_no_weaker_and_shortens_it():
       np.asarray, jax.jit(lambda s: jax.lax.map(instance, s))(jnp.arange(24)))
   assert np.all(coarse_iters > 0) and np.all(none_iters == 0)
   assert np.median(first_c) < np.median(first_p), (first_c, first_p)
-  m = int(differ.sum())
-  worse = int(np.sum(differ & (j_c > j_p + 1e-6 * np.abs(j_p))))
-  critical = next(c for c in range(m + 1) if scipy.stats.binom.sf(c, m, 0.5) <= 0.01) if m else 0
-  assert worse <= critical, (worse, m, j_c, j_p)
+  _assert_no_weaker(j_c, j_p, differ)
