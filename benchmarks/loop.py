@@ -8,9 +8,6 @@ Reported: compile seconds, run seconds (median and best of ``--repeats``, ``bloc
 and their fraction of the machine's peak (below). Ratios against the reference code come only from
 ``benchmarks/reference.py``, which runs both programs on one machine in one run.
 
-``with_compiler_options``: the fit and the draw again, compiled with :func:`scl.compiler_options` (512-bit
-vectors on a CPU with AVX-512; absent elsewhere), which scl's entry points do not use by default.
-
 ``peak``: the machine's FP32 peak as jitted code reaches it, measured in the same run: the best of 5 calls of
 a ``2048 x 2048 @ 2048 x 2048`` float32 matrix product (17.2 GFLOP), on all CPUs XLA uses.
 
@@ -51,7 +48,6 @@ import jax.numpy as jnp
 
 from scl.models.flow import make_flow
 from scl.hyper import Hyper
-from scl import xla_options
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
@@ -115,27 +111,7 @@ def equal_work(args) -> dict:
   sample_flops = _flops(jax.jit(one_midpoint.sample, static_argnums=2).lower(
       params, key, n_samples).compile()) * (args.nfe / 2)
 
-  # The same two programs compiled with scl.compiler_options() (512-bit vectors where the CPU has AVX-512).
-  options = xla_options.compiler_options()
-  wide = {}
-  if options:
-    fit_w, _ = _compile(jax.jit(model.fit, compiler_options=options), params, key, x, w, hyper)
-    sample_w, _ = _compile(jax.jit(model.sample, static_argnums=2, compiler_options=options), params, key,
-                           n_samples)
-    wide = dict(fit=_time(fit_w, (params, key, x, w, hyper), args.repeats),
-                sample=_time(sample_w, (params, key), args.repeats))
-
   peak = peak_gflops()
-
-  def rates(t, flops):
-    return dict(gflops_per_second=flops / t["seconds_median"] / 1e9,
-                gflops_per_second_best=flops / t["seconds_best"] / 1e9,
-                fraction_of_peak=flops / t["seconds_median"] / 1e9 / peak["gflops_per_second"])
-
-  with_options = dict(compiler_options=options)
-  if wide:
-    with_options.update(fit=dict(**wide["fit"], **rates(wide["fit"], fit_flops)),
-                        sample=dict(**wide["sample"], **rates(wide["sample"], sample_flops)))
   return dict(
       size=dict(width=args.width, depth=3, train_steps=args.train_steps, batch_size=args.batch_size,
                 n_data=n_data, n_samples=n_samples, nfe=args.nfe, solver="midpoint", dtype="float32"),
@@ -150,7 +126,6 @@ def equal_work(args) -> dict:
                   gflops_per_second=sample_flops / sample_med / 1e9,
                   gflops_per_second_best=sample_flops / sample_t["seconds_best"] / 1e9,
                   fraction_of_peak=sample_flops / sample_med / 1e9 / peak["gflops_per_second"]),
-      with_compiler_options=with_options,
       peak_rss_mb=_machine.peak_rss_mb(),
   )
 

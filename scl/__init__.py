@@ -31,9 +31,8 @@ from scl import theory
 from scl.config import Config, Hyper
 from scl.loop import Result, run
 from scl.sweeps import SweepResult, exact_sweep, sweep
-from scl.xla_options import compiler_options
 
-__all__ = ["Config", "Hyper", "Result", "SweepResult", "attacks", "compiler_options", "configs", "curation", "data",
-           "defences", "exact", "exact_sweep", "metrics", "models", "preferences", "register", "registry",
+__all__ = ["Config", "Hyper", "Result", "SweepResult", "attacks", "configs", "curation", "data", "defences",
+           "exact", "exact_sweep", "metrics", "models", "preferences", "register", "registry",
            "rewards", "run", "sweep", "theory"]
 __version__ = "0.2.0"

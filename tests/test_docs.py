@@ -27,7 +27,7 @@ MODULES = ("scl.configs", "scl.config", "scl.hyper", "scl.exact", "scl.registry"
            "scl.defences", "scl.platform",
            "scl.curation", "scl.metrics", "scl.theory", "scl.models", "scl.rewards", "scl.preferences",
            "scl.reward_model", "scl.results", "scl.files", "scl.plotting", "scl.checkpoint", "scl.loop",
-           "scl.sweeps", "scl.xla_options")
+           "scl.sweeps")
 CONFIG_CLASSES = ("Config", "DataConfig", "RewardConfig", "ModelConfig", "CurationConfig", "PlatformConfig")
 
 
