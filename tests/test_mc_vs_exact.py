@@ -17,13 +17,17 @@ SUPPORT = np.arange(10.0)[:, None]
 R = 10.0 - np.arange(10.0)
 
 
+def reward_fn(x):
+  return 10.0 - x[:, 0]
+
+
 def mc_error(N, lam, seeds=range(4), iterations=5):
   _, exact = scl.exact.run(jnp.full(10, 0.1), jnp.asarray(R, jnp.float32), 4, lam, iterations=iterations)
+  # One config (one reward function object) for all seeds: the seeds share one compiled program.
+  cfg = scl.configs.points(SUPPORT, reward="custom", reward_fn=reward_fn, K=4, K_max=4, n_keep=N,
+                           pool_size=4 * N, fresh_candidates=True, iterations=iterations, lam=lam, n_eval=1000)
   errors = []
   for seed in seeds:
-    cfg = scl.configs.points(SUPPORT, reward="custom", reward_fn=lambda x: 10.0 - x[:, 0], K=4, K_max=4,
-                             n_keep=N, pool_size=4 * N, fresh_candidates=True, iterations=iterations,
-                             lam=lam, n_eval=1000)
     res = scl.run(cfg, seed)
     errors.append(np.max(np.abs(res.metrics["expected_reward"] - np.asarray(exact["expected_reward"]))))
     # The exact theorem monitors agree too where they are deterministic functions of p_data.
