@@ -5,6 +5,7 @@ checked in test_exact.py); the monitors' verdicts are cross-checked against dire
 """
 
 import itertools
+import os
 
 import hypothesis.extra.numpy as hnp
 import jax
@@ -17,7 +18,10 @@ from hypothesis import strategies as st
 from scl import exact, theory
 
 N = 6
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Derandomized: the suite (and CI) draws the same examples every run, so a pass is reproducible; set
+# SCL_HYPOTHESIS_RANDOM=1 to explore new examples (how the Cov = 0 case below was found).
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+                    derandomize=not os.environ.get("SCL_HYPOTHESIS_RANDOM"))
 
 
 @pytest.fixture(autouse=True)
