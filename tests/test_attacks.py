@@ -304,7 +304,7 @@ def test_gradient_attack_selection_matches_separate_refits(ring_instance):
   np.testing.assert_array_equal(chosen, own if j_own <= j_dist else dist)
 
 
-def _ring_instance(seed, n, net, l2, kappa, alpha):
+def _ring_instance(seed, n, net, l2, alpha):
   """A ring instance for the quality tests: pairs, genuine labels, pool, the attacker's θ, and ``j(o_new)``,
   the attack objective of a flip set with θ~ re-fitted tightly from θ."""
   k = jax.random.key(seed)
@@ -340,7 +340,7 @@ def test_adjoint_attack_is_no_weaker_than_autodiff_through_the_fit():
   kappa, alpha = jnp.float32(0.2), jnp.float32(0.8)
 
   def instance(seed):
-    x, z, o, pool, theta, j = _ring_instance(seed, n, net, l2, kappa, alpha)
+    x, z, o, pool, theta, j = _ring_instance(seed, n, net, l2, alpha)
     adjoint = attacks.gradient_attack(x, z, o, pool, theta, net.apply, kappa, alpha, l2)[0]
     autodiff = attacks.gradient_attack(x, z, o, pool, theta, net.apply, kappa, alpha, l2, refit=rm.fit_reward,
                                        cg_maxiter=30)[0]
@@ -361,7 +361,7 @@ def test_coarse_start_of_the_first_refit_is_no_weaker_and_shortens_it():
   kappa, alpha = jnp.float32(0.2), jnp.float32(0.8)
 
   def instance(seed):
-    x, z, o, pool, theta, j = _ring_instance(seed, n, net, l2, kappa, alpha)
+    x, z, o, pool, theta, j = _ring_instance(seed, n, net, l2, alpha)
     attack = lambda coarse: attacks.gradient_attack(x, z, o, pool, theta, net.apply, kappa, alpha, l2,
                                                     coarse_pairs=coarse, return_info=True)
     (coarse, _, info_c), (plain, _, info_p) = attack(100), attack(None)
