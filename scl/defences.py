@@ -95,9 +95,8 @@ def pair_margins(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array
   return r_z - r_x
 
 
-def pair_nll(d: chex.Array, o: chex.Array) -> chex.Array:
-  """Per-pair Bradley–Terry negative log-likelihood ``-[o log s(d) + (1 - o) log s(-d)]`` ``[n]``."""
-  return -(o * jax.nn.log_sigmoid(d) + (1.0 - o) * jax.nn.log_sigmoid(-d))
+#: Per-pair Bradley–Terry negative log-likelihood ``-[o log s(d) + (1 - o) log s(-d)]`` ``[n]``.
+pair_nll = reward_model.bt_nll
 
 
 def smoothed_labels(o: chex.Array, eps: chex.Array) -> chex.Array:

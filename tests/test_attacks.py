@@ -353,7 +353,8 @@ def test_coarse_start_of_the_first_refit_is_no_weaker_and_shortens_it():
   """With at least 2 coarse_pairs pairs the first outer step's re-fit (on dist's flips) starts from a fit on
   every s-th pair (reward_model.fit_on_subsample) instead of from θ. Over 24 ring instances (400 pairs,
   coarse_pairs = 100: stride 4) the subsample fit runs (and none without coarse_pairs); the re-fit on all
-  pairs then takes fewer L-BFGS iterations in median (from θ it stops at the cap of 100 on most instances);
+  pairs then takes fewer L-BFGS iterations on average (from θ it stops at the cap of 100 on most instances,
+  so a median is a tie whenever half the coarse-started re-fits reach the cap too);
   and the attack is no weaker: each flip set's J with θ~ re-fitted tightly from θ, the coarse-started one
   higher on at most the binomial(m, 1/2) 1% critical count of the m instances where the flips differ."""
   n, l2 = 400, jnp.float32(1e-3)
@@ -371,5 +372,5 @@ def test_coarse_start_of_the_first_refit_is_no_weaker_and_shortens_it():
   j_c, j_p, differ, coarse_iters, none_iters, first_c, first_p = map(
       np.asarray, jax.jit(lambda s: jax.lax.map(instance, s))(jnp.arange(24)))
   assert np.all(coarse_iters > 0) and np.all(none_iters == 0)
-  assert np.median(first_c) < np.median(first_p), (first_c, first_p)
+  assert np.mean(first_c) < np.mean(first_p), (first_c, first_p)
   _assert_no_weaker(j_c, j_p, differ)
