@@ -6,11 +6,13 @@ a slack for the model's own fitting error.
 """
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from scl.models import flow as flow_lib
 from scl.models.flow import VelocityMLP, make_flow
 from scl.hyper import Hyper
 
@@ -200,3 +202,51 @@ def test_non_2d_event_shape():
 def test_rejects_unknown_solver():
   with pytest.raises(ValueError):
     make_flow(solver="rk4")
+
+
+def test_time_features_match_float64_trigonometry():
+  """time_features (sin/cos of πt, then double-angle products) against numpy float64 sin/cos of π 2^k t:
+  within 1e-4 (the float32 doubling error, about 4e-5 at 2^7, is that of sin of the float32 angle), for
+  t [m], t [a, b] and a scalar t."""
+  t = np.linspace(0.0, 1.0, 20001)
+  k = np.pi * 2.0 ** np.arange(flow_lib.N_FREQ)
+  expected = np.concatenate([t[:, None], np.sin(t[:, None] * k), np.cos(t[:, None] * k)], axis=-1)
+  np.testing.assert_allclose(flow_lib.time_features(t), expected, atol=1e-4, rtol=0)
+  chex.assert_shape(flow_lib.time_features(t[:20].reshape(4, 5)), (4, 5, 2 * flow_lib.N_FREQ + 1))
+  np.testing.assert_allclose(flow_lib.time_features(jnp.float32(0.3)), expected[6000], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("features", [1, 2, flow_lib.NARROW + 3])
+def test_narrow_dense_is_flax_dense(features):
+  """NarrowDense has nn.Dense's parameter tree and initial values for the same key, and its output and
+  gradients equal nn.Dense's (float64, to rounding) for narrow (matrix-vector products) and wide outputs."""
+  h = jax.random.normal(jax.random.PRNGKey(0), (50, 12))
+  mine, ref = flow_lib.NarrowDense(features), nn.Dense(features)
+  params = mine.init(jax.random.PRNGKey(1), h)
+  chex.assert_trees_all_equal(params, ref.init(jax.random.PRNGKey(1), h))
+  with jax.enable_x64(True):
+    h64 = jnp.asarray(h, jnp.float64)
+    p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) + 0.1, params)
+    np.testing.assert_allclose(mine.apply(p64, h64), ref.apply(p64, h64), rtol=1e-12)
+    g = jax.random.normal(jax.random.PRNGKey(2), (50, features), jnp.float64)
+    grads = [jax.grad(lambda p, x: jnp.sum(m.apply(p, x) * g), argnums=(0, 1))(p64, h64) for m in (mine, ref)]
+    chex.assert_trees_all_close(*grads, rtol=1e-12)
+
+
+def test_draws_for_a_block_of_steps_train_as_draws_step_by_step(monkeypatch):
+  """The training draws (minibatch, noise, times) are made for blocks of steps at once; with blocks of one
+  step the fit gives the same parameters up to float32 rounding (the draws themselves are equal, the
+  blocks only change how XLA fuses the step). draw_block: the largest divisor of the steps within the caps."""
+  assert flow_lib.draw_block(1250, 4000) == 50 and flow_lib.draw_block(3000, 4000) == 60
+  assert flow_lib.draw_block(7, 4000) == 7 and flow_lib.draw_block(1, 10) == 1
+  assert flow_lib.draw_block(1250, 128 * 3074) == 10  # 16 MiB of draws per block at most
+  x = jax.random.normal(jax.random.PRNGKey(0), (500, 2))
+  w = _uniform(500)
+  fits = []
+  for block_steps in (flow_lib.DRAW_BLOCK_STEPS, 1):
+    monkeypatch.setattr(flow_lib, "DRAW_BLOCK_STEPS", block_steps)
+    model = make_flow(width=16, depth=1, batch_size=64, train_steps=40, init_steps=40, sample_steps=2)
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), x, w)
+    fits.append(jax.jit(model.fit)(params, jax.random.PRNGKey(2), x, w, _hyper(1e-2)))
+  chex.assert_trees_all_close(*fits, atol=1e-5, rtol=0)
+  assert not np.allclose(fits[0]["net"]["params"]["out"]["kernel"], 0.0)
