@@ -56,6 +56,8 @@ function theorem; :func:`refit_for` gives it the defended re-fit.
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Callable
 
 import chex
@@ -115,6 +117,11 @@ def unbiased_labels(o: chex.Array, eps: chex.Array) -> chex.Array:
 def label_smoothing_loss(params, apply_fn, x, z, o, eps, l2):
   """Bradley–Terry loss (:func:`scl.reward_model.bt_loss`) on :func:`smoothed_labels` ``(o, ε)``."""
   return reward_model.bt_loss(params, apply_fn, x, z, smoothed_labels(o, eps), l2)
+
+
+def label_smoothing_value_and_grad(params, apply_fn, x, z, o, eps, l2):
+  """``(value, gradient)`` of :func:`label_smoothing_loss` by :func:`scl.reward_model.bt_value_and_grad`."""
+  return reward_model.bt_value_and_grad(params, apply_fn, x, z, smoothed_labels(o, eps), l2)
 
 
 def robust_bt_loss(params, apply_fn, x, z, o, eps, l2, margin: float | None = ROBUST_MARGIN):
@@ -177,6 +184,9 @@ def weighted_bt_loss(params, apply_fn, x, z, o, w, l2):
 #: differentiates through).
 LOSSES: dict[str, Loss] = {"label_smoothing": label_smoothing_loss, "robust_bt": robust_bt_loss,
                            "outlier": outlier_loss}
+# Losses with a value-and-gradient that is faster than autodiff of the loss (the same values; for the
+# Bradley–Terry loss, the reward network's written-out pull-back, :func:`scl.reward_model.value_and_pullback`).
+_VALUE_AND_GRADS = {label_smoothing_loss: label_smoothing_value_and_grad}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -199,10 +209,17 @@ def fit_defended(loss: Loss, params0: Params, apply_fn: ApplyFn, x: chex.Array, 
   def fun(params, x, z, o, eps, l2):
     return loss(params, apply_fn, x, z, o, eps, l2)
 
+  value_and_grad = _VALUE_AND_GRADS.get(loss)
+  if value_and_grad is not None:
+    value_and_grad = functools.partial(_apply_second, value_and_grad, apply_fn)
   params, _ = _solvers.minimize(fun, params0, x, z, jnp.asarray(o, dtype), jnp.asarray(eps, dtype),
                                 jnp.asarray(l2, dtype), maxiter=maxiter, tol=tol, cg_maxiter=cg_maxiter,
-                                cg_tol=cg_tol, history_size=history_size)
+                                cg_tol=cg_tol, history_size=history_size, value_and_grad=value_and_grad)
   return params
+
+
+def _apply_second(fn, apply_fn, params, *args):
+  return fn(params, apply_fn, *args)
 
 
 def refit_for(name: str, eps: chex.Array) -> Callable[..., Params]:

@@ -279,6 +279,37 @@ def test_bt_value_and_grad_in_pair_chunks_equals_autodiff_of_the_whole_loss():
     np.testing.assert_allclose(g4, g0, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("features, chunk_rows", [(2, "auto"), (6, "auto"), (2, 16)])
+def test_written_out_pullback_of_one_hidden_layer_equals_autodiff(features, chunk_rows):
+  """mlp_reward((H,)) with SiLU carries a written-out value_and_pullback (first layer as broadcasts for
+  <= 4 input features, a product otherwise; autodiff of the chunked apply beyond chunk_rows rows): its
+  rewards, pull-back Σ c_i ∇R(x_i) and that pull-back's own derivative in θ (as Hessian-vector products
+  take it) equal flax autodiff of the module (float64); deeper nets and other activations carry none."""
+  with jax.enable_x64(True):
+    net = rm.mlp_reward((8,), chunk_rows=chunk_rows)
+    assert hasattr(net.apply, "value_and_pullback")
+    assert not hasattr(rm.mlp_reward((8, 8)).apply, "value_and_pullback")
+    assert not hasattr(rm.mlp_reward((8,), activation=jax.nn.tanh).apply, "value_and_pullback")
+    module = rm.MLPReward(hidden=(8,))
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(40, features)))
+    c = jnp.asarray(rng.normal(size=40))
+    params = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), net.init(jax.random.key(0), x[:1]))
+    v = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), params)
+
+    def pulled(p):
+      return rm.value_and_pullback(p, net.apply, x)[1](c)
+
+    def ref_pulled(p):
+      return jax.vjp(lambda q: module.apply(q, x), p)[1](c)[0]
+
+    r = rm.value_and_pullback(params, net.apply, x)[0]
+    np.testing.assert_allclose(r, module.apply(params, x), rtol=1e-12, atol=1e-12)
+    chex.assert_trees_all_close(pulled(params), ref_pulled(params), rtol=1e-11, atol=1e-12)
+    chex.assert_trees_all_close(jax.jvp(pulled, (params,), (v,))[1], jax.jvp(ref_pulled, (params,), (v,))[1],
+                                rtol=1e-10, atol=1e-12)
+
+
 def test_indexed_pairs_equal_the_gathered_pairs():
   """Pairs given as indices into their samples (``points=``; 15 pairs from 13 points, so samples repeat):
   bt_value_and_grad in two passes over chunks of 5 points (the last one padded) and unchunked has the value,
