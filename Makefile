@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.installed-docs
 WORKDIR ?= runs/demo
 
-.PHONY: install demo test docs bench clean
+.PHONY: install demo test docs bench clean gpu-wheels
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs *.egg-info docs/api
+
+## Wheels of what `import scl` needs beyond a GPU image's usual JAX stack (jaxopt), for benchmarks/gpu.py on a
+## lent machine without package access: into .whl/ (ignored by git), for Python 3.10-3.13.
+gpu-wheels:
+	mkdir -p .whl
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: -d .whl "jaxopt==0.8.5"
