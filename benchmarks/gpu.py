@@ -5,25 +5,27 @@ benchmarks that the README's GPU figures come from, most wanted first, each in i
 limit taken from what is left of ``--budget``, and writes what each printed as soon as it finishes, so a call
 that is cut short still returns every step that finished:
 
-  1. ``sweep``   ``benchmarks/sweep.py --skip_devices``: the 64-point grid in one ``scl.sweep`` call (one
-                 ``vmap`` over the whole grid on an accelerator) against 64 sequential ``scl.run`` calls;
-  2. ``loop``    ``benchmarks/loop.py``: the flow's equal-work fit and 50,000-sample draw against the device's
-                 own matrix-product peak, seconds per loop iteration at the papers' scale for each model family,
-                 and the adversarial loop (50,000 samples, 50,000 pairs, the gradient attack);
-  3. ``attack``  ``benchmarks/attack.py --one 50000 64``: the gradient attack at 50,000 pairs (2 -> 64 -> 1);
-  4. ``images``  ``benchmarks/images.py --gpu --skip_digits``: the image loop at CIFAR-10's shape and the papers'
-                 scale (a synthetic stand-in of CIFAR-10's shape where CIFAR-10 is not prepared).
+  1. ``families``    ``benchmarks/loop.py`` (b): seconds per loop iteration at the papers' scale for each model
+                     family (categorical, Gaussian mixture, flow);
+  2. ``sweep``       ``benchmarks/sweep.py --skip_devices``: the 64-point grid in one ``scl.sweep`` call (one
+                     ``vmap`` over the whole grid on an accelerator) against 64 sequential ``scl.run`` calls;
+  3. ``attack``      ``benchmarks/attack.py --one 50000 64``: the gradient attack at 50,000 pairs (2 -> 64 -> 1);
+  4. ``images``      ``benchmarks/images.py --gpu --skip_digits --repeats 1``: the image loop at CIFAR-10's shape
+                     and the papers' scale (a synthetic stand-in of CIFAR-10's shape where it is not prepared);
+  5. ``equal_work``  ``benchmarks/loop.py`` (a): the flow's equal-work fit and 50,000-sample draw against the
+                     device's own matrix-product peak;
+  6. ``adversarial`` ``benchmarks/loop.py`` (c): the adversarial loop (50,000 samples, 50,000 pairs, gradient attack).
 
 ``OUT/<step>.json`` is each step's JSON; ``OUT/gpu.json`` says what ran where (the device's kind, the driver as
 ``nvidia-smi`` reports it, jax's version, the matrix-product precision) and, per step, the seconds, the exit
-status and the end of its standard error. It is rewritten after every step (atomically). Five files in all.
+status and the end of its standard error. It is rewritten after every step (atomically). Seven files in all.
 
 The package needs only what ``import scl`` imports; where the machine's Python lacks one (an image with jax,
 flax, optax and chex but not jaxopt, say), put wheels in ``.whl/`` (``make gpu-wheels``): they are installed
 into a temporary folder first (``--wheels``). scl itself is used from this checkout (``PYTHONPATH``), not
 installed.
 
-    python3 benchmarks/gpu.py --out OUT [--budget 540] [--steps sweep,loop,attack,images] [--quick]
+    python3 benchmarks/gpu.py --out OUT [--budget 540] [--steps families,sweep,attack] [--quick]
 
 ``--quick`` runs every step at its smallest size (``--quick``; the attack at 1,000 pairs; the images without
 ``--gpu``): a smoke run of the runner itself, on any machine, in a few minutes on 2 CPU cores.
@@ -46,10 +48,16 @@ import _machine  # noqa: E402
 
 #: step -> (script and arguments, the same with ``--quick``, the most seconds it may take of the budget).
 STEPS = {
+    "families": (["loop.py", "--skip_equal_work", "--skip_adversarial"],
+                 ["loop.py", "--skip_equal_work", "--skip_adversarial", "--quick"], 150),
     "sweep": (["sweep.py", "--skip_devices"], ["sweep.py", "--skip_devices", "--quick"], 150),
-    "loop": (["loop.py"], ["loop.py", "--quick"], 200),
     "attack": (["attack.py", "--one", "50000", "64"], ["attack.py", "--one", "1000", "64"], 60),
-    "images": (["images.py", "--gpu", "--skip_digits"], ["images.py", "--quick", "--skip_digits"], 180),
+    "images": (["images.py", "--gpu", "--skip_digits", "--repeats", "1"],
+               ["images.py", "--quick", "--skip_digits"], 200),
+    "equal_work": (["loop.py", "--skip_loop", "--skip_adversarial"],
+                   ["loop.py", "--skip_loop", "--skip_adversarial", "--quick"], 90),
+    "adversarial": (["loop.py", "--skip_equal_work", "--skip_loop"],
+                    ["loop.py", "--skip_equal_work", "--skip_loop", "--quick"], 120),
 }
 
 
@@ -129,7 +137,7 @@ def main(argv=None) -> int:
     left = args.budget - (time.monotonic() - start)
     limit = min(cap, left)
     if limit < 10:
-      summary["steps"][name] = dict(skipped=f"{left:.0f} s of the budget left")
+      summary["steps"][name] = dict(skipped=f"{max(left, 0):.0f} s of the budget left")
       _write_json(summary_path, summary)
       continue
     cmd = [sys.executable, os.path.join(HERE, script[0])] + script[1:]
