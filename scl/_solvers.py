@@ -80,8 +80,8 @@ def _lbfgs_direction(g: chex.Array, s_hist: chex.Array, y_hist: chex.Array, vali
 
   ``s_hist, y_hist [m, p]`` hold the curvature pairs oldest first (rows with ``valid = False`` are zero).
   With ``S, Y`` the pairs as columns, ``R = triu(SᵀY)``, ``D = diag(SᵀY)``:
-  ``H g = γ g + S R⁻ᵀ((D + γ YᵀY) u - γ Yᵀg) - γ Y u``, ``u = R⁻¹ Sᵀg``; the same vector as the two-loop
-  recursion, from a few matrix products and two ``m × m`` triangular solves (a small program, unlike the
+  ``H g = γ g + S R⁻ᵀ((D + γ YᵀY) u - γ Yᵀg) - γ Y u``, ``u = R⁻¹ Sᵀg``; the same vector as the
+  two-loop recursion, from a few matrix products and two ``m × m`` triangular solves (a small program, unlike the
   ``4m`` dependent vector operations of the unrolled recursion). Invalid rows get ``R_ii = 1`` and
   contribute exactly zero.
   """

@@ -33,8 +33,8 @@ Attacks, registered in :data:`scl.registry.ATTACKS` with the signature
     warm-started at the previous outer step's), for a defended fit by ``jax.grad`` through its implicitly
     differentiated solve (:func:`relaxed_objective`). ``steps`` outer iterations (static) each re-fit
     ``θ~`` (warm-started) and take ``dJ/dδ``; all but the last take a projected step
-    ``δ <- Π(δ - η g / max|g|)``, with ``Π`` the projection onto ``{o + δ ∈ [0, 1]} ∩ {||δ||_1 <= floor(κ n)}``
-    (the convex hull of the allowed flips). The last
+    ``δ <- Π(δ - η g / max|g|)``, with ``Π`` the projection onto
+    ``{o + δ ∈ [0, 1]} ∩ {||δ||_1 <= floor(κ n)}`` (the convex hull of the allowed flips). The last
     gradient scores each pair by the first-order decrease of ``J`` that flipping it brings,
     ``-g_i (1 - 2 o_i)``, and the top ``floor(κ n)`` pairs are flipped.
     Defaults (each static and switchable, see :func:`gradient_attack`): the relaxation starts at the

@@ -3,10 +3,10 @@
 A checkpoint (``<workdir>/checkpoint.msgpack``, written atomically) holds the model after the last finished
 chunk, the outputs so far and a **fingerprint** of the run: every config setting under its flat keyword and
 the seed, with arrays by a SHA-256 digest of their bytes and functions (``reward_fn``, ``r_tilde_fn``) by
-their module, name, byte code, constants, defaults, closure contents and the module-level values they read. A checkpoint is only resumed by the
-same run; a run whose fingerprint cannot be trusted (a function closing over an object that cannot be
-digested) is refused, with a message, rather than resumed on a guess. A function may carry its own
-identity as a string attribute ``scl_fingerprint``.
+their module, name, byte code, constants, defaults, closure contents and the module-level values they read.
+A checkpoint is only resumed by the same run; a run whose fingerprint cannot be trusted (a function closing
+over an object that cannot be digested) is refused, with a message, rather than resumed on a guess. A
+function may carry its own identity as a string attribute ``scl_fingerprint``.
 """
 
 from __future__ import annotations

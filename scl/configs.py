@@ -1,7 +1,8 @@
 """Paper-default configurations: ``scl.configs.<dataset>(**overrides)``.
 
 Each builder returns a validated :class:`~scl.config.Config`; keyword overrides are any of its flat keywords
-(:meth:`scl.Config.keywords`), in particular ``K``, ``lam``, ``phi``, ``kappa``, ``alpha``, ``iterations``, ``model`` and ``attack``::
+(:meth:`scl.Config.keywords`), in particular ``K``, ``lam``, ``phi``, ``kappa``, ``alpha``, ``iterations``,
+``model`` and ``attack``::
 
     cfg = scl.configs.gaussian8()                       # paper defaults
     cfg = scl.configs.gaussian8(K=4, lam=1.0, model="flow", attack="gradient", kappa=0.2, iterations=10)

@@ -109,7 +109,8 @@ def smoothed_labels(o: chex.Array, eps: chex.Array) -> chex.Array:
 def unbiased_labels(o: chex.Array, eps: chex.Array) -> chex.Array:
   """``(o - ε) / (1 - 2ε)``: the labels for which Bradley–Terry is the unbiased loss of flip rate ``ε``.
 
-  ``(1 - ε) ℓ(θ; o) - ε ℓ(θ; 1 - o) = (1 - 2ε) ℓ(θ; (o - ε) / (1 - 2ε))`` since ``ℓ`` is affine in the label.
+  ``(1 - ε) ℓ(θ; o) - ε ℓ(θ; 1 - o) = (1 - 2ε) ℓ(θ; (o - ε) / (1 - 2ε))``, since ``ℓ`` is affine in the
+  label.
   """
   return (o - eps) / (1.0 - 2.0 * eps)
 

@@ -29,10 +29,11 @@ below. The node count ``num_nodes`` is static; the spread that fits at ``h <= 0.
 ``Δ_cap ≈ 0.45 (num_nodes - 1) - L - log L - log K`` (about 80 for the default 256 nodes and K = 4096, about 90
 for K = 2). Rewards further than ``Δ_cap`` below the maximum are clamped to ``r* - Δ_cap``: such atoms are
 chosen only when every candidate lies that far below, and the clamp only loses their ordering among
-themselves (the clamp is also at most 75 in float32, 650 in float64, to stay in range; results stay finite and normalised for rewards of any magnitude; raise ``num_nodes`` for exact
-results on wider spreads). Measured accuracy (tests/test_exact.py): better than 1e-7 relative in float64 against
-brute-force enumeration and adaptive scipy quadrature for spreads up to 50 and K up to 4096, and better than
-1e-4 in float32. The output is renormalised to sum to 1 (the exact ``Σ_x p_x H_K(x)`` is 1).
+themselves (the clamp is also at most 75 in float32, 650 in float64, to stay in range; results stay finite
+and normalised for rewards of any magnitude; raise ``num_nodes`` for exact results on wider spreads).
+Measured accuracy (tests/test_exact.py): better than 1e-7 relative in float64 against brute-force
+enumeration and adaptive scipy quadrature for spreads up to 50 and K up to 4096, and better than 1e-4 in
+float32. The output is renormalised to sum to 1 (the exact ``Σ_x p_x H_K(x)`` is 1).
 
 Cost: ``O(n * num_nodes)`` exponentials per curation step, done in node chunks so memory is ``O(n * 32)``.
 

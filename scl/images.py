@@ -84,7 +84,7 @@ def class_prob(cfg, dataset) -> rewards_lib.Reward:
 
 @registry.REWARDS.register("class_index", validate=_check_classifier_reward)
 def class_index(cfg, dataset) -> rewards_lib.Reward:
-  """``10 − ⌊10 ĉ(x) / C⌋`` with ``ĉ`` the classifier's predicted class among ``C`` (``10 − class`` for C = 10)."""
+  """``10 − ⌊10 ĉ(x) / C⌋``, ``ĉ`` the classifier's predicted class of ``C`` (``10 − class`` for C = 10)."""
   clf, params = _classifier_of(cfg, dataset)
   apply, C = clf.apply, clf.num_classes
 

@@ -111,7 +111,8 @@ def final_mode_bars(panels: Mapping[str, Mapping[str, "scl.Result"]], rewarded: 
     bottom = np.zeros(len(labels))
     for j in range(props.shape[1]):
       hatch = None if rewarded is None or j in rewarded else "//"
-      ax.bar(labels, props[:, j], bottom=bottom, hatch=hatch, label=f"mode {j}" + ("" if hatch is None else " (penalised)"))
+      label = f"mode {j}" + ("" if hatch is None else " (penalised)")
+      ax.bar(labels, props[:, j], bottom=bottom, hatch=hatch, label=label)
       bottom += props[:, j]
     ax.set_title(name)
     ax.tick_params(axis="x", rotation=45)

@@ -57,7 +57,8 @@ class SweepResult:
       scalar arguments).
     config: the base :class:`~scl.config.Config` (None for the exact engine).
     info: how it ran: ``devices``, ``points`` (grid points), ``chunk`` (points per compiled call),
-      ``chunks``, ``batch_size`` (points per ``vmap`` per device) and ``bytes_per_device`` (from the compiled program's memory analysis).
+      ``chunks``, ``batch_size`` (points per ``vmap`` per device) and ``bytes_per_device`` (from the compiled
+      program's memory analysis).
   """
 
   axes: dict[str, np.ndarray]

@@ -213,8 +213,8 @@ def test_chunked_reward_equals_the_whole_batch_and_needs_less_memory():
 
 
 def test_bt_nll_and_its_written_out_derivatives_match_closed_forms():
-  """bt_nll's value, ∂/∂d, ∂²/∂d², ∂/∂o and ∂²/∂d∂o (custom JVP, reverse and forward over reverse) against
-  numpy float64 closed forms, -[o log s(d) + (1 - o) log s(-d)] with log s(d) = -logaddexp(0, -d),
+  """bt_nll's value, ∂/∂d, ∂²/∂d², ∂/∂o and ∂²/∂d∂o (custom JVP, reverse and forward over reverse)
+  against numpy float64 closed forms, -[o log s(d) + (1 - o) log s(-d)] with log s(d) = -logaddexp(0, -d),
   s(d) - o, s(d) s(-d), -d and -1, for gaps up to |d| = 1e4 and labels outside [0, 1] (unbiased labels);
   float32 stays finite at |d| = 1e4."""
   d = np.array([-1e4, -80.0, -30.0, -3.0, -0.5, 0.0, 1e-3, 0.7, 4.0, 35.0, 90.0, 1e4])

@@ -319,7 +319,8 @@ def test_thm23_thm24_not_applicable_unless_p0_is_data():
   s = 1 / (1 + lam)
   p1 = s * p_data + (1 - s) * brute_force(p0, r, 2)
   a = np.exp(r)
-  rhs = exp_mean(p_data, r) + lam / (1 + lam) ** 3 * 0.5 * (np.sum(p_data * a ** 2) - exp_mean(p_data, r) ** 2) / a.max()
+  var_a = np.sum(p_data * a ** 2) - exp_mean(p_data, r) ** 2
+  rhs = exp_mean(p_data, r) + lam / (1 + lam) ** 3 * 0.5 * var_a / a.max()
   assert exp_mean(p1, r) < rhs                               # the theorem's conclusion fails without p_0 = p_data
   traj, metrics = exact.run(jnp.asarray(p0), jnp.asarray(r), K, lam, jnp.asarray(p_data), iterations=4)
   np.testing.assert_allclose(traj[1], p1, rtol=1e-6)
