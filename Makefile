@@ -43,7 +43,7 @@ clean:
 	rm -rf $(VENV) runs *.egg-info docs/api
 
 ## Wheels of what `import scl` needs beyond a GPU image's usual JAX stack (jaxopt), for benchmarks/gpu.py on a
-## lent machine without package access: into .whl/ (ignored by git), for Python 3.10-3.13.
+## lent machine without package access: into .whl/ (ignored by git); jaxopt's wheel is pure Python.
 gpu-wheels:
 	mkdir -p .whl
 	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: -d .whl "jaxopt==0.8.5"
