@@ -81,6 +81,19 @@ def _install_wheels(folder: str) -> str | None:
   return target
 
 
+def _last_json(text: str):
+  """The last JSON object in ``text`` that starts a line (a step prints one, indented or on one line, after
+  whatever else it printed), or None."""
+  decoder = json.JSONDecoder()
+  starts = [i for i in range(len(text)) if text[i] == "{" and (i == 0 or text[i - 1] == "\n")]
+  for i in reversed(starts):
+    try:
+      return decoder.raw_decode(text, i)[0]
+    except json.JSONDecodeError:
+      continue
+  return None
+
+
 def _device(env: dict) -> dict:
   """The accelerator as JAX and ``nvidia-smi`` see it (in a child process, so this one never imports jax)."""
   probe = ("import json, jax; d = jax.devices()[0]; print(json.dumps(dict(backend=jax.default_backend(), "
@@ -150,14 +163,7 @@ def main(argv=None) -> int:
       stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
       stderr = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
     seconds = time.monotonic() - t0
-    # each step prints one JSON document (indented or on one line) at the end of its output
-    first = stdout.find("{")
-    result = None
-    if first >= 0:
-      try:
-        result = json.loads(stdout[first:])
-      except json.JSONDecodeError:
-        result = None
+    result = _last_json(stdout)
     if result is not None:
       _write_json(os.path.join(args.out, f"{name}.json"), result)
     summary["steps"][name] = dict(
