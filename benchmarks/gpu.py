@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     script = quick if args.quick else full
     left = args.budget - (time.monotonic() - start)
     limit = min(cap, left)
-    if limit < 10:
+    if left < min(cap, 10):  # under 10 s left (or under the step's own cap, if smaller): not started
       summary["steps"][name] = dict(skipped=f"{max(left, 0):.0f} s of the budget left")
       _write_json(summary_path, summary)
       continue
