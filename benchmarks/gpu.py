@@ -34,6 +34,7 @@ installed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -61,13 +62,17 @@ STEPS = {
 }
 
 
-def _write_json(path: str, obj) -> None:
-  """Write ``obj`` as JSON to ``path`` atomically (a temporary file in the same folder, then a rename)."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.chmod(tmp, 0o644)
-  os.replace(tmp, path)
+def _load_files_module():
+  """``scl/files.py`` (atomic result files), loaded by its path: ``import scl.files`` would import the package,
+  hence jax and jaxopt, which this process must not need (jaxopt may come only with the wheels, for the
+  steps). The module itself imports only the standard library and numpy."""
+  spec = importlib.util.spec_from_file_location("_scl_files", os.path.join(ROOT, "scl", "files.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+_write_json = _load_files_module().write_json
 
 
 def _install_wheels(folder: str) -> str | None:
