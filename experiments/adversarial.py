@@ -65,7 +65,7 @@ ANY = "any"   # the recipe label of attacks that do not depend on the recipe
 
 def cells(config) -> dict[tuple[str, str, str], scl.Config]:
   """(setting, attack, recipe) -> validated Config; every combination is built before any compute."""
-  base = {k: v for k, v in config.to_dict().items() if k not in _BINARY_FIELDS}
+  base = scl.configs.set_keywords(config, _BINARY_FIELDS)  # less the keywords left None (builder defaults)
   builder = getattr(scl.configs, base.pop("dataset"))
   out = {}
   settings = sorted(config.settings.items(), key=lambda kv: -float(kv[1]))   # fully synthetic first
@@ -178,7 +178,7 @@ def write_outputs(results, seconds, config, workdir: str, level: float = 0.95) -
   summary = summary_frame(results, seconds, level)
   files.write_csv(os.path.join(workdir, "summary.csv"), summary)
   out = {"cells": summary.to_dict(orient="records"), "table": pivot(summary, recipes),
-         "total_seconds": float(sum(seconds.values())), "level": level, "config": config.to_dict()}
+         "total_seconds": float(sum(seconds.values())), "level": level, "config": scl.configs.set_keywords(config)}
   files.write_json(os.path.join(workdir, "summary.json"), out)
 
   panels = _panels(results, recipes)

@@ -48,7 +48,7 @@ def slug(name: str) -> str:
 
 def build_configs(config) -> dict[str, scl.Config]:
   """One validated scl Config per variant (fails before any compute on a bad value)."""
-  base = {k: v for k, v in config.to_dict().items() if k not in _BINARY_FIELDS}
+  base = scl.configs.set_keywords(config, _BINARY_FIELDS)  # less the keywords left None (builder defaults)
   builder = getattr(scl.configs, base.pop("dataset"))
   variants = config.get("variants") or {"run": {}}
   cfgs = {}

@@ -76,7 +76,7 @@ def minority_label_mode(share: float, target: float) -> str:
 
 def cells(config) -> dict[tuple[str, str, str], scl.Config]:
   """(setting, attack, defence) -> validated Config; every combination is built before any compute."""
-  base = {k: v for k, v in config.to_dict().items() if k not in _BINARY_FIELDS}
+  base = scl.configs.set_keywords(config, _BINARY_FIELDS)  # less the keywords left None (builder defaults)
   builder = getattr(scl.configs, base.pop("dataset"))
   eps = dict(config.eps)
   missing = [d for d in config.defences if d not in eps]
@@ -258,7 +258,7 @@ def write_outputs(results, seconds, config, workdir: str, level: float = 0.95) -
   summary = summary_frame(results, seconds, config, level)
   files.write_csv(os.path.join(workdir, "summary.csv"), summary)
   out = {"cells": summary.to_dict(orient="records"), "table": pivot(summary),
-         "total_seconds": float(sum(seconds.values())), "level": level, "config": config.to_dict()}
+         "total_seconds": float(sum(seconds.values())), "level": level, "config": scl.configs.set_keywords(config)}
   files.write_json(os.path.join(workdir, "summary.json"), out)
 
   files.save_figure(os.path.join(workdir, "heatmap.png"),

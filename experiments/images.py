@@ -71,7 +71,7 @@ def slug(name: str) -> str:
 
 def build_configs(config) -> dict[str, scl.Config]:
   """Variant name -> validated scl Config (every variant fails before any compute on a bad value)."""
-  base = {k: v for k, v in config.to_dict().items() if k not in _BINARY_FIELDS}
+  base = scl.configs.set_keywords(config, _BINARY_FIELDS)  # less the keywords left None (builder defaults)
   builder = getattr(scl.configs, base.pop("dataset"))
   return {name: builder(**{**base, **dict(overrides)}) for name, overrides in config.variants.items()}
 
@@ -199,7 +199,7 @@ def write_outputs(results: dict[str, scl.Result], seconds: dict[str, float], con
   files.write_json(os.path.join(workdir, "summary.json"),
                    {"variants": summary.to_dict(orient="records"), "scored_rewards": scored,
                     "seconds_per_variant_total": float(sum(seconds.values())), "wall_seconds": wall,
-                    "devices": [str(d) for d in jax.local_devices()], "config": config.to_dict()})
+                    "devices": [str(d) for d in jax.local_devices()], "config": scl.configs.set_keywords(config)})
 
   by_reward: dict[str, dict[str, scl.Result]] = {}
   for name, res in results.items():

@@ -15,7 +15,14 @@ iteration and 25,000 kept, ``κ = 0.2``-ready attacks with ``α = 0.8``, the cli
 
 from __future__ import annotations
 
+import ml_collections
+
 from scl.config import Config
+
+#: Flat keywords a command line cannot set (arrays, functions): ``declare_keywords`` leaves them out.
+NOT_ON_COMMAND_LINE = ("points", "point_weights", "reward_fn", "r_tilde_fn")
+#: The types of the settable keywords whose default is None.
+_NONE_DEFAULT_TYPES = {"data_dir": str, "x_star": tuple}
 
 
 def _make(base: dict, overrides: dict) -> Config:
@@ -82,3 +89,27 @@ def cifar10(**overrides) -> Config:
 def cifar100(**overrides) -> Config:
   """CIFAR-100 (``tfds build cifar100``); ``class_index`` maps the 100 classes to ``10 − ⌊class / 10⌋``."""
   return cifar10(**{"dataset": "cifar100", **overrides})
+
+
+def declare_keywords(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Declare in ``config`` every flat keyword of :class:`~scl.config.Config` it does not set, as a typed None.
+
+  For the experiment binaries' config files: ml_collections accepts ``--config.<field>=value`` only for fields
+  the file defines, so after this every keyword (``--config.width=64``, ``--config.eps=0.1``) can be given
+  on the command line, parsed to its type. A field left None stands for the builder's default: binaries
+  drop None values (:func:`set_keywords`) before calling a builder. Arrays and functions
+  (:data:`NOT_ON_COMMAND_LINE`) are not declared. Returns ``config``, changed in place.
+  """
+  defaults = Config().flat()
+  for key in Config.keywords():
+    if key in config or key in NOT_ON_COMMAND_LINE:
+      continue
+    kind = type(defaults[key]) if defaults[key] is not None else _NONE_DEFAULT_TYPES[key]
+    config[key] = ml_collections.config_dict.placeholder(kind)
+  return config
+
+
+def set_keywords(config: ml_collections.ConfigDict, binary_fields=()) -> dict:
+  """``config``'s fields as a dict, less ``binary_fields`` and those left None: a binary's builder keywords
+  (and what its summary records as its config)."""
+  return {k: v for k, v in config.to_dict().items() if k not in binary_fields and v is not None}

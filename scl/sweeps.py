@@ -310,7 +310,7 @@ def sweep(cfg: config_lib.Config, *, seeds: int | Iterable[int] = (0,), keep_sam
     batch_size: grid points per device under one ``vmap`` (``"auto"``: :func:`default_batch_size`; None:
       the whole shard). Results do not depend on it.
     **grid: traced hyper-parameters (:data:`scl.hyper.TRACED`: ``K``, ``lam`` (λ), ``phi`` (φ), ``kappa``
-      (κ), ``alpha`` (α), ``beta``, ``lr``, ``l2``): a sequence is an axis, a scalar a fixed value.
+      (κ), ``alpha`` (α), ``beta``, ``lr``, ``l2``, ``eps`` (ε)): a sequence is an axis, a scalar a fixed value.
 
   Returns:
     A :class:`SweepResult` with axes ``(*swept, "seed", "iteration")``; ``metrics[name]`` has shape

@@ -20,6 +20,8 @@ Presets:
 
 import ml_collections
 
+from scl.configs import declare_keywords
+
 
 def get_config(preset: str | None = None):
   config = ml_collections.ConfigDict()
@@ -62,4 +64,4 @@ def get_config(preset: str | None = None):
     config.settings = {"synthetic": float("inf")}
   elif preset not in (None, ""):
     raise ValueError(f"unknown preset {preset!r}; choose 'quick' or 'code_toy'")
-  return config
+  return declare_keywords(config)  # every other scl keyword settable as --config.<keyword>

@@ -12,6 +12,8 @@ iteration) with a lighter training budget per iteration, so both runs finish in 
 
 import ml_collections
 
+from scl.configs import declare_keywords
+
 
 def get_config(preset: str | None = None):
   config = ml_collections.ConfigDict()
@@ -41,4 +43,4 @@ def get_config(preset: str | None = None):
     config.sample_steps = 100
   elif preset not in (None, ""):
     raise ValueError(f"unknown preset {preset!r}; choose 'demo' or 'flow'")
-  return config
+  return declare_keywords(config)  # every other scl keyword settable as --config.<keyword>

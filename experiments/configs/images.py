@@ -31,6 +31,8 @@ Presets after a colon:
 
 import ml_collections
 
+from scl.configs import declare_keywords
+
 #: name -> overrides of the fully synthetic variants; each gets a ``<name>_real`` twin with ``lam=real_lam``.
 VARIANTS = {
     "benign_prob": {"reward": "class_prob"},
@@ -100,4 +102,4 @@ def get_config(preset: str | None = None):
   elif preset != "digits":
     raise ValueError(f"unknown preset {preset!r}; choose 'digits', 'quick', 'cifar10' or 'cifar100'")
   config.variants = variants()
-  return config
+  return declare_keywords(config)  # every other scl keyword settable as --config.<keyword>

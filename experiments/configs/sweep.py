@@ -12,6 +12,8 @@ the exact engine on the discretised ring (no seeds); ``:tiny`` a seconds-long sm
 
 import ml_collections
 
+from scl.configs import declare_keywords
+
 INF = float("inf")
 
 
@@ -55,4 +57,4 @@ def get_config(preset: str | None = None):
     config.grid = ml_collections.ConfigDict({"K": (1, 2, 4), "lam": (1.0, INF)})
   elif preset != "default":
     raise ValueError(f"unknown preset {preset!r}; choose default, attack, exact or tiny")
-  return config
+  return declare_keywords(config)  # every other scl keyword settable as --config.<keyword>
