@@ -108,7 +108,9 @@ def _curation_weight(p: Array, r: Array, K: Array, num_nodes: int) -> Array:
   # Keep e^{-Δ} normal and u = e^{s_hi} finite in the working precision.
   delta_cap = jnp.minimum(delta_cap, 75.0 if dtype == jnp.float32 else 650.0)
   delta = jnp.minimum(spread, delta_cap)
-  rho_c = jnp.maximum(rho, -delta)
+  # clipped above too: an atom off the support may have any reward above r*; its weight is 0 anyway, but
+  # e^{rho} would overflow and make E_p[a] = 0 * inf = NaN
+  rho_c = jnp.clip(rho, -delta, 0.0)
   a = jnp.exp(rho_c)                                         # (0, 1]
   mean_a = jnp.sum(p * a)
   s_lo = -jnp.log1p(Km1 * mean_a) - _L

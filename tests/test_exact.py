@@ -183,6 +183,24 @@ def test_huge_rewards_are_finite_and_match_brute_force_when_spread_is_small(x64)
       assert q.argmax() == 19
 
 
+def test_atoms_off_the_support_with_any_reward_do_not_matter():
+  """A zero-mass atom may carry a reward far above every supported one (the overflow of e^{r - r*} once made
+  every weight NaN): the result is the curation of the supported atoms alone, against the enumeration of
+  every candidate tuple (which never draws a zero-mass atom)."""
+  p = np.array([0.3, 0.0, 0.2, 0.0, 0.5])
+  r = np.array([0.0, 1e6, 1.0, 150.0, 2.0])
+  K = 4
+  want = brute_force(p, r, K)
+  for dtype in (jnp.float32, jnp.float64):
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+      continue
+    got = np.asarray(exact.curate(jnp.asarray(p, dtype), jnp.asarray(r, dtype), K))
+    np.testing.assert_allclose(got, want, atol=2e-6)
+  traj, metrics = exact.run(jnp.asarray(p, jnp.float32), jnp.asarray(r, jnp.float32), K=K, lam=1.0,
+                            p_data=jnp.full(5, 0.2, jnp.float32), iterations=3)
+  assert np.all(np.isfinite(np.asarray(traj))) and np.all(np.isfinite(np.asarray(metrics["expected_reward"])))
+
+
 def test_mixed_users_brute_force(x64):
   rng = np.random.default_rng(5)
   p, r = random_instance(rng, 5, 4.0)
