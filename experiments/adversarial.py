@@ -66,7 +66,7 @@ ANY = "any"   # the recipe label of attacks that do not depend on the recipe
 def cells(config) -> dict[tuple[str, str, str], scl.Config]:
   """(setting, attack, recipe) -> validated Config; every combination is built before any compute."""
   base = scl.configs.set_keywords(config, _BINARY_FIELDS)  # less the keywords left None (builder defaults)
-  builder = getattr(scl.configs, base.pop("dataset"))
+  builder = scl.configs.builder(base.pop("dataset"))
   out = {}
   settings = sorted(config.settings.items(), key=lambda kv: -float(kv[1]))   # fully synthetic first
   for setting, lam in settings:

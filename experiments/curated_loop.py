@@ -49,7 +49,7 @@ def slug(name: str) -> str:
 def build_configs(config) -> dict[str, scl.Config]:
   """One validated scl Config per variant (fails before any compute on a bad value)."""
   base = scl.configs.set_keywords(config, _BINARY_FIELDS)  # less the keywords left None (builder defaults)
-  builder = getattr(scl.configs, base.pop("dataset"))
+  builder = scl.configs.builder(base.pop("dataset"))
   variants = config.get("variants") or {"run": {}}
   cfgs = {}
   for name, overrides in variants.items():

@@ -77,7 +77,7 @@ def minority_label_mode(share: float, target: float) -> str:
 def cells(config) -> dict[tuple[str, str, str], scl.Config]:
   """(setting, attack, defence) -> validated Config; every combination is built before any compute."""
   base = scl.configs.set_keywords(config, _BINARY_FIELDS)  # less the keywords left None (builder defaults)
-  builder = getattr(scl.configs, base.pop("dataset"))
+  builder = scl.configs.builder(base.pop("dataset"))
   eps = dict(config.eps)
   missing = [d for d in config.defences if d not in eps]
   if missing:

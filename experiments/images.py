@@ -72,7 +72,7 @@ def slug(name: str) -> str:
 def build_configs(config) -> dict[str, scl.Config]:
   """Variant name -> validated scl Config (every variant fails before any compute on a bad value)."""
   base = scl.configs.set_keywords(config, _BINARY_FIELDS)  # less the keywords left None (builder defaults)
-  builder = getattr(scl.configs, base.pop("dataset"))
+  builder = scl.configs.builder(base.pop("dataset"))
   return {name: builder(**{**base, **dict(overrides)}) for name, overrides in config.variants.items()}
 
 

@@ -15,8 +15,12 @@ iteration and 25,000 kept, ``κ = 0.2``-ready attacks with ``α = 0.8``, the cli
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import ml_collections
 
+from scl import registry
 from scl.config import Config
 
 #: Flat keywords a command line cannot set (arrays, functions): ``declare_keywords`` leaves them out.
@@ -49,7 +53,8 @@ def two_moons(**overrides) -> Config:
 
 
 def points(support, weights=None, **overrides) -> Config:
-  """Any finite point set ``[n, d]`` with ``p_data = weights`` (default uniform); categorical model.
+  """Any finite point set ``[n, d]`` with ``p_data ∝ weights`` (non-negative, not all 0, normalised to sum to
+  1; default uniform); categorical model.
 
   The reward defaults to the clipped distance to the first point; pass ``reward="custom"`` and
   ``reward_fn=...`` (a JAX function ``[n, d] -> [n]``) for your own.
@@ -113,3 +118,19 @@ def set_keywords(config: ml_collections.ConfigDict, binary_fields=()) -> dict:
   """``config``'s fields as a dict, less ``binary_fields`` and those left None: a binary's builder keywords
   (and what its summary records as its config)."""
   return {k: v for k, v in config.to_dict().items() if k not in binary_fields and v is not None}
+
+
+#: The builders of this module, by data set name.
+BUILDERS = ("gaussian8", "two_moons", "points", "digits", "cifar10", "cifar100")
+
+
+def builder(dataset: str) -> Callable[..., Config]:
+  """The builder for ``dataset``: this module's preset of that name, or for another registered data set
+  (:data:`scl.registry.DATASETS`) ``Config`` defaults with ``dataset`` set. Raises ``ValueError`` naming the
+  valid data sets otherwise (the binaries' ``--config.dataset``)."""
+  if dataset in BUILDERS:
+    return globals()[dataset]
+  if dataset in registry.DATASETS:
+    return functools.partial(lambda name, **overrides: _make(dict(dataset=name), overrides), dataset)
+  raise ValueError(f"invalid config: dataset={dataset!r}: unknown data set; valid: "
+                   f"{sorted(set(BUILDERS) | set(registry.DATASETS.names()))}")

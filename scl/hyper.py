@@ -46,7 +46,12 @@ class Traced:
     return jnp.int32 if self.integer else jnp.float32
 
   def check(self, value) -> None:
-    """Raise ``ValueError`` naming the field and the value unless every entry of ``value`` is in the domain."""
+    """Raise ``ValueError`` naming the field and the value unless every entry of ``value`` is in the domain
+    (a number or an array of numbers: strings and booleans are refused, not converted)."""
+    kind = np.asarray(value).dtype
+    if not (np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)):
+      what = {"b": "a boolean", "U": "text", "S": "text", "O": "an object"}.get(kind.kind, str(kind))
+      raise ValueError(f"invalid config: {self.name}={value!r}: {self.doc} must be a number, not {what}")
     arr = np.asarray(value, dtype=np.float64)
     low = f"({self.lo:g}" if self.lo_open else f"[{self.lo:g}"
     high = f"{self.hi:g})" if math.isinf(self.hi) and self.finite else f"{self.hi:g}]"
@@ -162,7 +167,7 @@ def validate_traced(cfg, **values) -> None:
 
   Besides the table's domains, ``eps`` (ε) is checked against the selected defence's own bound: a defence
   registered with ``eps_max=b`` (:data:`scl.registry.DEFENCES`) reads ε in ``[0, b)`` (a flip rate or a
-  smoothing rate: ``b = 0.5``).
+  smoothing rate: ``b = 0.5``); with ``attack_weighting="code"`` (``α Cov + (1 − α) dist``) α is in ``[0, 1]``.
   """
   for name, value in values.items():
     TRACED_BY_NAME[name].check(value)
@@ -173,6 +178,10 @@ def validate_traced(cfg, **values) -> None:
       what = registry.DEFENCES.meta(defence, "eps_doc", "its strength")
       raise ValueError(f"invalid config: eps={values['eps']!r}: defence={defence!r} reads ε as {what}, which "
                        f"must be in [0, {eps_max:g})")
+  weighting = getattr(getattr(cfg, "platform", None), "attack_weighting", None)
+  if "alpha" in values and weighting == "code" and np.any(np.asarray(values["alpha"], np.float64) > 1.0):
+    raise ValueError(f"invalid config: alpha={values['alpha']!r}: attack_weighting='code' weighs "
+                     "α Cov + (1 − α) dist, so α must be in [0, 1]")
   if "K" in values and np.any(np.asarray(values["K"], np.float64) > cfg.curation.K_max):
     raise ValueError(f"invalid config: K={values['K']!r}: exceeds K_max={cfg.curation.K_max}; K_max is static "
                      "(it fixes the candidate shapes and so the random draws): raise it to sweep larger K")

@@ -49,7 +49,7 @@ def test_unset_keywords_are_the_builders_defaults(monkeypatch, spec):
   kw = scl.configs.set_keywords(config, binary._BINARY_FIELDS)   # as the binary passes them
   kw.pop("variants", None)
   assert set(kw) <= set(scl.Config.keywords())
-  builder = getattr(scl.configs, kw.pop("dataset"))
+  builder = scl.configs.builder(kw.pop("dataset"))
   cfg = builder(**kw)
   default = builder()
   assert cfg.model.depth == 2
@@ -74,3 +74,11 @@ def test_curated_loop_builds_a_flag_set_only_on_the_command_line(monkeypatch):
   for cfg in cfgs.values():
     assert cfg.model.gmm_components == 3 and cfg.hyper.phi == 0.5
     assert cfg.model.width == scl.configs.gaussian8().model.width
+
+
+def test_an_unknown_data_set_is_named_with_the_valid_ones(monkeypatch):
+  binary = _binaries.load("curated_loop_for_flags", "experiments", "curated_loop.py")
+  config = _parse(monkeypatch, "gaussian8.py", "--config.dataset=mnist")
+  with pytest.raises(ValueError, match=r"dataset='mnist'.*'gaussian8'"):
+    binary.build_configs(config)
+  assert scl.configs.builder("two_moons") is scl.configs.two_moons

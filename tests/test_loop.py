@@ -141,6 +141,7 @@ def test_two_moons_and_points_datasets():
     (dict(lam=float("nan")), "lam"), (dict(phi=1.5), "phi"), (dict(kappa=-0.1), "kappa"),
     (dict(beta=0.0), "beta"), (dict(model="vae"), "model"), (dict(dataset="mnist"), "dataset"),
     (dict(attack="poison"), "attack"), (dict(iterations=-1), "iterations"), (dict(pool_size=0), "pool_size"),
+    (dict(K="3"), "K"), (dict(K=True), "K"), (dict(alpha=1.5, attack_weighting="code"), "alpha"),
 ])
 def test_invalid_config_names_field_and_value(overrides, field):
   with pytest.raises(ValueError, match=f"{field}="):
