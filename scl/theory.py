@@ -65,6 +65,13 @@ def _scaled_exp(r: Array) -> tuple[Array, Array]:
   return jnp.exp(r - r_star), r_star
 
 
+def _natural(scale: Array, x: Array) -> Array:
+  """``scale * x`` back in natural units, with ``0 * e^{r*}`` exactly 0 when ``e^{r*}`` overflows to inf
+  (rewards above ~88 in float32: the natural-unit value of a nonzero ``x`` is then ±inf, its scaled one
+  finite)."""
+  return jnp.where(x == 0, jnp.zeros_like(x), scale * x)
+
+
 def _mean(p: Array, x: Array) -> Array:
   return jnp.sum(p * x)
 
@@ -129,19 +136,19 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
   e_prev, e_next, e_data = _mean(p_prev, a), _mean(p_next, a), _mean(p_data, a)
   var_prev, var_data = _cov(p_prev, a, a), _cov(p_data, a, a)
 
-  out = {"exp_reward_prev": scale * e_prev}
+  out = {"exp_reward_prev": _natural(scale, e_prev)}
 
   # Ferbach Lemma 2.2 (fully synthetic, benign users).
   applies = (s == 0) & (phi == 0)
   rhs = e_prev + c_K * var_prev
-  out["lemma22_rhs"] = jnp.where(applies, scale * rhs, nan)
+  out["lemma22_rhs"] = jnp.where(applies, _natural(scale, rhs), nan)
   out["lemma22_slack"] = jnp.where(applies, e_next - rhs, nan)
   out["lemma22_holds"] = _holds(e_next - rhs, e_next, rtol, applies)
 
   # Ferbach Theorem 2.3 (real data, benign users, p_0 = p_data).
   applies = (phi == 0) & from_data
   rhs = e_data + (1.0 - s) * s ** 2 * c_K * var_data
-  out["thm23_rhs"] = jnp.where(applies, scale * rhs, nan)
+  out["thm23_rhs"] = jnp.where(applies, _natural(scale, rhs), nan)
   out["thm23_slack"] = jnp.where(applies, e_next - rhs, nan)
   out["thm23_holds"] = _holds(e_next - rhs, e_next, rtol, applies)
 
@@ -172,14 +179,14 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
     g_cov_signed = phi * c_K * jnp.where(cov_scaled >= 0, cov_scaled, cov_scaled / b_min)
     adv_scale = jnp.exp(r_tilde_star)
   applies = s == 0
-  out["cov_r_rtilde"] = scale * adv_scale * cov_scaled
+  out["cov_r_rtilde"] = _natural(scale * adv_scale, cov_scaled)
   out["cov_r_rtilde_scaled"] = cov_scaled
-  out["g_var"] = scale * g_var
-  out["g_cov"] = scale * g_cov
-  out["g_cov_signed"] = scale * g_cov_signed
+  out["g_var"] = _natural(scale, g_var)
+  out["g_cov"] = _natural(scale, g_cov)
+  out["g_cov_signed"] = _natural(scale, g_cov_signed)
   for name, g in (("lemma33", g_cov), ("lemma33_signed", g_cov_signed)):
     rhs = e_prev + g_var + g
-    out[f"{name}_rhs"] = jnp.where(applies, scale * rhs, nan)
+    out[f"{name}_rhs"] = jnp.where(applies, _natural(scale, rhs), nan)
     out[f"{name}_slack"] = jnp.where(applies, e_next - rhs, nan)
     out[f"{name}_holds"] = _holds(e_next - rhs, e_next, rtol, applies)
 
@@ -189,9 +196,9 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
   applies = s > 0
   g34 = jnp.zeros((), dtype) if benign else phi / jnp.where(applies, s, 1.0) * cov_min
   rhs = e_data + g34
-  out["lemma34_cov_min"] = scale * adv_scale * cov_min
+  out["lemma34_cov_min"] = _natural(scale * adv_scale, cov_min)
   out["lemma34_cov_min_scaled"] = cov_min
-  out["lemma34_rhs"] = jnp.where(applies, scale * rhs, nan)
+  out["lemma34_rhs"] = jnp.where(applies, _natural(scale, rhs), nan)
   out["lemma34_slack"] = jnp.where(applies, e_next - rhs, nan)
   out["lemma34_holds"] = _holds(e_next - rhs, e_next, rtol, applies)
   return {k: jnp.asarray(v, dtype) for k, v in out.items()}

@@ -125,6 +125,25 @@ def test_huge_rewards_monitors_are_finite_in_scaled_space():
   assert np.all(np.isfinite(metrics["lemma22_slack"][1:])) and np.all(np.isfinite(metrics["log_exp_reward"]))
 
 
+def test_huge_rewards_add_no_nan_to_the_monitors():
+  """Rewards shifted up by 1e6 overflow e^{r*}: natural-unit monitors may become ±inf, but a zero stays 0
+  (no 0 * inf = NaN), every scaled value and verdict equals the unshifted run's, and the only NaNs are the
+  not-applicable ones the unshifted run has too."""
+  p = jnp.array([0.1, 0.2, 0.3, 0.4], jnp.float32)
+  p_next = jnp.array([0.05, 0.15, 0.35, 0.45], jnp.float32)
+  r = jnp.array([0.0, 1.0, 2.0, 3.0], jnp.float32)
+  for r_tilde, phi in ((None, 0.0), (-r, 0.3)):
+    for s in (0.0, 0.5):
+      small = theory.monitors(p, p_next, r, 4.0, s, p, r_tilde, phi)
+      big = theory.monitors(p, p_next, r + 1e6, 4.0, s, p, r_tilde, phi)
+      for k in small:
+        if k.endswith(("_holds", "_slack", "_scaled")):
+          np.testing.assert_allclose(big[k], small[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        assert np.isnan(big[k]) <= np.isnan(small[k]), k
+      if r_tilde is None:
+        assert big["g_cov"] == 0.0 and big["g_cov_signed"] == 0.0
+
+
 # ----------------------------------------------------------------------------- Wei & Zhang, mixed users
 
 
