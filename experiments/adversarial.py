@@ -33,7 +33,8 @@ import time
 import types
 
 if __name__ == "__main__":  # every CPU core an XLA device, so the seeds of a cell run in parallel; before JAX
-  import _devices  # experiments/_devices.py (the script's folder is on sys.path)
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # experiments/, also under python -m
+  import _devices  # experiments/_devices.py
   _devices.cpu_cores_as_devices()
 
 from absl import app  # noqa: E402

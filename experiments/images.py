@@ -34,7 +34,8 @@ import sys
 import time
 
 if __name__ == "__main__":  # every CPU core an XLA device, so variants run side by side; before JAX
-  import _devices  # experiments/_devices.py (the script's folder is on sys.path)
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # experiments/, also under python -m
+  import _devices  # experiments/_devices.py
   _devices.cpu_cores_as_devices()
 
 from absl import app  # noqa: E402

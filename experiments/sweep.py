@@ -30,7 +30,8 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Run from a checkout.
 
 if __name__ == "__main__":  # the grid over the CPU cores as devices (1.4-2.3x on 2 cores); before JAX
-  import _devices  # experiments/_devices.py (the script's folder is on sys.path)
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # experiments/, also under python -m
+  import _devices  # experiments/_devices.py
   _devices.cpu_cores_as_devices()
 
 import jax  # noqa: E402
