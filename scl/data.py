@@ -54,7 +54,9 @@ def validate_points(points, weights=None) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"invalid config: points: must have shape [n, d] with n >= 1, got shape "
                      f"{np.shape(points)}")
   if not np.all(np.isfinite(pts)):
-    raise ValueError("invalid config: points: contains non-finite values")
+    rows = np.flatnonzero(~np.all(np.isfinite(pts), axis=1))
+    raise ValueError(f"invalid config: points: row {rows[0]} is {pts[rows[0]].tolist()} ({rows.size} rows with "
+                     "non-finite values); the support must be finite")
   if weights is None:
     w = np.full(pts.shape[0], 1.0 / pts.shape[0], np.float32)
   else:

@@ -155,6 +155,8 @@ def test_unknown_override_and_bad_data_fail_before_compute():
     scl.configs.points(np.zeros((2, 2, 2)))
   with pytest.raises(ValueError, match="point_weights"):
     scl.configs.points(np.zeros((3, 2)), weights=[1.0, -1.0, 1.0])
+  with pytest.raises(ValueError, match=r"points: row 2 is \[1.0, nan\]"):
+    scl.configs.points(np.array([[0.0, 0.0], [1.0, 0.0], [1.0, np.nan]]))
   nan_reward = scl.configs.points(np.eye(3), reward="custom", reward_fn=lambda x: jnp.log(x[:, 0] - 0.5))
   with pytest.raises(ValueError, match="not finite"):
     scl.run(nan_reward)
