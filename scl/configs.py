@@ -15,7 +15,6 @@ iteration and 25,000 kept, ``κ = 0.2``-ready attacks with ``α = 0.8``, the cli
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import ml_collections
@@ -131,6 +130,6 @@ def builder(dataset: str) -> Callable[..., Config]:
   if dataset in BUILDERS:
     return globals()[dataset]
   if dataset in registry.DATASETS:
-    return functools.partial(lambda name, **overrides: _make(dict(dataset=name), overrides), dataset)
+    return lambda **overrides: _make(dict(dataset=dataset), overrides)
   raise ValueError(f"invalid config: dataset={dataset!r}: unknown data set; valid: "
                    f"{sorted(set(BUILDERS) | set(registry.DATASETS.names()))}")

@@ -113,3 +113,13 @@ def test_data_are_arguments_not_constants():
     text = jax.jit(run_fn).lower(cfg.hyper.arrays(), jax.random.PRNGKey(0), data).as_text()
     sizes[n_real] = len(text)
   assert sizes[100_000] < 1.1 * sizes[1_000], sizes
+
+
+def test_a_registered_data_set_has_a_builder_for_the_binaries():
+  """``--config.dataset=<registered name>`` in a binary: ``scl.configs.builder`` gives Config defaults with
+  that data set and the overrides, validated (the same Config as ``scl.Config().replace(...)``)."""
+  overrides = dict(model="test_gaussian", gamma=2.0, r_min=0.5, K=4)
+  cfg = scl.configs.builder("test_segment")(**overrides)
+  assert cfg == scl.Config().replace(dataset="test_segment", **overrides).validate()
+  with pytest.raises(ValueError, match="test_segment"):   # the error lists registered data sets too
+    scl.configs.builder("no_such_set")
