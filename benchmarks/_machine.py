@@ -112,21 +112,27 @@ def pin_threads(n: int) -> dict[str, Any]:
 
 
 def time_calls(fn: Callable[[], Any], repeats: int, warmup: Callable[[], Any] | None = None,
-               sync: Callable[[Any], Any] = lambda x: x) -> dict[str, Any]:
+               sync: Callable[[Any], Any] = lambda x: x,
+               before: Callable[[], Any] | None = None) -> dict[str, Any]:
   """Time ``sync(fn())``: ``warmup()`` (default: ``fn``) once, untimed in the median, then ``repeats`` calls.
 
   ``sync`` waits for the result (``jax.block_until_ready`` for JAX; identity for eager PyTorch). Returns wall
   seconds (median, best, all), the warm-up's wall seconds, and the median CPU seconds of the process over all
-  its threads (less sensitive than wall time to other jobs on a shared machine).
+  its threads (less sensitive than wall time to other jobs on a shared machine). ``before``, if given, runs
+  untimed just before each timed call and its results are returned as ``before_all`` (e.g. a probe of the
+  machine's speed at that moment, to set each call against).
   """
   t0 = time.perf_counter()
   sync((warmup or fn)())
   warm = time.perf_counter() - t0
-  walls, cpus = [], []
+  walls, cpus, probes = [], [], []
   for _ in range(repeats):
+    if before is not None:
+      probes.append(before())
     t0, c0 = time.perf_counter(), time.process_time()
     sync(fn())
     walls.append(time.perf_counter() - t0)
     cpus.append(time.process_time() - c0)
-  return dict(seconds_median=statistics.median(walls), seconds_best=min(walls), seconds_all=walls,
-              cpu_seconds_median=statistics.median(cpus), warmup_seconds=warm, repeats=repeats)
+  out = dict(seconds_median=statistics.median(walls), seconds_best=min(walls), seconds_all=walls,
+             cpu_seconds_median=statistics.median(cpus), warmup_seconds=warm, repeats=repeats)
+  return dict(out, before_all=probes) if before is not None else out

@@ -9,7 +9,11 @@ and their fraction of the machine's peak (below). Ratios against the reference c
 ``benchmarks/reference.py``, which runs both programs on one machine in one run.
 
 ``peak``: the machine's FP32 peak as jitted code reaches it, measured in the same run: the best of 5 calls of
-a ``2048 x 2048 @ 2048 x 2048`` float32 matrix product (17.2 GFLOP), on all CPUs XLA uses.
+a ``2048 x 2048 @ 2048 x 2048`` float32 matrix product (17.2 GFLOP), on all CPUs XLA uses. Shared hosts drift:
+the same calls can run 1.5-2.5x slower for minutes at a time, so the peak is also probed (best of 3 products)
+just before each timed fit and sample call, and each call's GFLOP/s is set against its own probe
+(``fraction_of_adjacent_peak_median`` and ``_best``, with the probes in ``adjacent_peak_gflops_per_second``);
+``fraction_of_peak`` is the median call against the one peak above.
 
 FLOPs: XLA's ``compiled.cost_analysis()["flops"]`` counts the body of a ``while`` loop (a ``lax.scan``)
 once, not times its trip count, so the FLOPs of a whole fit/sample are taken as those of the same program
@@ -45,6 +49,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from scl.models.flow import make_flow
 from scl.hyper import Hyper
@@ -53,11 +58,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
 
 
-def _time(fn, args, repeats, warmup=True) -> dict:
+def _time(fn, args, repeats, warmup=True, before=None) -> dict:
   """:func:`_machine.time_calls` of the compiled ``fn(*args)`` (waits for the result); ``warmup=False``
-  skips the warm-up call (a program already compiled ahead of time, too expensive to run twice)."""
+  skips the warm-up call (a program already compiled ahead of time, too expensive to run twice); ``before``
+  runs untimed before each call (its results: ``before_all``)."""
   return _machine.time_calls(lambda: fn(*args), repeats, warmup=None if warmup else (lambda: None),
-                             sync=jax.block_until_ready)
+                             sync=jax.block_until_ready, before=before)
+
+
+def _against_adjacent_peak(flops: float, timing: dict) -> dict:
+  """Each call's GFLOP/s as a fraction of the peak probed just before it (``timing["before_all"]``): median
+  and best over the calls, and the probes' GFLOP/s. On a shared host whose speed drifts from minute to minute
+  this sets each call against the machine's speed at that moment, not against one probe minutes away."""
+  fractions = [flops / t / 1e9 / peak for t, peak in zip(timing["seconds_all"], timing["before_all"])]
+  return dict(fraction_of_adjacent_peak_median=float(np.median(fractions)),
+              fraction_of_adjacent_peak_best=max(fractions),
+              adjacent_peak_gflops_per_second=timing["before_all"])
 
 
 def _compile(jitted, *args):
@@ -97,10 +113,11 @@ def equal_work(args) -> dict:
   params = jax.block_until_ready(init_c(key, x, w))
   init_seconds = time.perf_counter() - t0
 
+  probe = peak_probe()
   fit_c, fit_compile = _compile(jax.jit(model.fit), params, key, x, w, hyper)
-  fit_t = _time(fit_c, (params, key, x, w, hyper), args.repeats)
+  fit_t = _time(fit_c, (params, key, x, w, hyper), args.repeats, before=probe)
   sample_c, sample_compile = _compile(jax.jit(model.sample, static_argnums=2), params, key, n_samples)
-  sample_t = _time(sample_c, (params, key), args.repeats)
+  sample_t = _time(sample_c, (params, key), args.repeats, before=probe)
   fit_med, sample_med = fit_t["seconds_median"], sample_t["seconds_median"]
 
   # FLOPs of one training step and of one midpoint step (2 NFE) on all n samples in one chunk (the
@@ -121,13 +138,29 @@ def equal_work(args) -> dict:
                gflops_per_second=fit_flops / fit_med / 1e9,
                gflops_per_second_best=fit_flops / fit_t["seconds_best"] / 1e9,
                fraction_of_peak=fit_flops / fit_med / 1e9 / peak["gflops_per_second"],
-               ms_per_step=1e3 * fit_med / args.train_steps),
+               **_against_adjacent_peak(fit_flops, fit_t), ms_per_step=1e3 * fit_med / args.train_steps),
       sample=dict(compile_seconds=sample_compile, **sample_t, gflop=sample_flops / 1e9,
                   gflops_per_second=sample_flops / sample_med / 1e9,
                   gflops_per_second_best=sample_flops / sample_t["seconds_best"] / 1e9,
-                  fraction_of_peak=sample_flops / sample_med / 1e9 / peak["gflops_per_second"]),
+                  fraction_of_peak=sample_flops / sample_med / 1e9 / peak["gflops_per_second"],
+                  **_against_adjacent_peak(sample_flops, sample_t)),
       peak_rss_mb=_machine.peak_rss_mb(),
   )
+
+
+def peak_probe(size: int = 2048, calls: int = 3):
+  """A probe of the peak at this moment: a function returning the best GFLOP/s of ``calls`` calls of the
+  jitted ``size x size`` float32 product (about 0.1-0.3 s on 2 CPU cores)."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  mm = jax.jit(jnp.matmul).lower(a, a).compile()
+  jax.block_until_ready(mm(a, a))
+
+  def probe() -> float:
+    best = min(_machine.time_calls(lambda: mm(a, a), calls, warmup=lambda: None,
+                                   sync=jax.block_until_ready)["seconds_all"])
+    return 2.0 * size ** 3 / best / 1e9
+
+  return probe
 
 
 def peak_gflops(size: int = 2048, repeats: int = 5) -> dict:
