@@ -134,5 +134,6 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: Callable[[], Any] | 
     walls.append(time.perf_counter() - t0)
     cpus.append(time.process_time() - c0)
   out = dict(seconds_median=statistics.median(walls), seconds_best=min(walls), seconds_all=walls,
-             cpu_seconds_median=statistics.median(cpus), warmup_seconds=warm, repeats=repeats)
+             cpu_seconds_median=statistics.median(cpus), cpu_seconds_all=cpus, warmup_seconds=warm,
+             repeats=repeats)
   return dict(out, before_all=probes) if before is not None else out

@@ -20,12 +20,15 @@ Threads: every worker first restricts itself to ``--threads`` CPUs (default: up 
 match) and the reference worker calls ``torch.set_num_threads(--threads)``; the JSON states what was set.
 
 Repeats: every figure is the median of ``--repeats`` timed calls (scl's attack: ``--scl-attack-repeats``,
-default 10) after one untimed warm-up call. The scl attack takes a tenth of a second and varies by up to a
-third from call to call on a shared 2-core virtual machine (the reference's minute-long calls vary by about
-2%), so its median is taken over more calls; the JSON keeps every call's time. scl's
-programs are compiled ahead of time (``jit(...).lower(...).compile()``, reported as ``compile_seconds``) and
-the warm-up is one run of the compiled program at full size. PyTorch runs eagerly, so its warm-up is a run of
-the same code at a small size (it warms imports, allocator and oneDNN primitive caches, not a compiler).
+default 10) after one untimed warm-up call. With ``--repo`` scl's worker runs twice, just before and just after
+the reference's, and its figure is the median over both workers' calls (each worker's median is kept as
+``bracket``): the host's speed drifts from minute to minute, and the reference's calls take minutes. The scl
+attack takes a tenth of a second and varies by up to a third from call to call on a shared 2-core virtual
+machine (the reference's minute-long calls vary by about 2%), so its median is taken over more calls; the JSON
+keeps every call's time. scl's programs are compiled ahead of time (``jit(...).lower(...).compile()``,
+reported as ``compile_seconds``) and the warm-up is one run of the compiled program at full size. PyTorch runs
+eagerly, so its warm-up is a run of the same code at a small size (it warms imports, allocator and oneDNN
+primitive caches, not a compiler).
 
 What is timed
 -------------
@@ -470,6 +473,30 @@ def run_worker(python, side, spec, timeout, env=None):
   return out
 
 
+def _bracket(before: dict, after: dict) -> dict:
+  """scl's figures from its two workers, one run just before the reference's and one just after: each timing
+  (a dict with ``seconds_all``) takes the median and best over both workers' calls, so that a host whose speed
+  drifts during the reference's minutes of work weighs on both sides alike. ``bracket`` keeps each worker's
+  median; the rest (compile times, memory, the attack's work) is the first worker's."""
+  if "error" in before or "error" in after:
+    return before if "error" in before else dict(before, bracket=dict(after_error=after))
+
+  def merge(a, b):
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+      return a
+    out = {k: merge(v, b.get(k)) for k, v in a.items()}
+    if "seconds_all" in a and "seconds_all" in b:
+      walls, cpus = a["seconds_all"] + b["seconds_all"], a.get("cpu_seconds_all", []) + b.get("cpu_seconds_all", [])
+      out.update(seconds_all=walls, seconds_median=statistics.median(walls), seconds_best=min(walls),
+                 repeats=len(walls), bracket=dict(before_seconds_median=a["seconds_median"],
+                                                  after_seconds_median=b["seconds_median"]))
+      if cpus:
+        out.update(cpu_seconds_all=cpus, cpu_seconds_median=statistics.median(cpus))
+    return out
+
+  return merge(before, after)
+
+
 def _ratio(ref, scl, key=("seconds_median",)):
   def get(d):
     for k in key:
@@ -572,13 +599,17 @@ def harness(args):
     base = dict(threads=args.threads, repeats=args.repeats, settings=settings)
 
     def both(task, extra, name):
-      scl = run_worker(sys.executable, "scl", dict(base, task=task, tmp=os.path.join(tmp, name, "scl"),
-                                                   attack_repeats=args.scl_attack_repeats, **extra), args.timeout)
-      ref = None
+      def scl_worker(label):
+        return run_worker(sys.executable, "scl", dict(base, task=task, tmp=os.path.join(tmp, name, label),
+                                                      attack_repeats=args.scl_attack_repeats, **extra),
+                          args.timeout)
+
+      scl, ref = scl_worker("scl"), None
       if args.repo:
         ref = run_worker(args.ref_python, "ref", dict(base, task=task, repo=args.repo,
                                                       tmp=os.path.join(tmp, name, "ref"), **extra),
                          args.timeout)
+        scl = _bracket(scl, scl_worker("scl_after"))
       return scl, ref
 
     if "attack" in tasks:
