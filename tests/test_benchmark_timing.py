@@ -1,0 +1,72 @@
+"""The benchmarks' timing bookkeeping for a host whose speed drifts: scl's figures in the side-by-side harness
+taken over its workers before and after the reference's (``benchmarks/reference.py``), and each timed call set
+against a peak probed just before it (``benchmarks/_machine.py``, ``benchmarks/loop.py``). Stand-in calls and
+numbers; no benchmark is run."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import _machine  # noqa: E402
+import loop  # noqa: E402
+import reference  # noqa: E402
+
+
+def _timing(walls, cpus):
+  return dict(seconds_all=walls, seconds_median=statistics.median(walls), seconds_best=min(walls),
+              cpu_seconds_all=cpus, cpu_seconds_median=statistics.median(cpus), repeats=len(walls))
+
+
+def test_bracket_takes_each_figure_over_both_workers_calls():
+  before = dict(_timing([0.10, 0.12, 0.11], [0.2, 0.2, 0.3]), compile_seconds=3.0, refits={"total_evals": 458},
+                train=_timing([4.0, 5.0], [8.0, 9.0]), sample=_timing([4.5], [9.5]))
+  after = dict(_timing([0.07, 0.08], [0.15, 0.16]), compile_seconds=9.0, refits={"total_evals": 1},
+               train=_timing([3.0, 3.5, 6.0], [6.0, 7.0, 12.0]), sample=_timing([5.5], [11.5]))
+  out = reference._bracket(before, after)
+  # the attack (top level): five calls, median 0.10 (a 3-call and a 2-call median would give 0.11 and 0.075)
+  assert out["seconds_all"] == [0.10, 0.12, 0.11, 0.07, 0.08]
+  assert out["seconds_median"] == 0.10 and out["seconds_best"] == 0.07 and out["repeats"] == 5
+  assert out["cpu_seconds_median"] == 0.2
+  assert out["bracket"] == pytest.approx(dict(before_seconds_median=0.11, after_seconds_median=0.075))
+  # nested timings (the retrain worker's train and sample) merge the same way
+  assert out["train"]["seconds_median"] == 4.0 and out["train"]["seconds_best"] == 3.0
+  assert out["train"]["cpu_seconds_median"] == 8.0
+  assert out["sample"]["seconds_median"] == 5.0 and out["sample"]["bracket"]["after_seconds_median"] == 5.5
+  # everything else is the first worker's
+  assert out["compile_seconds"] == 3.0 and out["refits"] == {"total_evals": 458}
+  # the ratio reads the merged median
+  assert reference._ratio({"seconds_median": 50.0}, out) == 500.0
+
+
+def test_bracket_keeps_a_failed_worker_visible():
+  good, bad = _timing([0.1], [0.2]), {"error": "exit 1", "stderr_tail": "boom"}
+  assert reference._bracket(bad, good) == bad
+  out = reference._bracket(good, bad)
+  assert out["seconds_all"] == [0.1] and out["bracket"] == {"after_error": bad}
+
+
+def test_time_calls_runs_the_probe_untimed_before_each_call():
+  events = []
+
+  def probe():
+    events.append("probe")
+    return 100.0 + len(events)
+
+  out = _machine.time_calls(lambda: events.append("call"), 3, warmup=lambda: events.append("warmup"), before=probe)
+  assert events == ["warmup", "probe", "call", "probe", "call", "probe", "call"]
+  assert out["before_all"] == [102.0, 104.0, 106.0] and len(out["cpu_seconds_all"]) == 3
+  assert "before_all" not in _machine.time_calls(lambda: None, 1)
+
+
+def test_each_call_is_set_against_its_own_probe():
+  # 100 GFLOP; calls of 1, 2 and 4 s; probes of 200, 100 and 400 GFLOP/s: fractions 0.5, 0.5 and 0.0625
+  timing = dict(seconds_all=[1.0, 2.0, 4.0], before_all=[200.0, 100.0, 400.0])
+  out = loop._against_adjacent_peak(100e9, timing)
+  assert out["fraction_of_adjacent_peak_median"] == 0.5
+  assert out["fraction_of_adjacent_peak_best"] == 0.5
+  assert out["adjacent_peak_gflops_per_second"] == [200.0, 100.0, 400.0]
