@@ -148,27 +148,30 @@ def equal_work(args) -> dict:
   )
 
 
+def _square_product(size: int):
+  """A zero-argument call of the jitted ``size x size`` float32 product (compiled, not yet run)."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+  mm = jax.jit(jnp.matmul).lower(a, b).compile()
+  return lambda: mm(a, b)
+
+
 def peak_probe(size: int = 2048, calls: int = 3):
   """A probe of the peak at this moment: a function returning the best GFLOP/s of ``calls`` calls of the
   jitted ``size x size`` float32 product (about 0.1-0.3 s on 2 CPU cores)."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-  mm = jax.jit(jnp.matmul).lower(a, a).compile()
-  jax.block_until_ready(mm(a, a))
+  product = _square_product(size)
+  jax.block_until_ready(product())
 
   def probe() -> float:
-    best = min(_machine.time_calls(lambda: mm(a, a), calls, warmup=lambda: None,
-                                   sync=jax.block_until_ready)["seconds_all"])
-    return 2.0 * size ** 3 / best / 1e9
+    timing = _machine.time_calls(product, calls, warmup=lambda: None, sync=jax.block_until_ready)
+    return 2.0 * size ** 3 / timing["seconds_best"] / 1e9
 
   return probe
 
 
 def peak_gflops(size: int = 2048, repeats: int = 5) -> dict:
   """The FP32 GFLOP/s of a jitted ``size x size`` matrix product (best of ``repeats``): the peak to compare to."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
-  mm = jax.jit(jnp.matmul).lower(a, b).compile()
-  t = _time(mm, (a, b), repeats)
+  t = _machine.time_calls(_square_product(size), repeats, sync=jax.block_until_ready)
   flop = 2.0 * size ** 3
   return dict(matmul=f"{size}x{size} @ {size}x{size} float32", gflop=flop / 1e9,
               seconds_best=t["seconds_best"], gflops_per_second=flop / t["seconds_best"] / 1e9)
