@@ -66,8 +66,7 @@ ANY = "any"   # the recipe label of attacks that do not depend on the recipe
 
 def cells(config) -> dict[tuple[str, str, str], scl.Config]:
   """(setting, attack, recipe) -> validated Config; every combination is built before any compute."""
-  base = scl.configs.set_keywords(config, _BINARY_FIELDS)  # less the keywords left None (builder defaults)
-  builder = scl.configs.builder(base.pop("dataset"))
+  make = scl.configs.from_flags(config, _BINARY_FIELDS)  # keywords left None keep the builder's defaults
   out = {}
   settings = sorted(config.settings.items(), key=lambda kv: -float(kv[1]))   # fully synthetic first
   for setting, lam in settings:
@@ -75,7 +74,7 @@ def cells(config) -> dict[tuple[str, str, str], scl.Config]:
       recipes = tuple(config.recipes) if attack == "gradient" else (ANY,)
       for recipe in recipes:
         extra = {} if recipe == ANY else {"attack_recipe": recipe}
-        out[(setting, attack, recipe)] = builder(**{**base, "attack": attack, "lam": float(lam), **extra})
+        out[(setting, attack, recipe)] = make(attack=attack, lam=float(lam), **extra)
   return out
 
 

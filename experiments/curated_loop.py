@@ -48,12 +48,11 @@ def slug(name: str) -> str:
 
 def build_configs(config) -> dict[str, scl.Config]:
   """One validated scl Config per variant (fails before any compute on a bad value)."""
-  base = scl.configs.set_keywords(config, _BINARY_FIELDS)  # less the keywords left None (builder defaults)
-  builder = scl.configs.builder(base.pop("dataset"))
+  make = scl.configs.from_flags(config, _BINARY_FIELDS)  # keywords left None keep the builder's defaults
   variants = config.get("variants") or {"run": {}}
   cfgs = {}
   for name, overrides in variants.items():
-    cfg = builder(**{**base, **dict(overrides)})
+    cfg = make(**dict(overrides))
     cfgs[f"{name} (K={cfg.hyper.K}, λ={cfg.hyper.lam:g}, φ={cfg.hyper.phi:g})"] = cfg
   return cfgs
 

@@ -77,8 +77,7 @@ def minority_label_mode(share: float, target: float) -> str:
 
 def cells(config) -> dict[tuple[str, str, str], scl.Config]:
   """(setting, attack, defence) -> validated Config; every combination is built before any compute."""
-  base = scl.configs.set_keywords(config, _BINARY_FIELDS)  # less the keywords left None (builder defaults)
-  builder = scl.configs.builder(base.pop("dataset"))
+  make = scl.configs.from_flags(config, _BINARY_FIELDS)  # keywords left None keep the builder's defaults
   eps = dict(config.eps)
   missing = [d for d in config.defences if d not in eps]
   if missing:
@@ -90,13 +89,12 @@ def cells(config) -> dict[tuple[str, str, str], scl.Config]:
       raise ValueError(f"invalid config: settings: the name {MINORITY!r} is the minority scenario's")
     for attack in config.attacks:
       for defence in config.defences:
-        out[(setting, attack, defence)] = builder(**{**base, "attack": attack, "defence": defence,
-                                                     "eps": float(eps[defence]), "lam": float(lam)})
+        out[(setting, attack, defence)] = make(attack=attack, defence=defence, eps=float(eps[defence]), lam=float(lam))
   if float(config.minority.share) > 0:
     labels = minority_label_mode(float(config.minority.share), float(config.minority.target))
     for defence in config.defences:
-      out[(MINORITY, "none", defence)] = builder(**{**base, "attack": "none", "defence": defence, "labels": labels,
-                                                    "eps": float(eps[defence]), "lam": float("inf")})
+      out[(MINORITY, "none", defence)] = make(attack="none", defence=defence, labels=labels, eps=float(eps[defence]),
+                                                 lam=float("inf"))
   return out
 
 

@@ -72,9 +72,8 @@ def slug(name: str) -> str:
 
 def build_configs(config) -> dict[str, scl.Config]:
   """Variant name -> validated scl Config (every variant fails before any compute on a bad value)."""
-  base = scl.configs.set_keywords(config, _BINARY_FIELDS)  # less the keywords left None (builder defaults)
-  builder = scl.configs.builder(base.pop("dataset"))
-  return {name: builder(**{**base, **dict(overrides)}) for name, overrides in config.variants.items()}
+  make = scl.configs.from_flags(config, _BINARY_FIELDS)  # keywords left None keep the builder's defaults
+  return {name: make(**dict(overrides)) for name, overrides in config.variants.items()}
 
 
 def reward_of(cfg: scl.Config, name: str):

@@ -69,8 +69,7 @@ def _grid(config) -> dict:
 
 def run_sweep(config) -> sweeps.SweepResult:
   """The library call the binary makes: the base config and grid of ``config`` -> a SweepResult."""
-  base = scl.configs.set_keywords(config, _BINARY_FIELDS)  # less the keywords left None (builder defaults)
-  cfg = scl.configs.builder(base.pop("dataset"))(**base)
+  cfg = scl.configs.from_flags(config, _BINARY_FIELDS)()  # keywords left None keep the builder's defaults
   grid = _grid(config)
   chunking = dict(max_chunk=config.max_chunk or None, memory_budget=config.memory_budget or None)
   if config.engine == "exact":

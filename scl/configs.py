@@ -133,3 +133,12 @@ def builder(dataset: str) -> Callable[..., Config]:
     return lambda **overrides: _make(dict(dataset=dataset), overrides)
   raise ValueError(f"invalid config: dataset={dataset!r}: unknown data set; valid: "
                    f"{sorted(set(BUILDERS) | set(registry.DATASETS.names()))}")
+
+
+def from_flags(config: ml_collections.ConfigDict, binary_fields=()) -> Callable[..., Config]:
+  """``make(**overrides)``: the builder of ``config.dataset`` (:func:`builder`) called with ``config``'s set
+  keywords (:func:`set_keywords`, less ``binary_fields``), ``overrides`` on top. What an experiment binary
+  builds each of its runs from."""
+  base = set_keywords(config, binary_fields)
+  make = builder(base.pop("dataset"))
+  return lambda **overrides: make(**{**base, **overrides})

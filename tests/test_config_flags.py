@@ -46,13 +46,13 @@ def test_every_keyword_is_a_flag_with_its_type(monkeypatch, spec):
 def test_unset_keywords_are_the_builders_defaults(monkeypatch, spec):
   binary = _binaries.load(f"binary_for_flags_{spec[:4]}", "experiments", BINARIES[spec])
   config = _parse(monkeypatch, spec, "--config.depth=2")
-  kw = scl.configs.set_keywords(config, binary._BINARY_FIELDS)   # as the binary passes them
-  kw.pop("variants", None)
-  assert set(kw) <= set(scl.Config.keywords())
-  builder = scl.configs.builder(kw.pop("dataset"))
-  cfg = builder(**kw)
-  default = builder()
+  fields = (*binary._BINARY_FIELDS, "variants")
+  assert set(scl.configs.set_keywords(config, fields)) <= set(scl.Config.keywords())
+  make = scl.configs.from_flags(config, fields)   # as the binary builds its runs
+  cfg = make()
+  default = scl.configs.builder(config.dataset)()
   assert cfg.model.depth == 2
+  assert make(depth=3).model.depth == 3   # a run's own override wins over the command line's
   # keywords no file sets keep the builder's values
   assert cfg.model.em_steps == default.model.em_steps
   assert cfg.platform.knn_k == default.platform.knn_k
