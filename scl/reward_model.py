@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scl import _solvers
+from scl import _native, _solvers
 
 Params = Any
 ApplyFn = Callable[[Params, chex.Array], chex.Array]
@@ -131,6 +131,7 @@ def mlp_reward(hidden: tuple[int, ...] = (64,),
   apply = module.apply if rows is None else _in_chunks(module.apply, rows)
   if len(hidden) == 1 and activation is jax.nn.silu:
     apply = _with_value_and_pullback(apply, _silu_mlp1_value_and_pullback, rows)
+    apply.silu_mlp1 = True  # the fused Bradley-Terry kernel applies (_nll_sum_and_grad)
   return RewardNet(init=module.init, apply=apply)
 
 
@@ -339,14 +340,45 @@ def bt_value_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.
 
 def _nll_sum_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: chex.Array,
                       weight: chex.Array | None = None) -> tuple[chex.Array, Params]:
-  """``Σ_i w_i bt_nll(d_i, o_i)`` over pairs and its gradient in ``θ``, by one network call on the pairs'
-  interleaved rows (:func:`pair_rewards`) and one pull-back (:func:`value_and_pullback`)."""
+  """``Σ_i w_i bt_nll(d_i, o_i)`` over pairs and its gradient in ``θ``: by scl's fused CPU kernel
+  (:mod:`scl._native`) for :func:`mlp_reward` with one hidden SiLU layer where it applies, else
+  :func:`_jnp_nll_sum_and_grad`; the two agree to float rounding."""
+  w = jnp.ones_like(o) if weight is None else weight
+  if getattr(apply_fn, "silu_mlp1", False):
+    f = x.reshape(x.shape[0], -1)
+    if _native.supports(params["params"]["Dense_0"]["kernel"], f) and o.dtype == w.dtype == jnp.float32:
+      return _fused_nll_sum_and_grad(params, apply_fn, f, z.reshape(f.shape), o, w)
+  return _jnp_nll_sum_and_grad(params, apply_fn, x, z, o, w)
+
+
+def _jnp_nll_sum_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: chex.Array,
+                          w: chex.Array) -> tuple[chex.Array, Params]:
+  """:func:`_nll_sum_and_grad` by one network call on the pairs' interleaved rows (:func:`pair_rewards`) and
+  one pull-back (:func:`value_and_pullback`)."""
   n = x.shape[0]
   r, pullback = value_and_pullback(params, apply_fn, jnp.stack([x, z], axis=1).reshape((2 * n,) + x.shape[1:]))
   r = r.reshape(n, 2)
-  w = jnp.ones_like(o) if weight is None else weight
   nll_sum, dd = jax.value_and_grad(lambda d: jnp.sum(w * bt_nll(d, o)))(r[:, 1] - r[:, 0])
   return nll_sum, pullback(jnp.stack([-dd, dd], axis=1).reshape(2 * n))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _fused_nll_sum_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: chex.Array,
+                            w: chex.Array) -> tuple[chex.Array, Params]:
+  """:func:`_jnp_nll_sum_and_grad` of the one-hidden-layer SiLU reward by the fused kernel (``x``, ``z``:
+  ``[n, d]``); its derivatives (Hessian-vector products, derivatives in ``o``) are those of the
+  ``jax.numpy`` path."""
+  q = params["params"]
+  nll_sum, (gw1, gb1, gw2, gb2) = _native.bt_mlp1_nll_sum_and_grad(
+      q["Dense_0"]["kernel"], q["Dense_0"]["bias"], q["Dense_1"]["kernel"], q["Dense_1"]["bias"], x, z, o, w)
+  grads = {"Dense_0": {"kernel": gw1, "bias": gb1}, "Dense_1": {"kernel": gw2, "bias": gb2}}
+  return nll_sum, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
+                                               jax.tree_util.tree_leaves({"params": grads}))
+
+
+@_fused_nll_sum_and_grad.defjvp
+def _fused_nll_sum_and_grad_jvp(apply_fn, primals, tangents):
+  return jax.jvp(lambda p, *rest: _jnp_nll_sum_and_grad(p, apply_fn, *rest), primals, tangents)
 
 
 def _add_l2(nll_sum: chex.Array, nll_grad_sum: Params, n: int, params: Params,

@@ -1,0 +1,114 @@
+"""scl's one native CPU kernel: the Bradley–Terry loss and gradient of a one-hidden-layer SiLU reward, fused.
+
+``scl/csrc/bt_mlp1.cc`` is an XLA FFI custom call (``jax.ffi``): one pass over the pairs that computes the
+summed loss and its gradient, where XLA runs the same arithmetic as about eight kernels over ``[2n, H]``
+arrays. It is compiled on first use with the machine's C++ compiler (``$CXX``, else ``g++``, ``-O3
+-march=native``; about 3 s) into a cache directory (``$SCL_NATIVE_CACHE``, else ``~/.cache/scl/native``), keyed
+by the source, the compiler, the flags, jaxlib's version and the CPU, and written atomically (concurrent
+processes do not see half a library). Without a compiler, or with ``SCL_NATIVE=0``, :func:`available` is
+False and :mod:`scl.reward_model` keeps its ``jax.numpy`` path, which computes the same values to float
+rounding; a failed build is reported once as a warning.
+
+The kernel only replaces the primal computation: derivatives of it (Hessian-vector products, derivatives in
+the labels) come from the ``jax.numpy`` path through a ``custom_jvp`` in :mod:`scl.reward_model`, so it is
+differentiable, jittable, and (one member at a time) vmappable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "bt_mlp1.cc")
+_TARGET = "scl_bt_mlp1"
+_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
+#: Widest input the kernel takes (``d`` features) and the multiple its hidden width must be.
+MAX_FEATURES, WIDTH_MULTIPLE = 4, 8
+
+_log = logging.getLogger(__name__)
+
+
+def _cpu_description() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      lines = [line for line in f if line.startswith(("model name", "flags"))]
+    return "".join(sorted(set(lines)))
+  except OSError:
+    return platform.processor()
+
+
+def _cache_dir() -> str:
+  return os.environ.get("SCL_NATIVE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "scl", "native")
+
+
+def _build() -> str | None:
+  """Path of the compiled library (compiled now if not cached), or None when it cannot be built."""
+  compiler = shutil.which(os.environ.get("CXX", "g++"))
+  if compiler is None:
+    _log.info("scl native kernel: no C++ compiler found (set CXX); using the jax.numpy path")
+    return None
+  version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+  with open(_SOURCE, "rb") as f:
+    source = f.read()
+  key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(_FLAGS).encode(),
+                                   importlib.metadata.version("jaxlib").encode(), _cpu_description().encode()])).hexdigest()[:16]
+  directory = _cache_dir()
+  path = os.path.join(directory, f"bt_mlp1-{key}.so")
+  if os.path.exists(path):
+    return path
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bt_mlp1-", suffix=".so")
+  os.close(fd)
+  cmd = [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), _SOURCE, "-o", tmp]
+  result = subprocess.run(cmd, capture_output=True, text=True)
+  if result.returncode != 0:
+    os.unlink(tmp)
+    warnings.warn(f"scl native kernel: building {_SOURCE} failed ({' '.join(cmd)}); using the jax.numpy path. "
+                  f"Compiler output (end): {result.stderr[-2000:]}", RuntimeWarning, stacklevel=3)
+    return None
+  os.replace(tmp, path)  # atomic: another process sees the whole library or none
+  return path
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+  """Whether the fused kernel is built, loaded and registered with XLA (built on the first call)."""
+  if os.environ.get("SCL_NATIVE", "1") == "0":
+    return False
+  path = _build()
+  if path is None:
+    return False
+  library = ctypes.cdll.LoadLibrary(path)
+  jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(library.SclBtMlp1), platform="cpu")
+  return True
+
+
+def supports(w1: jax.Array, features: jax.Array) -> bool:
+  """Whether a call with first-layer kernel ``w1 [d, H]`` on ``features [n, d]`` can use the kernel: float32
+  throughout, ``d <= 4``, ``H`` a multiple of 8, the CPU as the default backend, and the kernel available."""
+  return (w1.ndim == 2 and 1 <= w1.shape[0] <= MAX_FEATURES and w1.shape[1] % WIDTH_MULTIPLE == 0
+          and w1.dtype == jnp.float32 and features.dtype == jnp.float32
+          and jax.default_backend() == "cpu" and available())
+
+
+def bt_mlp1_nll_sum_and_grad(w1, b1, w2, b2, x, z, o, w):
+  """``(Σ_i w_i nll_i, (∂/∂w1, ∂/∂b1, ∂/∂w2, ∂/∂b2))`` by the fused kernel (see the module docstring).
+
+  Shapes: ``w1 [d, H]``, ``b1 [H]``, ``w2 [H, 1]``, ``b2 [1]``, ``x, z [n, d]``, ``o, w [n]``; float32. Under
+  ``vmap`` the kernel runs once per member (``vmap_method="sequential"``).
+  """
+  out = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in ((), w1.shape, b1.shape, w2.shape, b2.shape)]
+  nll, *grads = jax.ffi.ffi_call(_TARGET, out, vmap_method="sequential")(w1, b1, w2, b2, x, z, o, w)
+  return nll, tuple(grads)

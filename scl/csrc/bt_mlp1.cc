@@ -1,0 +1,282 @@
+// The Bradley-Terry loss and its gradient for a reward with one hidden SiLU layer, in one pass: an XLA FFI
+// custom call for the CPU (scl/_native.py builds, loads and registers it; scl/reward_model.py calls it).
+//
+// For pairs (x_i, z_i), labels o_i and weights w_i, with R(f) = w2 . silu(f W1 + b1) + b2, d_i = R(z_i) - R(x_i):
+//
+//   nll = sum_i w_i [o_i softplus(-d_i) + (1 - o_i) softplus(d_i)]      (summed, not averaged)
+//   c   = dnll/dR per row: -g_i at x_i, +g_i at z_i, g_i = w_i (sigmoid(d_i) - o_i)
+//   dW2 = sum_rows c h,  db2 = sum_rows c,  [db1; dW1] = ([c; c f]^T silu'(a)) * w2
+//
+// with silu'(a) = s (1 + a (1 - s)), s = sigmoid(a). The same quantities as scl.reward_model's JAX path
+// (_nll_sum_and_grad with _silu_mlp1_value_and_pullback), to float rounding. XLA runs that path as about eight
+// kernels over [2n, H] arrays, each read from and written to memory; here a block of 16 pairs is made, used and
+// dropped in L1, and the sigmoid's exponential is a polynomial over 8-float vectors.
+//
+// Work is split into fixed chunks of 512 pairs, each summed on its own and the chunks added in order, so the
+// result does not depend on how many threads ran them; the chunks are shared with XLA's intra-op thread pool.
+// Shapes: w1 [d, H] (1 <= d <= 4, H a multiple of 8), b1 [H], w2 [H, 1], b2 [1], x and z [n, d], o and w [n];
+// float32 only. The Python side checks these before it calls.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kW = 8;  // floats per vector (GCC/Clang vector extensions: AVX on x86, two NEON registers on ARM)
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+
+inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf splat(float a) { return vf{} + a; }
+
+// exp(x), x clamped to [-87, 88] (no overflow, no denormal results): Cody-Waite reduction by ln 2, Cephes'
+// polynomial for exp on [-ln 2 / 2, ln 2 / 2] (about 1 ulp), 2^n from the exponent bits.
+inline vf vexp(vf x) {
+  const vf lo = splat(-87.0f), hi = splat(88.0f), magic = splat(12582912.0f);  // 1.5 * 2^23
+#ifdef __AVX__
+  x = __builtin_ia32_minps256(__builtin_ia32_maxps256(x, lo), hi);
+#else
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+#endif
+  vf tm = x * 1.44269504088896341f + magic;  // round(x / ln 2) in the low mantissa bits
+  vf n = tm - magic;
+  vf r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  vi bits = ((vi)tm - (vi)magic + 127) << 23;
+  return p * (vf)bits;
+}
+
+// log(1 + e) for e in [0, 1]: 2 atanh(u), u = e / (2 + e) in [0, 1/3] (series to u^15: error below 1e-8).
+inline vf vlog1p_unit(vf e) {
+  vf u = e / (2.0f + e);
+  vf u2 = u * u;
+  vf p = splat(1.0f / 15);
+  p = p * u2 + 1.0f / 13;
+  p = p * u2 + 1.0f / 11;
+  p = p * u2 + 1.0f / 9;
+  p = p * u2 + 1.0f / 7;
+  p = p * u2 + 1.0f / 5;
+  p = p * u2 + 1.0f / 3;
+  p = p * u2 + 1.0f;
+  return 2.0f * u * p;
+}
+
+// 1 / x for x >= 1: the hardware's estimate and one Newton step on x86 (about 2 ulp), a division elsewhere.
+inline vf vrcp(vf x) {
+#ifdef __AVX__
+  vf y = __builtin_ia32_rcpps256(x);
+  return y * (2.0f - x * y);
+#else
+  return 1.0f / x;
+#endif
+}
+
+inline float hsum(vf v) {
+  float a = (v[0] + v[4]) + (v[2] + v[6]), b = (v[1] + v[5]) + (v[3] + v[7]);
+  return a + b;
+}
+
+constexpr int64_t kBlock = 16;   // pairs per block: 32 rows of h and silu' (16 KiB at H = 64) stay in L1
+constexpr int64_t kChunk = 512;  // pairs per partial sum
+
+struct Args {
+  int64_t H, n;
+  const float *W1, *B1, *W2;
+  float b2;
+  const float *X, *Z, *O, *WT;
+};
+
+// Sums over pairs [p0, p1) into out = [nll, db2, dW2 (H), db1 / w2 (H), dW1 / w2 (D H)].
+template <int D>
+void Range(const Args& A, int64_t p0, int64_t p1, float* out) {
+  const int64_t H = A.H, V = H / kW;
+  std::vector<float> buf(4 * kBlock * H);
+  float* hbuf = buf.data();                 // h of rows (x_0, z_0, x_1, z_1, ...), [2 kBlock, H]
+  float* sbuf = buf.data() + 2 * kBlock * H;  // silu'(a) of the same rows
+  float r[2 * kBlock], c[2 * kBlock];
+  const float* rowf[2 * kBlock];
+  float* gw2 = out + 2;
+  float* gb1 = gw2 + H;
+  float* gw1 = gb1 + H;
+  std::fill(out, out + 2 + (D + 2) * H, 0.0f);
+  double nll_sum = 0.0, gb2 = 0.0;
+  for (int64_t start = p0; start < p1; start += kBlock) {
+    const int64_t m = std::min(kBlock, p1 - start);
+    // forward: a pair's two rows side by side (two independent chains of dependent FMAs per step)
+    for (int64_t i = 0; i < m; ++i) {
+      const float* fx = A.X + (start + i) * D;
+      const float* fz = A.Z + (start + i) * D;
+      rowf[2 * i] = fx;
+      rowf[2 * i + 1] = fz;
+      float kx[D], kz[D];
+      for (int k = 0; k < D; ++k) kx[k] = fx[k], kz[k] = fz[k];
+      float* hx = hbuf + 2 * i * H;
+      float* sx = sbuf + 2 * i * H;
+      vf accx = {}, accz = {};
+      for (int64_t v = 0; v < V; ++v) {
+        vf b = load(A.B1 + v * kW), ax = b, az = b;
+        for (int k = 0; k < D; ++k) {
+          vf w = load(A.W1 + k * H + v * kW);
+          ax += kx[k] * w;
+          az += kz[k] * w;
+        }
+        vf sgx = vrcp(1.0f + vexp(-ax)), sgz = vrcp(1.0f + vexp(-az));
+        vf hvx = ax * sgx, hvz = az * sgz;
+        store(hx + v * kW, hvx);
+        store(hx + H + v * kW, hvz);
+        store(sx + v * kW, sgx * (1.0f + ax * (1.0f - sgx)));
+        store(sx + H + v * kW, sgz * (1.0f + az * (1.0f - sgz)));
+        vf w2 = load(A.W2 + v * kW);
+        accx += hvx * w2;
+        accz += hvz * w2;
+      }
+      r[2 * i] = hsum(accx) + A.b2;
+      r[2 * i + 1] = hsum(accz) + A.b2;
+    }
+    // the pairs' losses and their derivatives in the gaps, 8 pairs at a time
+    vf blk_nll = {};
+    for (int64_t i = 0; i < m; i += kW) {
+      vf gap, lab, w;
+      for (int l = 0; l < kW; ++l) {
+        bool in = i + l < m;
+        gap[l] = in ? r[2 * (i + l) + 1] - r[2 * (i + l)] : 0.0f;
+        lab[l] = in ? A.O[start + i + l] : 0.0f;
+        w[l] = in ? A.WT[start + i + l] : 0.0f;
+      }
+      vf mag = gap < 0.0f ? -gap : gap;
+      vf e = vexp(-mag);
+      vf sp = vlog1p_unit(e);  // softplus(-|d|); softplus(d) = sp + max(d, 0), softplus(-d) = that - d
+      vf pos = gap > 0.0f ? gap : vf{};
+      blk_nll += w * (lab * (sp + pos - gap) + (1.0f - lab) * (sp + pos));
+      vf sig = (gap >= 0.0f ? splat(1.0f) : e) / (1.0f + e);
+      vf g = w * (sig - lab);
+      for (int l = 0; l < kW && i + l < m; ++l) {
+        c[2 * (i + l)] = -g[l];
+        c[2 * (i + l) + 1] = g[l];
+      }
+    }
+    nll_sum += hsum(blk_nll);
+    float blk_gb2 = 0.0f;
+    for (int64_t row = 0; row < 2 * m; ++row) blk_gb2 += c[row];
+    gb2 += blk_gb2;
+    // pull-back: for each 8 hidden units, the block's rows into accumulators held in registers
+    for (int64_t v = 0; v < V; ++v) {
+      vf a2 = load(gw2 + v * kW), a1 = load(gb1 + v * kW), ak[D];
+      for (int k = 0; k < D; ++k) ak[k] = load(gw1 + k * H + v * kW);
+      for (int64_t row = 0; row < 2 * m; ++row) {
+        const float cr = c[row];
+        a2 += cr * load(hbuf + row * H + v * kW);
+        vf t = cr * load(sbuf + row * H + v * kW);
+        a1 += t;
+        for (int k = 0; k < D; ++k) ak[k] += rowf[row][k] * t;
+      }
+      store(gw2 + v * kW, a2);
+      store(gb1 + v * kW, a1);
+      for (int k = 0; k < D; ++k) store(gw1 + k * H + v * kW, ak[k]);
+    }
+  }
+  out[0] = static_cast<float>(nll_sum);
+  out[1] = static_cast<float>(gb2);
+}
+
+// Chunks are claimed from a counter by the calling thread and by helpers scheduled on XLA's pool. The caller
+// claims until none is left and then waits only for chunks a helper has claimed (and is running), so it never
+// waits on a helper that has not started; a helper that starts late finds nothing to claim. The state is
+// shared (not on the caller's stack) for such late helpers.
+struct Shared {
+  std::atomic<int64_t> next{0}, done{0};
+  int64_t chunks = 0;
+  std::vector<float> partial;
+};
+
+template <int D>
+void Work(const Args& A, Shared& S, int64_t stride) {
+  for (int64_t i; (i = S.next.fetch_add(1)) < S.chunks;) {
+    Range<D>(A, i * kChunk, std::min(A.n, (i + 1) * kChunk), S.partial.data() + i * stride);
+    S.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+template <int D>
+void Run(ffi::ThreadPool& pool, const Args& A, float* nll, float* gw1, float* gb1, float* gw2, float* gb2) {
+  const int64_t H = A.H, stride = 2 + (D + 2) * H;
+  auto S = std::make_shared<Shared>();
+  S->chunks = std::max<int64_t>(1, (A.n + kChunk - 1) / kChunk);
+  S->partial.resize(S->chunks * stride);
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), S->chunks) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([S, A, stride] { Work<D>(A, *S, stride); });
+  Work<D>(A, *S, stride);
+  while (S->done.load(std::memory_order_acquire) < S->chunks) std::this_thread::yield();
+  std::vector<double> sum(stride, 0.0);
+  for (int64_t i = 0; i < S->chunks; ++i)
+    for (int64_t j = 0; j < stride; ++j) sum[j] += S->partial[i * stride + j];
+  nll[0] = static_cast<float>(sum[0]);
+  gb2[0] = static_cast<float>(sum[1]);
+  for (int64_t j = 0; j < H; ++j) {
+    gw2[j] = static_cast<float>(sum[2 + j]);
+    gb1[j] = static_cast<float>(sum[2 + H + j] * A.W2[j]);
+    for (int k = 0; k < D; ++k) gw1[k * H + j] = static_cast<float>(sum[2 + (2 + k) * H + j] * A.W2[j]);
+  }
+}
+
+ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1,
+                ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2, ffi::Buffer<ffi::F32> x,
+                ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> wt,
+                ffi::ResultBuffer<ffi::F32> nll, ffi::ResultBuffer<ffi::F32> gw1,
+                ffi::ResultBuffer<ffi::F32> gb1, ffi::ResultBuffer<ffi::F32> gw2,
+                ffi::ResultBuffer<ffi::F32> gb2) {
+  if (w1.dimensions().size() != 2) return ffi::Error::InvalidArgument("scl_bt_mlp1: w1 must be [d, H]");
+  const int64_t d = w1.dimensions()[0], H = w1.dimensions()[1], n = o.element_count();
+  if (H % kW != 0) return ffi::Error::InvalidArgument("scl_bt_mlp1: the hidden width must be a multiple of 8");
+  if (b1.element_count() != H || w2.element_count() != H || b2.element_count() != 1 ||
+      x.element_count() != n * d || z.element_count() != n * d || wt.element_count() != n)
+    return ffi::Error::InvalidArgument("scl_bt_mlp1: inconsistent shapes");
+  Args A{H, n, w1.typed_data(), b1.typed_data(), w2.typed_data(), b2.typed_data()[0],
+         x.typed_data(), z.typed_data(), o.typed_data(), wt.typed_data()};
+  float* p[5] = {nll->typed_data(), gw1->typed_data(), gb1->typed_data(), gw2->typed_data(), gb2->typed_data()};
+  switch (d) {
+    case 1: Run<1>(pool, A, p[0], p[1], p[2], p[3], p[4]); break;
+    case 2: Run<2>(pool, A, p[0], p[1], p[2], p[3], p[4]); break;
+    case 3: Run<3>(pool, A, p[0], p[1], p[2], p[3], p[4]); break;
+    case 4: Run<4>(pool, A, p[0], p[1], p[2], p[3], p[4]); break;
+    default: return ffi::Error::InvalidArgument("scl_bt_mlp1: 1 to 4 input features");
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SclBtMlp1, Impl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w1
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b1
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w2
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b2
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // z
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // o
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // nll (sum)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dW1
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // db1
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dW2
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // db2

@@ -1,0 +1,131 @@
+"""Tests of scl's fused Bradley–Terry CPU kernel (scl/_native.py, scl/csrc/bt_mlp1.cc) against float64 autodiff
+of the flax reward, which shares no code with it."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scl import _native
+from scl import reward_model as rm
+
+pytestmark = pytest.mark.skipif(not _native.available(), reason="no C++ compiler: the fused kernel is not built")
+
+
+def _problem(d, hidden, n, seed, scale=3.0):
+  net = rm.mlp_reward((hidden,))
+  k = jax.random.split(jax.random.key(seed), 6)
+  x = jax.random.normal(k[0], (n, d))
+  z = jax.random.normal(k[1], (n, d))
+  params = jax.tree_util.tree_map(lambda a: scale * a, net.init(k[2], x[:1]))
+  params = jax.tree_util.tree_map(lambda a, e: a + 0.1 * jax.random.normal(e, a.shape), params,
+                                  jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
+                                                               jax.random.split(k[3], 4)))
+  o = jax.random.uniform(k[4], (n,))  # soft labels
+  w = jnp.where(jax.random.uniform(k[5], (n,)) < 0.2, 0.0, 1.0 + jax.random.uniform(k[5], (n,)))
+  return net, params, x, z, o, w
+
+
+def _float64_reference(net, params, x, z, o, w):
+  """``Σ w_i nll_i`` and its gradient by float64 autodiff of the flax module (as numpy arrays)."""
+  with jax.enable_x64():
+    p64, x64, z64, o64, w64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), (params, x, z, o, w))
+
+    def loss(p):
+      d = net.apply(p, z64) - net.apply(p, x64)
+      return jnp.sum(w64 * (o64 * jax.nn.softplus(-d) + (1 - o64) * jax.nn.softplus(d)))
+
+    value, grad = jax.value_and_grad(loss)(p64)
+    return float(value), jax.tree_util.tree_map(np.asarray, grad)
+
+
+@pytest.mark.parametrize("d,hidden,n", [(1, 8, 1), (2, 64, 7), (3, 16, 513), (4, 64, 1000), (2, 128, 1100)])
+def test_fused_loss_and_gradient_match_float64_autodiff(d, hidden, n):
+  """Odd sizes cross the kernel's 16-pair blocks and 512-pair chunks; weights include zeros, labels are soft."""
+  net, params, x, z, o, w = _problem(d, hidden, n, seed=d * 100 + n)
+  value, grad = jax.jit(rm._fused_nll_sum_and_grad, static_argnums=1)(params, net.apply, x, z, o, w)
+  ref_value, ref_grad = _float64_reference(net, params, x, z, o, w)
+  np.testing.assert_allclose(float(value), ref_value, rtol=2e-6, atol=1e-6)
+  scale = max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(ref_grad))
+  for got, want in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(ref_grad)):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=2e-6 * scale * max(1, n) ** 0.5)
+
+
+def test_large_rewards_do_not_overflow():
+  """Reward gaps of order 1e4: the loss is the gap itself for the wrong label (softplus(d) = d), no inf/NaN."""
+  net, params, x, z, o, w = _problem(2, 64, 64, seed=7, scale=300.0)
+  o = jnp.round(o)
+  value, grad = jax.jit(rm._fused_nll_sum_and_grad, static_argnums=1)(params, net.apply, x, z, o, w)
+  ref_value, ref_grad = _float64_reference(net, params, x, z, o, w)
+  assert ref_value > 1e3
+  np.testing.assert_allclose(float(value), ref_value, rtol=1e-5)
+  for got, want in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(ref_grad)):
+    assert np.all(np.isfinite(np.asarray(got)))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-3, atol=1e-5 * float(np.max(np.abs(want))))
+
+
+def test_derivatives_through_the_kernel_match_float64_autodiff():
+  """The kernel replaces the primal only; a Hessian-vector product and the derivative in the labels (what the
+  fit's implicit differentiation takes) come through its custom JVP and match float64 second derivatives."""
+  net, params, x, z, o, w = _problem(2, 64, 300, seed=3, scale=1.0)
+  v = jax.tree_util.tree_map(lambda a: jnp.cos(jnp.arange(a.size, dtype=a.dtype).reshape(a.shape)), params)
+  do = jnp.sin(jnp.arange(o.shape[0], dtype=o.dtype))
+
+  def grad_fused(p, o):
+    return rm._nll_sum_and_grad(p, net.apply, x, z, o, w)[1]
+
+  _, tangent = jax.jit(lambda p, o: jax.jvp(grad_fused, (p, o), (v, do)))(params, o)
+  with jax.enable_x64():
+    p64, v64, x64, z64, o64, do64, w64 = jax.tree_util.tree_map(
+        lambda a: np.asarray(a, np.float64), (params, v, x, z, o, do, w))
+
+    def loss(p, o):
+      d = net.apply(p, z64) - net.apply(p, x64)
+      return jnp.sum(w64 * (o * jax.nn.softplus(-d) + (1 - o) * jax.nn.softplus(d)))
+
+    _, want = jax.jvp(jax.grad(loss), (p64, o64), (v64, do64))
+  scale = max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(want))
+  for got, ref in zip(jax.tree_util.tree_leaves(tangent), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_vmap_runs_the_kernel_per_member():
+  net, params, x, z, o, w = _problem(2, 32, 200, seed=5)
+  stacked = jax.tree_util.tree_map(lambda a: jnp.stack([a, 0.5 * a, -a]), params)
+  values, grads = jax.jit(jax.vmap(lambda p: rm._nll_sum_and_grad(p, net.apply, x, z, o, w)))(stacked)
+  for i in range(3):
+    member = jax.tree_util.tree_map(lambda a: a[i], stacked)
+    ref_value, ref_grad = _float64_reference(net, member, x, z, o, w)
+    np.testing.assert_allclose(float(values[i]), ref_value, rtol=2e-6)
+    for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grad)):
+      np.testing.assert_allclose(np.asarray(got[i]), want, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(want))))
+
+
+def _uses_kernel(net, params, x, z, o):
+  text = jax.jit(lambda p: rm.bt_value_and_grad(p, net.apply, x, z, o, 1e-3)).lower(params).as_text()
+  return "scl_bt_mlp1" in text
+
+
+def test_the_loss_uses_the_kernel_exactly_where_it_applies():
+  net, params, x, z, o, _ = _problem(2, 64, 100, seed=1)
+  assert _uses_kernel(net, params, x, z, o)
+  net5, params5, x5, z5, o5, _ = _problem(5, 64, 100, seed=1)  # more than 4 input features
+  assert not _uses_kernel(net5, params5, x5, z5, o5)
+  net12, params12, x12, z12, o12, _ = _problem(2, 12, 100, seed=1)  # width not a multiple of 8
+  assert not _uses_kernel(net12, params12, x12, z12, o12)
+  deep = rm.mlp_reward((64, 64))
+  assert not _uses_kernel(deep, deep.init(jax.random.key(0), x[:1]), x, z, o)
+  with jax.enable_x64():  # float64 stays on the jax.numpy path
+    p64, x64, z64, o64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), (params, x, z, o))
+    assert not _uses_kernel(net, p64, x64, z64, o64)
+
+
+def test_scl_native_0_turns_the_kernel_off():
+  env = dict(os.environ, SCL_NATIVE="0", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", "from scl import _native; print(_native.available())"],
+                       capture_output=True, text=True, env=env, check=True)
+  assert out.stdout.strip() == "False"
