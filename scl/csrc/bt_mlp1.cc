@@ -79,16 +79,6 @@ inline vf vlog1p_unit(vf e) {
   return 2.0f * u * p;
 }
 
-// 1 / x for x >= 1: the hardware's estimate and one Newton step on x86 (about 2 ulp), a division elsewhere.
-inline vf vrcp(vf x) {
-#ifdef __AVX__
-  vf y = __builtin_ia32_rcpps256(x);
-  return y * (2.0f - x * y);
-#else
-  return 1.0f / x;
-#endif
-}
-
 inline float hsum(vf v) {
   float a = (v[0] + v[4]) + (v[2] + v[6]), b = (v[1] + v[5]) + (v[3] + v[7]);
   return a + b;
@@ -138,7 +128,7 @@ void Range(const Args& A, int64_t p0, int64_t p1, float* out) {
           ax += kx[k] * w;
           az += kz[k] * w;
         }
-        vf sgx = vrcp(1.0f + vexp(-ax)), sgz = vrcp(1.0f + vexp(-az));
+        vf sgx = 1.0f / (1.0f + vexp(-ax)), sgz = 1.0f / (1.0f + vexp(-az));
         vf hvx = ax * sgx, hvz = az * sgz;
         store(hx + v * kW, hvx);
         store(hx + H + v * kW, hvz);
