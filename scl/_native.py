@@ -62,23 +62,26 @@ def _build() -> str | None:
   version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
   with open(_SOURCE, "rb") as f:
     source = f.read()
-  key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(_FLAGS).encode(),
-                                   importlib.metadata.version("jaxlib").encode(), _cpu_description().encode()])).hexdigest()[:16]
-  directory = _cache_dir()
-  path = os.path.join(directory, f"bt_mlp1-{key}.so")
+  parts = [source, version.encode(), " ".join(_FLAGS).encode(), importlib.metadata.version("jaxlib").encode(),
+           _cpu_description().encode()]
+  key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+  path = os.path.join(_cache_dir(), f"bt_mlp1-{key}.so")
   if os.path.exists(path):
     return path
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bt_mlp1-", suffix=".so")
-  os.close(fd)
-  cmd = [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), _SOURCE, "-o", tmp]
-  result = subprocess.run(cmd, capture_output=True, text=True)
-  if result.returncode != 0:
-    os.unlink(tmp)
-    warnings.warn(f"scl native kernel: building {_SOURCE} failed ({' '.join(cmd)}); using the jax.numpy path. "
-                  f"Compiler output (end): {result.stderr[-2000:]}", RuntimeWarning, stacklevel=3)
+  cmd = [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), _SOURCE, "-o", path]
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".bt_mlp1-", suffix=".so")
+    os.close(fd)
+    result = subprocess.run(cmd[:-1] + [tmp], capture_output=True, text=True)
+    if result.returncode != 0:
+      os.unlink(tmp)
+      raise RuntimeError(f"compiler output (end): {result.stderr[-2000:]}")
+    os.replace(tmp, path)  # atomic: another process sees the whole library or none
+  except (OSError, RuntimeError) as e:
+    warnings.warn(f"scl native kernel: building {_SOURCE} failed ({' '.join(cmd)}): {e}; using the jax.numpy "
+                  "path", RuntimeWarning, stacklevel=3)
     return None
-  os.replace(tmp, path)  # atomic: another process sees the whole library or none
   return path
 
 
@@ -90,7 +93,12 @@ def available() -> bool:
   path = _build()
   if path is None:
     return False
-  library = ctypes.cdll.LoadLibrary(path)
+  try:
+    library = ctypes.cdll.LoadLibrary(path)
+  except OSError as e:
+    warnings.warn(f"scl native kernel: loading {path} failed: {e}; using the jax.numpy path", RuntimeWarning,
+                  stacklevel=2)
+    return False
   jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(library.SclBtMlp1), platform="cpu")
   return True
 

@@ -45,7 +45,8 @@ def _float64_reference(net, params, x, z, o, w):
 
 @pytest.mark.parametrize("d,hidden,n", [(1, 8, 1), (2, 64, 7), (3, 16, 513), (4, 64, 1000), (2, 128, 1100)])
 def test_fused_loss_and_gradient_match_float64_autodiff(d, hidden, n):
-  """Odd sizes cross the kernel's 16-pair blocks and 512-pair chunks; weights include zeros, labels are soft."""
+  """Odd sizes cross the kernel's 16-pair blocks, 8-row groups and 128-pair chunks; weights include zeros,
+  labels are soft."""
   net, params, x, z, o, w = _problem(d, hidden, n, seed=d * 100 + n)
   value, grad = jax.jit(rm._fused_nll_sum_and_grad, static_argnums=1)(params, net.apply, x, z, o, w)
   ref_value, ref_grad = _float64_reference(net, params, x, z, o, w)
@@ -129,3 +130,18 @@ def test_scl_native_0_turns_the_kernel_off():
   out = subprocess.run([sys.executable, "-c", "from scl import _native; print(_native.available())"],
                        capture_output=True, text=True, env=env, check=True)
   assert out.stdout.strip() == "False"
+
+
+def test_a_failed_build_warns_and_falls_back(tmp_path):
+  """A compiler that fails (here ``false``): a RuntimeWarning, and the loss is computed on the jax.numpy path."""
+  code = ("import warnings, jax, jax.numpy as jnp\n"
+          "from scl import _native, reward_model as rm\n"
+          "with warnings.catch_warnings(record=True) as w:\n"
+          "  warnings.simplefilter('always')\n"
+          "  ok = _native.available()\n"
+          "net = rm.mlp_reward((8,)); x = jnp.ones((3, 2)); p = net.init(jax.random.key(0), x)\n"
+          "v, _ = rm.bt_value_and_grad(p, net.apply, x, -x, jnp.ones(3), 1e-3)\n"
+          "print(ok, any('building' in str(m.message) for m in w), bool(jnp.isfinite(v)))\n")
+  env = dict(os.environ, CXX="false", SCL_NATIVE_CACHE=str(tmp_path), JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+  assert out.stdout.split() == ["False", "True", "True"], out.stderr[-2000:]

@@ -12,7 +12,7 @@
 // kernels over [2n, H] arrays, each read from and written to memory; here a block of 16 pairs is made, used and
 // dropped in L1, and the sigmoid's exponential is a polynomial over 8-float vectors.
 //
-// Work is split into fixed chunks of 512 pairs, each summed on its own and the chunks added in order, so the
+// Work is split into fixed chunks of 128 pairs, each summed on its own and the chunks added in order, so the
 // result does not depend on how many threads ran them; the chunks are shared with XLA's intra-op thread pool.
 // Shapes: w1 [d, H] (1 <= d <= 4, H a multiple of 8), b1 [H], w2 [H, 1], b2 [1], x and z [n, d], o and w [n];
 // float32 only. The Python side checks these before it calls.
@@ -85,7 +85,7 @@ inline float hsum(vf v) {
 }
 
 constexpr int64_t kBlock = 16;   // pairs per block: 32 rows of h and silu' (16 KiB at H = 64) stay in L1
-constexpr int64_t kChunk = 512;  // pairs per partial sum
+constexpr int64_t kChunk = 128;  // pairs per partial sum
 
 struct Args {
   int64_t H, n;
@@ -94,13 +94,40 @@ struct Args {
   const float *X, *Z, *O, *WT;
 };
 
+constexpr int kRows = 8;  // rows whose forward passes are interleaved
+
+// h = silu(a), silu'(a) and R of NR consecutive rows (features f[j], outputs at h + j H, s + j H, r[j]).
+template <int D, int NR>
+inline void Forward(const Args& A, const float* const* f, float* h, float* s, float* r) {
+  const int64_t H = A.H, V = H / kW;
+  float fk[NR][D];
+  for (int j = 0; j < NR; ++j)
+    for (int k = 0; k < D; ++k) fk[j][k] = f[j][k];
+  vf acc[NR] = {};
+  for (int64_t v = 0; v < V; ++v) {
+    vf b = load(A.B1 + v * kW), w2 = load(A.W2 + v * kW), a[NR], sg[NR];
+    for (int j = 0; j < NR; ++j) a[j] = b;
+    for (int k = 0; k < D; ++k) {
+      vf w = load(A.W1 + k * H + v * kW);
+      for (int j = 0; j < NR; ++j) a[j] += fk[j][k] * w;
+    }
+    for (int j = 0; j < NR; ++j) sg[j] = 1.0f / (1.0f + vexp(-a[j]));
+    for (int j = 0; j < NR; ++j) {
+      vf hv = a[j] * sg[j];
+      store(h + j * H + v * kW, hv);
+      store(s + j * H + v * kW, sg[j] * (1.0f + a[j] * (1.0f - sg[j])));
+      acc[j] += hv * w2;
+    }
+  }
+  for (int j = 0; j < NR; ++j) r[j] = hsum(acc[j]) + A.b2;
+}
+
 // Sums over pairs [p0, p1) into out = [nll, db2, dW2 (H), db1 / w2 (H), dW1 / w2 (D H)].
 template <int D>
-void Range(const Args& A, int64_t p0, int64_t p1, float* out) {
+void Range(const Args& A, int64_t p0, int64_t p1, float* out, float* scratch) {
   const int64_t H = A.H, V = H / kW;
-  std::vector<float> buf(4 * kBlock * H);
-  float* hbuf = buf.data();                 // h of rows (x_0, z_0, x_1, z_1, ...), [2 kBlock, H]
-  float* sbuf = buf.data() + 2 * kBlock * H;  // silu'(a) of the same rows
+  float* hbuf = scratch;                 // h of rows (x_0, z_0, x_1, z_1, ...), [2 kBlock, H]
+  float* sbuf = scratch + 2 * kBlock * H;  // silu'(a) of the same rows
   float r[2 * kBlock], c[2 * kBlock];
   const float* rowf[2 * kBlock];
   float* gw2 = out + 2;
@@ -110,37 +137,15 @@ void Range(const Args& A, int64_t p0, int64_t p1, float* out) {
   double nll_sum = 0.0, gb2 = 0.0;
   for (int64_t start = p0; start < p1; start += kBlock) {
     const int64_t m = std::min(kBlock, p1 - start);
-    // forward: a pair's two rows side by side (two independent chains of dependent FMAs per step)
+    // forward: NR rows at a time, their chains of dependent FMAs interleaved
     for (int64_t i = 0; i < m; ++i) {
-      const float* fx = A.X + (start + i) * D;
-      const float* fz = A.Z + (start + i) * D;
-      rowf[2 * i] = fx;
-      rowf[2 * i + 1] = fz;
-      float kx[D], kz[D];
-      for (int k = 0; k < D; ++k) kx[k] = fx[k], kz[k] = fz[k];
-      float* hx = hbuf + 2 * i * H;
-      float* sx = sbuf + 2 * i * H;
-      vf accx = {}, accz = {};
-      for (int64_t v = 0; v < V; ++v) {
-        vf b = load(A.B1 + v * kW), ax = b, az = b;
-        for (int k = 0; k < D; ++k) {
-          vf w = load(A.W1 + k * H + v * kW);
-          ax += kx[k] * w;
-          az += kz[k] * w;
-        }
-        vf sgx = 1.0f / (1.0f + vexp(-ax)), sgz = 1.0f / (1.0f + vexp(-az));
-        vf hvx = ax * sgx, hvz = az * sgz;
-        store(hx + v * kW, hvx);
-        store(hx + H + v * kW, hvz);
-        store(sx + v * kW, sgx * (1.0f + ax * (1.0f - sgx)));
-        store(sx + H + v * kW, sgz * (1.0f + az * (1.0f - sgz)));
-        vf w2 = load(A.W2 + v * kW);
-        accx += hvx * w2;
-        accz += hvz * w2;
-      }
-      r[2 * i] = hsum(accx) + A.b2;
-      r[2 * i + 1] = hsum(accz) + A.b2;
+      rowf[2 * i] = A.X + (start + i) * D;
+      rowf[2 * i + 1] = A.Z + (start + i) * D;
     }
+    int64_t row = 0;
+    for (; row + kRows <= 2 * m; row += kRows)
+      Forward<D, kRows>(A, rowf + row, hbuf + row * H, sbuf + row * H, r + row);
+    for (; row < 2 * m; ++row) Forward<D, 1>(A, rowf + row, hbuf + row * H, sbuf + row * H, r + row);
     // the pairs' losses and their derivatives in the gaps, 8 pairs at a time
     vf blk_nll = {};
     for (int64_t i = 0; i < m; i += kW) {
@@ -199,8 +204,9 @@ struct Shared {
 
 template <int D>
 void Work(const Args& A, Shared& S, int64_t stride) {
+  std::vector<float> scratch(4 * kBlock * A.H);  // a block's h and silu'
   for (int64_t i; (i = S.next.fetch_add(1)) < S.chunks;) {
-    Range<D>(A, i * kChunk, std::min(A.n, (i + 1) * kChunk), S.partial.data() + i * stride);
+    Range<D>(A, i * kChunk, std::min(A.n, (i + 1) * kChunk), S.partial.data() + i * stride, scratch.data());
     S.done.fetch_add(1, std::memory_order_release);
   }
 }
