@@ -78,6 +78,7 @@ def one(n, hidden):
     o_flip, mask, work = jax.block_until_ready(compiled(x, z, o, pool, theta, kappa, alpha))
     times.append(time.perf_counter() - t)
   out = dict(n_pairs=n, hidden=list(hidden), n_params=int(n_params), pool=2 * n, steps=5,
+             fused_kernel="scl_bt_mlp1" in compiled.as_text(),  # scl/_native.py; SCL_NATIVE=0 turns it off
              attack_s=min(times), attack_s_all=times, compile_s=compile_s,
              fit_theta_s_incl_compile=fit_s, fit_theta_iters=int(info.num_iters),
              fit_theta_evals=int(info.num_evals),

@@ -190,6 +190,7 @@ def scl_attack(spec):
               refits=attack_benchmark.refit_work(work),
               n_params=int(sum(a.size for a in jax.tree_util.tree_leaves(p0))),
               attack_fit_kwargs=dict(attacks.GRADIENT_ATTACK_FIT), device=str(jax.devices()[0]),
+              fused_kernel="scl_bt_mlp1" in compiled.as_text(),  # scl/_native.py's loss kernel in the program
               versions=dict(jax=jax.__version__, numpy=np.__version__))
 
 
