@@ -1,8 +1,9 @@
 """scl's one native CPU kernel: the Bradley–Terry loss and gradient of a one-hidden-layer SiLU reward, fused.
 
-``scl/csrc/bt_mlp1.cc`` is an XLA FFI custom call (``jax.ffi``): one pass over the pairs that computes the
+``scl/csrc/bt_mlp1.cc`` holds XLA FFI custom calls (``jax.ffi``): one pass over the pairs that computes the
 summed loss and its gradient, where XLA runs the same arithmetic as about eight kernels over ``[2n, H]``
-arrays. It is compiled on first use with the machine's C++ compiler (``$CXX``, else ``g++``, ``-O3
+arrays; and, for pairs that index a pool of samples, the reward of each sample and the pull-back of the
+samples' cotangents. It is compiled on first use with the machine's C++ compiler (``$CXX``, else ``g++``, ``-O3
 -march=native``; about 3 s) into a cache directory (``$SCL_NATIVE_CACHE``, else ``~/.cache/scl/native``), keyed
 by the source, the compiler, the flags, jaxlib's version and the CPU, and written atomically (concurrent
 processes do not see half a library). Without a compiler, or with ``SCL_NATIVE=0``, :func:`available` is
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "bt_mlp1.cc")
-_TARGET = "scl_bt_mlp1"
+_TARGETS = {"scl_bt_mlp1": "SclBtMlp1", "scl_mlp1_values": "SclMlp1Values", "scl_mlp1_pullback": "SclMlp1PullBack"}
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
 #: Widest input the kernel takes (``d`` features) and the multiple its hidden width must be.
 MAX_FEATURES, WIDTH_MULTIPLE = 4, 8
@@ -99,7 +100,8 @@ def available() -> bool:
     warnings.warn(f"scl native kernel: loading {path} failed: {e}; using the jax.numpy path", RuntimeWarning,
                   stacklevel=2)
     return False
-  jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(library.SclBtMlp1), platform="cpu")
+  for target, symbol in _TARGETS.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
   return True
 
 
@@ -118,5 +120,18 @@ def bt_mlp1_nll_sum_and_grad(w1, b1, w2, b2, x, z, o, w):
   ``vmap`` the kernel runs once per member (``vmap_method="sequential"``).
   """
   out = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in ((), w1.shape, b1.shape, w2.shape, b2.shape)]
-  nll, *grads = jax.ffi.ffi_call(_TARGET, out, vmap_method="sequential")(w1, b1, w2, b2, x, z, o, w)
+  nll, *grads = jax.ffi.ffi_call("scl_bt_mlp1", out, vmap_method="sequential")(w1, b1, w2, b2, x, z, o, w)
   return nll, tuple(grads)
+
+
+def mlp1_values(w1, b1, w2, b2, x):
+  """``R(x) [n]`` of the one-hidden-layer SiLU reward on rows ``x [n, d]`` (shapes as above)."""
+  out = jax.ShapeDtypeStruct((x.shape[0],), jnp.float32)
+  return jax.ffi.ffi_call("scl_mlp1_values", out, vmap_method="sequential")(w1, b1, w2, b2, x)
+
+
+def mlp1_pullback(w1, b1, w2, b2, x, c):
+  """``Σ_i c_i ∇_θ R(x_i)`` as ``(∂/∂w1, ∂/∂b1, ∂/∂w2, ∂/∂b2)`` for rows ``x [n, d]`` and cotangents
+  ``c [n]``; each row's forward pass is recomputed, so nothing of size ``[n, H]`` is stored."""
+  out = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (w1, b1, w2, b2)]
+  return tuple(jax.ffi.ffi_call("scl_mlp1_pullback", out, vmap_method="sequential")(w1, b1, w2, b2, x, c))

@@ -318,11 +318,11 @@ def bt_value_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.
       evaluation of all samples.
   """
   if points is not None:
-    if point_chunk is None or points.shape[0] <= point_chunk:
-      r, pullback = value_and_pullback(params, apply_fn, points)
-      nll_sum, c = _indexed_nll_sum_and_cotangent(r, x, z, o)
-      return _add_l2(nll_sum, pullback(c), o.shape[0], params, l2)
-    return _indexed_value_and_grad(params, apply_fn, points, x, z, o, l2, point_chunk)
+    if getattr(apply_fn, "silu_mlp1", False):
+      f = points.reshape(points.shape[0], -1)
+      if _native.supports(params["params"]["Dense_0"]["kernel"], f) and o.dtype == jnp.float32:
+        return _fused_indexed_value_and_grad(params, apply_fn, point_chunk, f, x, z, o, jnp.asarray(l2, o.dtype))
+    return _jnp_indexed_value_and_grad(params, apply_fn, point_chunk, points, x, z, o, l2)
   n = o.shape[0]
   if pair_chunk is None or n <= pair_chunk:
     return _add_l2(*_nll_sum_and_grad(params, apply_fn, x, z, o), n, params, l2)
@@ -336,6 +336,40 @@ def bt_value_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.
   zero = (jnp.zeros((), o.dtype), jax.tree_util.tree_map(jnp.zeros_like, params))
   (value, grad), _ = jax.lax.scan(body, zero, tuple(_split_rows(a, k, rows) for a in (x, z, o, weight)))
   return _add_l2(value, grad, n, params, l2)
+
+
+def _jnp_indexed_value_and_grad(params: Params, apply_fn: ApplyFn, point_chunk: int | None, points: chex.Array,
+                                ix: chex.Array, iz: chex.Array, o: chex.Array,
+                                l2: chex.Array) -> tuple[chex.Array, Params]:
+  """:func:`bt_value_and_grad` on indexed pairs in ``jax.numpy``: one network call and one pull-back over all
+  samples, or two passes over chunks of ``point_chunk`` samples (:func:`_indexed_value_and_grad`)."""
+  if point_chunk is None or points.shape[0] <= point_chunk:
+    r, pullback = value_and_pullback(params, apply_fn, points)
+    nll_sum, c = _indexed_nll_sum_and_cotangent(r, ix, iz, o)
+    return _add_l2(nll_sum, pullback(c), o.shape[0], params, l2)
+  return _indexed_value_and_grad(params, apply_fn, points, ix, iz, o, l2, point_chunk)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _fused_indexed_value_and_grad(params: Params, apply_fn: ApplyFn, point_chunk: int | None, points: chex.Array,
+                                  ix: chex.Array, iz: chex.Array, o: chex.Array,
+                                  l2: chex.Array) -> tuple[chex.Array, Params]:
+  """:func:`_jnp_indexed_value_and_grad` of the one-hidden-layer SiLU reward (``points [P, d]``) by the fused
+  kernels: the samples' rewards in one pass, ``∂L/∂r`` by gathers and scatters, the pull-back in a second pass
+  that recomputes each sample's activations. Its derivatives are those of the ``jax.numpy`` path."""
+  q = params["params"]
+  theta = (q["Dense_0"]["kernel"], q["Dense_0"]["bias"], q["Dense_1"]["kernel"], q["Dense_1"]["bias"])
+  nll_sum, c = _indexed_nll_sum_and_cotangent(_native.mlp1_values(*theta, points), ix, iz, o)
+  gw1, gb1, gw2, gb2 = _native.mlp1_pullback(*theta, points, c)
+  grads = {"Dense_0": {"kernel": gw1, "bias": gb1}, "Dense_1": {"kernel": gw2, "bias": gb2}}
+  grads = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
+                                       jax.tree_util.tree_leaves({"params": grads}))
+  return _add_l2(nll_sum, grads, o.shape[0], params, l2)
+
+
+@_fused_indexed_value_and_grad.defjvp
+def _fused_indexed_value_and_grad_jvp(apply_fn, point_chunk, primals, tangents):
+  return jax.jvp(lambda p, *rest: _jnp_indexed_value_and_grad(p, apply_fn, point_chunk, *rest), primals, tangents)
 
 
 def _nll_sum_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array, o: chex.Array,

@@ -145,3 +145,59 @@ def test_a_failed_build_warns_and_falls_back(tmp_path):
   env = dict(os.environ, CXX="false", SCL_NATIVE_CACHE=str(tmp_path), JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
   assert out.stdout.split() == ["False", "True", "True"], out.stderr[-2000:]
+
+
+def _indexed_problem(d, hidden, n_points, n_pairs, seed):
+  net, params, points, _, o, _ = _problem(d, hidden, n_points, seed)
+  k = jax.random.split(jax.random.key(seed + 1), 3)
+  ix = jax.random.randint(k[0], (n_pairs,), 0, n_points)
+  iz = jax.random.randint(k[1], (n_pairs,), 0, n_points)
+  o = jax.random.uniform(k[2], (n_pairs,))
+  return net, params, points, ix, iz, o
+
+
+@pytest.mark.parametrize("d,hidden,n_points,n_pairs", [(2, 64, 300, 500), (1, 8, 1, 3), (3, 16, 1000, 700)])
+def test_fused_indexed_loss_and_gradient_match_float64_autodiff(d, hidden, n_points, n_pairs):
+  """Pairs that index a pool (each sample in several pairs): the rewards kernel, ∂L/∂r by gathers and
+  scatters, and the pull-back kernel, against float64 autodiff of the mean loss plus the L2 term."""
+  net, params, points, ix, iz, o = _indexed_problem(d, hidden, n_points, n_pairs, seed=11 * d + n_points)
+  l2 = 1e-3
+  value, grad = jax.jit(lambda p: rm.bt_value_and_grad(p, net.apply, ix, iz, o, l2, points))(params)
+  with jax.enable_x64():
+    p64, pts64, o64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), (params, points, o))
+
+    def loss(p):
+      r = net.apply(p, pts64)
+      dd = r[iz] - r[ix]
+      nll = jnp.mean(o64 * jax.nn.softplus(-dd) + (1 - o64) * jax.nn.softplus(dd))
+      return nll + 0.5 * l2 * sum(jnp.sum(a ** 2) for a in jax.tree_util.tree_leaves(p))
+
+    ref_value, ref_grad = jax.value_and_grad(loss)(p64)
+  np.testing.assert_allclose(float(value), float(ref_value), rtol=2e-6)
+  scale = max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(ref_grad))
+  for got, want in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(ref_grad)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_indexed_derivatives_through_the_kernels_match_float64_autodiff():
+  net, params, points, ix, iz, o = _indexed_problem(2, 32, 200, 400, seed=21)
+  v = jax.tree_util.tree_map(lambda a: jnp.cos(jnp.arange(a.size, dtype=a.dtype).reshape(a.shape)), params)
+  do = jnp.sin(jnp.arange(o.shape[0], dtype=o.dtype))
+  grad = lambda p, o: rm.bt_value_and_grad(p, net.apply, ix, iz, o, 1e-3, points)[1]
+  text = jax.jit(grad).lower(params, o).as_text()
+  assert "scl_mlp1_values" in text and "scl_mlp1_pullback" in text
+  _, tangent = jax.jit(lambda p, o: jax.jvp(grad, (p, o), (v, do)))(params, o)
+  with jax.enable_x64():
+    p64, v64, pts64, o64, do64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
+                                                        (params, v, points, o, do))
+
+    def loss(p, o):
+      r = net.apply(p, pts64)
+      dd = r[iz] - r[ix]
+      return (jnp.mean(o * jax.nn.softplus(-dd) + (1 - o) * jax.nn.softplus(dd))
+              + 0.5e-3 * sum(jnp.sum(a ** 2) for a in jax.tree_util.tree_leaves(p)))
+
+    _, want = jax.jvp(jax.grad(loss), (p64, o64), (v64, do64))
+  scale = max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(want))
+  for got, ref in zip(jax.tree_util.tree_leaves(tangent), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-4, atol=1e-5 * scale)

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -122,10 +123,40 @@ inline void Forward(const Args& A, const float* const* f, float* h, float* s, fl
   for (int j = 0; j < NR; ++j) r[j] = hsum(acc[j]) + A.b2;
 }
 
+// Adds the rows' pull-back of cotangents c: dW2 += sum c h, db1 / w2 += sum c silu', dW1 / w2 += sum c silu' f;
+// for each 8 hidden units, all rows into accumulators held in registers.
+template <int D>
+inline void PullBack(int64_t H, int64_t rows, const float* const* rowf, const float* c, const float* hbuf,
+                     const float* sbuf, float* gw2, float* gb1, float* gw1) {
+  for (int64_t v = 0; v < H / kW; ++v) {
+    vf a2 = load(gw2 + v * kW), a1 = load(gb1 + v * kW), ak[D];
+    for (int k = 0; k < D; ++k) ak[k] = load(gw1 + k * H + v * kW);
+    for (int64_t row = 0; row < rows; ++row) {
+      const float cr = c[row];
+      a2 += cr * load(hbuf + row * H + v * kW);
+      vf t = cr * load(sbuf + row * H + v * kW);
+      a1 += t;
+      for (int k = 0; k < D; ++k) ak[k] += rowf[row][k] * t;
+    }
+    store(gw2 + v * kW, a2);
+    store(gb1 + v * kW, a1);
+    for (int k = 0; k < D; ++k) store(gw1 + k * H + v * kW, ak[k]);
+  }
+}
+
+// Forward passes of rows rowf[0 .. rows), kRows at a time.
+template <int D>
+inline void ForwardRows(const Args& A, int64_t rows, const float* const* rowf, float* hbuf, float* sbuf, float* r) {
+  const int64_t H = A.H;
+  int64_t row = 0;
+  for (; row + kRows <= rows; row += kRows) Forward<D, kRows>(A, rowf + row, hbuf + row * H, sbuf + row * H, r + row);
+  for (; row < rows; ++row) Forward<D, 1>(A, rowf + row, hbuf + row * H, sbuf + row * H, r + row);
+}
+
 // Sums over pairs [p0, p1) into out = [nll, db2, dW2 (H), db1 / w2 (H), dW1 / w2 (D H)].
 template <int D>
 void Range(const Args& A, int64_t p0, int64_t p1, float* out, float* scratch) {
-  const int64_t H = A.H, V = H / kW;
+  const int64_t H = A.H;
   float* hbuf = scratch;                 // h of rows (x_0, z_0, x_1, z_1, ...), [2 kBlock, H]
   float* sbuf = scratch + 2 * kBlock * H;  // silu'(a) of the same rows
   float r[2 * kBlock], c[2 * kBlock];
@@ -142,10 +173,7 @@ void Range(const Args& A, int64_t p0, int64_t p1, float* out, float* scratch) {
       rowf[2 * i] = A.X + (start + i) * D;
       rowf[2 * i + 1] = A.Z + (start + i) * D;
     }
-    int64_t row = 0;
-    for (; row + kRows <= 2 * m; row += kRows)
-      Forward<D, kRows>(A, rowf + row, hbuf + row * H, sbuf + row * H, r + row);
-    for (; row < 2 * m; ++row) Forward<D, 1>(A, rowf + row, hbuf + row * H, sbuf + row * H, r + row);
+    ForwardRows<D>(A, 2 * m, rowf, hbuf, sbuf, r);
     // the pairs' losses and their derivatives in the gaps, 8 pairs at a time
     vf blk_nll = {};
     for (int64_t i = 0; i < m; i += kW) {
@@ -172,65 +200,108 @@ void Range(const Args& A, int64_t p0, int64_t p1, float* out, float* scratch) {
     float blk_gb2 = 0.0f;
     for (int64_t row = 0; row < 2 * m; ++row) blk_gb2 += c[row];
     gb2 += blk_gb2;
-    // pull-back: for each 8 hidden units, the block's rows into accumulators held in registers
-    for (int64_t v = 0; v < V; ++v) {
-      vf a2 = load(gw2 + v * kW), a1 = load(gb1 + v * kW), ak[D];
-      for (int k = 0; k < D; ++k) ak[k] = load(gw1 + k * H + v * kW);
-      for (int64_t row = 0; row < 2 * m; ++row) {
-        const float cr = c[row];
-        a2 += cr * load(hbuf + row * H + v * kW);
-        vf t = cr * load(sbuf + row * H + v * kW);
-        a1 += t;
-        for (int k = 0; k < D; ++k) ak[k] += rowf[row][k] * t;
-      }
-      store(gw2 + v * kW, a2);
-      store(gb1 + v * kW, a1);
-      for (int k = 0; k < D; ++k) store(gw1 + k * H + v * kW, ak[k]);
-    }
+    PullBack<D>(H, 2 * m, rowf, c, hbuf, sbuf, gw2, gb1, gw1);
   }
   out[0] = static_cast<float>(nll_sum);
   out[1] = static_cast<float>(gb2);
 }
 
-// Chunks are claimed from a counter by the calling thread and by helpers scheduled on XLA's pool. The caller
-// claims until none is left and then waits only for chunks a helper has claimed (and is running), so it never
-// waits on a helper that has not started; a helper that starts late finds nothing to claim. The state is
-// shared (not on the caller's stack) for such late helpers.
-struct Shared {
-  std::atomic<int64_t> next{0}, done{0};
-  int64_t chunks = 0;
-  std::vector<float> partial;
-};
+// Runs body(i, scratch) for each chunk i in [0, chunks), on the calling thread and on helpers scheduled on XLA's
+// intra-op pool; each thread has its own scratch of scratch_size floats. Chunks are claimed from a counter: the
+// caller claims until none is left and then waits only for chunks a helper has claimed (and is running), so it
+// never waits on a helper that has not started; a helper that starts late finds nothing to claim (the counters
+// are shared, not on the caller's stack, for such helpers, and body is not called).
+template <typename Body>
+void ParallelChunks(ffi::ThreadPool& pool, int64_t chunks, int64_t scratch_size, Body body) {
+  struct Counters {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto S = std::make_shared<Counters>();
+  auto work = [S, chunks, scratch_size, body] {
+    std::vector<float> scratch(scratch_size);
+    for (int64_t i; (i = S->next.fetch_add(1)) < chunks;) {
+      body(i, scratch.data());
+      S->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));  // a copy per helper
+  work();
+  while (S->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
+}
 
+// Adds per-chunk partial sums in chunk order (float64) and writes the gradient: part = [.., dW2 (H), db1 / w2
+// (H), dW1 / w2 (D H)] from offset `head`.
 template <int D>
-void Work(const Args& A, Shared& S, int64_t stride) {
-  std::vector<float> scratch(4 * kBlock * A.H);  // a block's h and silu'
-  for (int64_t i; (i = S.next.fetch_add(1)) < S.chunks;) {
-    Range<D>(A, i * kChunk, std::min(A.n, (i + 1) * kChunk), S.partial.data() + i * stride, scratch.data());
-    S.done.fetch_add(1, std::memory_order_release);
+void WriteGradient(const Args& A, const std::vector<float>& partial, int64_t chunks, int64_t stride, int64_t head,
+                   std::vector<double>& sum, float* gw1, float* gb1, float* gw2) {
+  const int64_t H = A.H;
+  sum.assign(stride, 0.0);
+  for (int64_t i = 0; i < chunks; ++i)
+    for (int64_t j = 0; j < stride; ++j) sum[j] += partial[i * stride + j];
+  for (int64_t j = 0; j < H; ++j) {
+    gw2[j] = static_cast<float>(sum[head + j]);
+    gb1[j] = static_cast<float>(sum[head + H + j] * A.W2[j]);
+    for (int k = 0; k < D; ++k) gw1[k * H + j] = static_cast<float>(sum[head + (2 + k) * H + j] * A.W2[j]);
   }
 }
 
 template <int D>
 void Run(ffi::ThreadPool& pool, const Args& A, float* nll, float* gw1, float* gb1, float* gw2, float* gb2) {
-  const int64_t H = A.H, stride = 2 + (D + 2) * H;
-  auto S = std::make_shared<Shared>();
-  S->chunks = std::max<int64_t>(1, (A.n + kChunk - 1) / kChunk);
-  S->partial.resize(S->chunks * stride);
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), S->chunks) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([S, A, stride] { Work<D>(A, *S, stride); });
-  Work<D>(A, *S, stride);
-  while (S->done.load(std::memory_order_acquire) < S->chunks) std::this_thread::yield();
-  std::vector<double> sum(stride, 0.0);
-  for (int64_t i = 0; i < S->chunks; ++i)
-    for (int64_t j = 0; j < stride; ++j) sum[j] += S->partial[i * stride + j];
+  const int64_t stride = 2 + (D + 2) * A.H, chunks = std::max<int64_t>(1, (A.n + kChunk - 1) / kChunk);
+  std::vector<float> partial(chunks * stride);
+  float* part = partial.data();
+  ParallelChunks(pool, chunks, 4 * kBlock * A.H, [A, part, stride](int64_t i, float* scratch) {
+    Range<D>(A, i * kChunk, std::min(A.n, (i + 1) * kChunk), part + i * stride, scratch);
+  });
+  std::vector<double> sum;
+  WriteGradient<D>(A, partial, chunks, stride, 2, sum, gw1, gb1, gw2);
   nll[0] = static_cast<float>(sum[0]);
   gb2[0] = static_cast<float>(sum[1]);
-  for (int64_t j = 0; j < H; ++j) {
-    gw2[j] = static_cast<float>(sum[2 + j]);
-    gb1[j] = static_cast<float>(sum[2 + H + j] * A.W2[j]);
-    for (int k = 0; k < D; ++k) gw1[k * H + j] = static_cast<float>(sum[2 + (2 + k) * H + j] * A.W2[j]);
-  }
+}
+
+// ---- the reward of rows (A.X: [n, D]) and the pull-back of cotangents over them (A.O: c [n]) ----
+
+constexpr int64_t kRowChunk = 256;  // rows per chunk
+
+template <int D>
+void RunValues(ffi::ThreadPool& pool, const Args& A, float* r) {
+  const int64_t chunks = std::max<int64_t>(1, (A.n + kRowChunk - 1) / kRowChunk);
+  ParallelChunks(pool, chunks, 2 * kRows * A.H + kRows, [A, r](int64_t i, float* scratch) {
+    const float* rowf[kRows];
+    for (int64_t start = i * kRowChunk, end = std::min(A.n, start + kRowChunk); start < end; start += kRows) {
+      const int64_t m = std::min<int64_t>(kRows, end - start);
+      for (int64_t j = 0; j < m; ++j) rowf[j] = A.X + (start + j) * D;
+      ForwardRows<D>(A, m, rowf, scratch, scratch + kRows * A.H, r + start);
+    }
+  });
+}
+
+template <int D>
+void RunPullBack(ffi::ThreadPool& pool, const Args& A, float* gw1, float* gb1, float* gw2, float* gb2) {
+  const int64_t H = A.H, stride = 1 + (D + 2) * H, rows = 2 * kBlock;
+  const int64_t chunks = std::max<int64_t>(1, (A.n + kRowChunk - 1) / kRowChunk);
+  std::vector<float> partial(chunks * stride);
+  float* part = partial.data();
+  ParallelChunks(pool, chunks, 2 * rows * H + rows, [A, part, stride, rows](int64_t i, float* scratch) {
+    const int64_t H = A.H;
+    float* out = part + i * stride;
+    std::fill(out, out + stride, 0.0f);
+    float *hbuf = scratch, *sbuf = scratch + rows * H, *r = scratch + 2 * rows * H;
+    const float* rowf[2 * kBlock];
+    double gb2 = 0.0;
+    for (int64_t start = i * kRowChunk, end = std::min(A.n, start + kRowChunk); start < end; start += rows) {
+      const int64_t m = std::min(rows, end - start);
+      for (int64_t j = 0; j < m; ++j) rowf[j] = A.X + (start + j) * D;
+      ForwardRows<D>(A, m, rowf, hbuf, sbuf, r);
+      PullBack<D>(H, m, rowf, A.O + start, hbuf, sbuf, out + 1, out + 1 + H, out + 1 + 2 * H);
+      for (int64_t j = 0; j < m; ++j) gb2 += A.O[start + j];
+    }
+    out[0] = static_cast<float>(gb2);
+  });
+  std::vector<double> sum;
+  WriteGradient<D>(A, partial, chunks, stride, 1, sum, gw1, gb1, gw2);
+  gb2[0] = static_cast<float>(sum[0]);
 }
 
 ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1,
@@ -258,6 +329,52 @@ ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi:
   return ffi::Error::Success();
 }
 
+ffi::Error CheckRows(const char* name, ffi::Buffer<ffi::F32>& w1, ffi::Buffer<ffi::F32>& b1,
+                     ffi::Buffer<ffi::F32>& w2, ffi::Buffer<ffi::F32>& b2, ffi::Buffer<ffi::F32>& x, int64_t n) {
+  if (w1.dimensions().size() != 2 || w1.dimensions()[0] < 1 || w1.dimensions()[0] > 4)
+    return ffi::Error::InvalidArgument(std::string(name) + ": w1 must be [d, H] with 1 <= d <= 4");
+  const int64_t d = w1.dimensions()[0], H = w1.dimensions()[1];
+  if (H % kW != 0) return ffi::Error::InvalidArgument(std::string(name) + ": H must be a multiple of 8");
+  if (b1.element_count() != H || w2.element_count() != H || b2.element_count() != 1 || x.element_count() != n * d)
+    return ffi::Error::InvalidArgument(std::string(name) + ": inconsistent shapes");
+  return ffi::Error::Success();
+}
+
+ffi::Error ValuesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1,
+                      ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2, ffi::Buffer<ffi::F32> x,
+                      ffi::ResultBuffer<ffi::F32> r) {
+  const int64_t n = r->element_count();
+  if (ffi::Error e = CheckRows("scl_mlp1_values", w1, b1, w2, b2, x, n); e.failure()) return e;
+  Args A{w1.dimensions()[1], n, w1.typed_data(), b1.typed_data(), w2.typed_data(), b2.typed_data()[0],
+         x.typed_data(), nullptr, nullptr, nullptr};
+  switch (w1.dimensions()[0]) {
+    case 1: RunValues<1>(pool, A, r->typed_data()); break;
+    case 2: RunValues<2>(pool, A, r->typed_data()); break;
+    case 3: RunValues<3>(pool, A, r->typed_data()); break;
+    default: RunValues<4>(pool, A, r->typed_data());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error PullBackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1,
+                        ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2, ffi::Buffer<ffi::F32> x,
+                        ffi::Buffer<ffi::F32> c, ffi::ResultBuffer<ffi::F32> gw1,
+                        ffi::ResultBuffer<ffi::F32> gb1, ffi::ResultBuffer<ffi::F32> gw2,
+                        ffi::ResultBuffer<ffi::F32> gb2) {
+  const int64_t n = c.element_count();
+  if (ffi::Error e = CheckRows("scl_mlp1_pullback", w1, b1, w2, b2, x, n); e.failure()) return e;
+  Args A{w1.dimensions()[1], n, w1.typed_data(), b1.typed_data(), w2.typed_data(), b2.typed_data()[0],
+         x.typed_data(), nullptr, c.typed_data(), nullptr};
+  float* p[4] = {gw1->typed_data(), gb1->typed_data(), gw2->typed_data(), gb2->typed_data()};
+  switch (w1.dimensions()[0]) {
+    case 1: RunPullBack<1>(pool, A, p[0], p[1], p[2], p[3]); break;
+    case 2: RunPullBack<2>(pool, A, p[0], p[1], p[2], p[3]); break;
+    case 3: RunPullBack<3>(pool, A, p[0], p[1], p[2], p[3]); break;
+    default: RunPullBack<4>(pool, A, p[0], p[1], p[2], p[3]);
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SclBtMlp1, Impl,
@@ -276,3 +393,27 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SclBtMlp1, Impl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // db1
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW2
                                   .Ret<ffi::Buffer<ffi::F32>>());  // db2
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SclMlp1Values, ValuesImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w1
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b1
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w2
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b2
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [n, d]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // R(x) [n]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SclMlp1PullBack, PullBackImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w1
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b1
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w2
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b2
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [n, d]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c [n]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // sum_i c_i dR(x_i)/dW1
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // ... /db1
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // ... /dW2
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // ... /db2
