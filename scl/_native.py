@@ -1,10 +1,10 @@
-"""scl's one native CPU kernel: the Bradley–Terry loss and gradient of a one-hidden-layer SiLU reward, fused.
+"""scl's native CPU kernels: the Bradley–Terry loss and gradient of a one-hidden-layer SiLU reward, fused.
 
 ``scl/csrc/bt_mlp1.cc`` holds XLA FFI custom calls (``jax.ffi``): one pass over the pairs that computes the
 summed loss and its gradient, where XLA runs the same arithmetic as about eight kernels over ``[2n, H]``
 arrays; and, for pairs that index a pool of samples, the reward of each sample and the pull-back of the
 samples' cotangents. It is compiled on first use with the machine's C++ compiler (``$CXX``, else ``g++``, ``-O3
--march=native``; about 3 s) into a cache directory (``$SCL_NATIVE_CACHE``, else ``~/.cache/scl/native``), keyed
+-march=native``; a few seconds) into a cache directory (``$SCL_NATIVE_CACHE``, else ``~/.cache/scl/native``), keyed
 by the source, the compiler, the flags, jaxlib's version and the CPU, and written atomically (concurrent
 processes do not see half a library). Without a compiler, or with ``SCL_NATIVE=0``, :func:`available` is
 False and :mod:`scl.reward_model` keeps its ``jax.numpy`` path, which computes the same values to float
