@@ -1,5 +1,10 @@
-// The Bradley-Terry loss and its gradient for a reward with one hidden SiLU layer, in one pass: an XLA FFI
-// custom call for the CPU (scl/_native.py builds, loads and registers it; scl/reward_model.py calls it).
+// The Bradley-Terry loss and its gradient for a reward with one hidden SiLU layer, in one pass: XLA FFI custom
+// calls for the CPU (scl/_native.py builds, loads and registers them; scl/reward_model.py calls them).
+//
+//   SclBtMlp1        pairs (x_i, z_i): the summed loss and its gradient (below)
+//   SclMlp1Values    rows x_j: R(x_j)
+//   SclMlp1PullBack  rows x_j and cotangents c_j: sum_j c_j dR(x_j)/dtheta, each row's forward pass recomputed
+//                    (the last two serve pairs that index a pool of samples; dL/dR between them is JAX's)
 //
 // For pairs (x_i, z_i), labels o_i and weights w_i, with R(f) = w2 . silu(f W1 + b1) + b2, d_i = R(z_i) - R(x_i):
 //
