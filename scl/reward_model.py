@@ -151,6 +151,19 @@ def _with_value_and_pullback(apply: ApplyFn, value_and_pullback: Callable, rows:
   return apply_fn
 
 
+def _mlp1_arrays(params: Params) -> tuple[chex.Array, chex.Array, chex.Array, chex.Array]:
+  """``(W1 [d, H], b1 [H], w2 [H, 1], b2 [1])`` of :class:`MLPReward` with one hidden layer."""
+  q = params["params"]
+  return q["Dense_0"]["kernel"], q["Dense_0"]["bias"], q["Dense_1"]["kernel"], q["Dense_1"]["bias"]
+
+
+def _mlp1_tree(params: Params, w1: chex.Array, b1: chex.Array, w2: chex.Array, b2: chex.Array) -> Params:
+  """Arrays in :func:`_mlp1_arrays`'s order as a pytree of the same structure as ``params``."""
+  grads = {"Dense_0": {"kernel": w1, "bias": b1}, "Dense_1": {"kernel": w2, "bias": b2}}
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
+                                      jax.tree_util.tree_leaves({"params": grads}))
+
+
 def _silu_mlp1_value_and_pullback(params: Params, x: chex.Array):
   """:func:`value_and_pullback` of :class:`MLPReward` with one hidden SiLU layer, written out.
 
@@ -167,9 +180,7 @@ def _silu_mlp1_value_and_pullback(params: Params, x: chex.Array):
   sigmoid's kernel) instead of a product with 2 columns. Plain ``jax.numpy``: differentiable again
   (Hessian-vector products, implicit derivatives).
   """
-  q = params["params"]
-  w1, b1 = q["Dense_0"]["kernel"], q["Dense_0"]["bias"]
-  w2, b2 = q["Dense_1"]["kernel"], q["Dense_1"]["bias"]
+  w1, b1, w2, b2 = _mlp1_arrays(params)
   f = x.reshape(x.shape[0], -1)
   chex.assert_shape([w1, b1, w2, b2], [(f.shape[1], None), (w1.shape[1],), (w1.shape[1], 1), (1,)])
   if f.shape[1] <= 4:
@@ -183,10 +194,7 @@ def _silu_mlp1_value_and_pullback(params: Params, x: chex.Array):
 
   def pullback(c: chex.Array) -> Params:
     m = jnp.concatenate([c[None], (c[:, None] * f).T]) @ slope  # [1 + d, H]
-    grads = {"Dense_0": {"kernel": m[1:] * w2[:, 0], "bias": m[0] * w2[:, 0]},
-             "Dense_1": {"kernel": (c @ h)[:, None], "bias": jnp.sum(c, keepdims=True)}}
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
-                                        jax.tree_util.tree_leaves({"params": grads}))
+    return _mlp1_tree(params, m[1:] * w2[:, 0], m[0] * w2[:, 0], (c @ h)[:, None], jnp.sum(c, keepdims=True))
 
   return r, pullback
 
@@ -323,7 +331,7 @@ def bt_value_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.
   if points is not None:
     if getattr(apply_fn, "silu_mlp1", False):
       f = points.reshape(points.shape[0], -1)
-      if _native.supports(params["params"]["Dense_0"]["kernel"], f) and o.dtype == jnp.float32:
+      if _native.supports(_mlp1_arrays(params)[0], f) and o.dtype == jnp.float32:
         return _fused_indexed_value_and_grad(params, apply_fn, point_chunk, f, x, z, o, jnp.asarray(l2, o.dtype))
     return _jnp_indexed_value_and_grad(params, apply_fn, point_chunk, points, x, z, o, l2)
   n = o.shape[0]
@@ -360,13 +368,9 @@ def _fused_indexed_value_and_grad(params: Params, apply_fn: ApplyFn, point_chunk
   """:func:`_jnp_indexed_value_and_grad` of the one-hidden-layer SiLU reward (``points [P, d]``) by the fused
   kernels: the samples' rewards in one pass, ``∂L/∂r`` by gathers and scatters, the pull-back in a second pass
   that recomputes each sample's activations. Its derivatives are those of the ``jax.numpy`` path."""
-  q = params["params"]
-  theta = (q["Dense_0"]["kernel"], q["Dense_0"]["bias"], q["Dense_1"]["kernel"], q["Dense_1"]["bias"])
+  theta = _mlp1_arrays(params)
   nll_sum, c = _indexed_nll_sum_and_cotangent(_native.mlp1_values(*theta, points), ix, iz, o)
-  gw1, gb1, gw2, gb2 = _native.mlp1_pullback(*theta, points, c)
-  grads = {"Dense_0": {"kernel": gw1, "bias": gb1}, "Dense_1": {"kernel": gw2, "bias": gb2}}
-  grads = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
-                                       jax.tree_util.tree_leaves({"params": grads}))
+  grads = _mlp1_tree(params, *_native.mlp1_pullback(*theta, points, c))
   return _add_l2(nll_sum, grads, o.shape[0], params, l2)
 
 
@@ -383,7 +387,7 @@ def _nll_sum_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.
   w = jnp.ones_like(o) if weight is None else weight
   if getattr(apply_fn, "silu_mlp1", False):
     f = x.reshape(x.shape[0], -1)
-    if _native.supports(params["params"]["Dense_0"]["kernel"], f) and o.dtype == w.dtype == jnp.float32:
+    if _native.supports(_mlp1_arrays(params)[0], f) and o.dtype == w.dtype == jnp.float32:
       return _fused_nll_sum_and_grad(params, apply_fn, f, z.reshape(f.shape), o, w)
   return _jnp_nll_sum_and_grad(params, apply_fn, x, z, o, w)
 
@@ -405,12 +409,8 @@ def _fused_nll_sum_and_grad(params: Params, apply_fn: ApplyFn, x: chex.Array, z:
   """:func:`_jnp_nll_sum_and_grad` of the one-hidden-layer SiLU reward by the fused kernel (``x``, ``z``:
   ``[n, d]``); its derivatives (Hessian-vector products, derivatives in ``o``) are those of the
   ``jax.numpy`` path."""
-  q = params["params"]
-  nll_sum, (gw1, gb1, gw2, gb2) = _native.bt_mlp1_nll_sum_and_grad(
-      q["Dense_0"]["kernel"], q["Dense_0"]["bias"], q["Dense_1"]["kernel"], q["Dense_1"]["bias"], x, z, o, w)
-  grads = {"Dense_0": {"kernel": gw1, "bias": gb1}, "Dense_1": {"kernel": gw2, "bias": gb2}}
-  return nll_sum, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
-                                               jax.tree_util.tree_leaves({"params": grads}))
+  nll_sum, grads = _native.bt_mlp1_nll_sum_and_grad(*_mlp1_arrays(params), x, z, o, w)
+  return nll_sum, _mlp1_tree(params, *grads)
 
 
 @_fused_nll_sum_and_grad.defjvp

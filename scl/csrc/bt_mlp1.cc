@@ -28,6 +28,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <thread>
 #include <vector>
 
@@ -309,31 +310,7 @@ void RunPullBack(ffi::ThreadPool& pool, const Args& A, float* gw1, float* gb1, f
   gb2[0] = static_cast<float>(sum[0]);
 }
 
-ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1,
-                ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2, ffi::Buffer<ffi::F32> x,
-                ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> wt,
-                ffi::ResultBuffer<ffi::F32> nll, ffi::ResultBuffer<ffi::F32> gw1,
-                ffi::ResultBuffer<ffi::F32> gb1, ffi::ResultBuffer<ffi::F32> gw2,
-                ffi::ResultBuffer<ffi::F32> gb2) {
-  if (w1.dimensions().size() != 2) return ffi::Error::InvalidArgument("scl_bt_mlp1: w1 must be [d, H]");
-  const int64_t d = w1.dimensions()[0], H = w1.dimensions()[1], n = o.element_count();
-  if (H % kW != 0) return ffi::Error::InvalidArgument("scl_bt_mlp1: the hidden width must be a multiple of 8");
-  if (b1.element_count() != H || w2.element_count() != H || b2.element_count() != 1 ||
-      x.element_count() != n * d || z.element_count() != n * d || wt.element_count() != n)
-    return ffi::Error::InvalidArgument("scl_bt_mlp1: inconsistent shapes");
-  Args A{H, n, w1.typed_data(), b1.typed_data(), w2.typed_data(), b2.typed_data()[0],
-         x.typed_data(), z.typed_data(), o.typed_data(), wt.typed_data()};
-  float* p[5] = {nll->typed_data(), gw1->typed_data(), gb1->typed_data(), gw2->typed_data(), gb2->typed_data()};
-  switch (d) {
-    case 1: Run<1>(pool, A, p[0], p[1], p[2], p[3], p[4]); break;
-    case 2: Run<2>(pool, A, p[0], p[1], p[2], p[3], p[4]); break;
-    case 3: Run<3>(pool, A, p[0], p[1], p[2], p[3], p[4]); break;
-    case 4: Run<4>(pool, A, p[0], p[1], p[2], p[3], p[4]); break;
-    default: return ffi::Error::InvalidArgument("scl_bt_mlp1: 1 to 4 input features");
-  }
-  return ffi::Error::Success();
-}
-
+// Checks the reward's parameters and rows x [n, d] (1 <= d <= 4, H a multiple of 8).
 ffi::Error CheckRows(const char* name, ffi::Buffer<ffi::F32>& w1, ffi::Buffer<ffi::F32>& b1,
                      ffi::Buffer<ffi::F32>& w2, ffi::Buffer<ffi::F32>& b2, ffi::Buffer<ffi::F32>& x, int64_t n) {
   if (w1.dimensions().size() != 2 || w1.dimensions()[0] < 1 || w1.dimensions()[0] > 4)
@@ -345,19 +322,49 @@ ffi::Error CheckRows(const char* name, ffi::Buffer<ffi::F32>& w1, ffi::Buffer<ff
   return ffi::Error::Success();
 }
 
+Args MakeArgs(ffi::Buffer<ffi::F32>& w1, ffi::Buffer<ffi::F32>& b1, ffi::Buffer<ffi::F32>& w2,
+              ffi::Buffer<ffi::F32>& b2, ffi::Buffer<ffi::F32>& x, int64_t n, const float* z, const float* o,
+              const float* wt) {
+  return Args{w1.dimensions()[1], n, w1.typed_data(), b1.typed_data(), w2.typed_data(), b2.typed_data()[0],
+              x.typed_data(), z, o, wt};
+}
+
+// f(std::integral_constant<int, d>{}) for d in 1..4 (checked by CheckRows): the input width as a template
+// argument, so the inner loops over features unroll.
+template <typename F>
+void WithFeatures(int64_t d, F f) {
+  switch (d) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    default: f(std::integral_constant<int, 4>{});
+  }
+}
+
+ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1,
+                ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2, ffi::Buffer<ffi::F32> x,
+                ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> wt,
+                ffi::ResultBuffer<ffi::F32> nll, ffi::ResultBuffer<ffi::F32> gw1,
+                ffi::ResultBuffer<ffi::F32> gb1, ffi::ResultBuffer<ffi::F32> gw2,
+                ffi::ResultBuffer<ffi::F32> gb2) {
+  const int64_t n = o.element_count();
+  if (ffi::Error e = CheckRows("scl_bt_mlp1", w1, b1, w2, b2, x, n); e.failure()) return e;
+  if (z.element_count() != x.element_count() || wt.element_count() != n)
+    return ffi::Error::InvalidArgument("scl_bt_mlp1: inconsistent shapes");
+  const Args A = MakeArgs(w1, b1, w2, b2, x, n, z.typed_data(), o.typed_data(), wt.typed_data());
+  WithFeatures(w1.dimensions()[0], [&](auto D) {
+    Run<D>(pool, A, nll->typed_data(), gw1->typed_data(), gb1->typed_data(), gw2->typed_data(), gb2->typed_data());
+  });
+  return ffi::Error::Success();
+}
+
 ffi::Error ValuesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1,
                       ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2, ffi::Buffer<ffi::F32> x,
                       ffi::ResultBuffer<ffi::F32> r) {
   const int64_t n = r->element_count();
   if (ffi::Error e = CheckRows("scl_mlp1_values", w1, b1, w2, b2, x, n); e.failure()) return e;
-  Args A{w1.dimensions()[1], n, w1.typed_data(), b1.typed_data(), w2.typed_data(), b2.typed_data()[0],
-         x.typed_data(), nullptr, nullptr, nullptr};
-  switch (w1.dimensions()[0]) {
-    case 1: RunValues<1>(pool, A, r->typed_data()); break;
-    case 2: RunValues<2>(pool, A, r->typed_data()); break;
-    case 3: RunValues<3>(pool, A, r->typed_data()); break;
-    default: RunValues<4>(pool, A, r->typed_data());
-  }
+  const Args A = MakeArgs(w1, b1, w2, b2, x, n, nullptr, nullptr, nullptr);
+  WithFeatures(w1.dimensions()[0], [&](auto D) { RunValues<D>(pool, A, r->typed_data()); });
   return ffi::Error::Success();
 }
 
@@ -368,31 +375,31 @@ ffi::Error PullBackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w1, ffi::Buf
                         ffi::ResultBuffer<ffi::F32> gb2) {
   const int64_t n = c.element_count();
   if (ffi::Error e = CheckRows("scl_mlp1_pullback", w1, b1, w2, b2, x, n); e.failure()) return e;
-  Args A{w1.dimensions()[1], n, w1.typed_data(), b1.typed_data(), w2.typed_data(), b2.typed_data()[0],
-         x.typed_data(), nullptr, c.typed_data(), nullptr};
-  float* p[4] = {gw1->typed_data(), gb1->typed_data(), gw2->typed_data(), gb2->typed_data()};
-  switch (w1.dimensions()[0]) {
-    case 1: RunPullBack<1>(pool, A, p[0], p[1], p[2], p[3]); break;
-    case 2: RunPullBack<2>(pool, A, p[0], p[1], p[2], p[3]); break;
-    case 3: RunPullBack<3>(pool, A, p[0], p[1], p[2], p[3]); break;
-    default: RunPullBack<4>(pool, A, p[0], p[1], p[2], p[3]);
-  }
+  const Args A = MakeArgs(w1, b1, w2, b2, x, n, nullptr, c.typed_data(), nullptr);
+  WithFeatures(w1.dimensions()[0], [&](auto D) {
+    RunPullBack<D>(pool, A, gw1->typed_data(), gb1->typed_data(), gw2->typed_data(), gb2->typed_data());
+  });
   return ffi::Error::Success();
+}
+
+// The binding every handler starts with: XLA's intra-op pool, then the reward's w1, b1, w2, b2.
+auto BindReward() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()   // w1 [d, H]
+      .Arg<ffi::Buffer<ffi::F32>>()   // b1 [H]
+      .Arg<ffi::Buffer<ffi::F32>>()   // w2 [H, 1]
+      .Arg<ffi::Buffer<ffi::F32>>();  // b2 [1]
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SclBtMlp1, Impl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w1
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b1
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w2
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b2
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // z
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // o
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w
+                              BindReward()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [n, d]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // z [n, d]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // o [n]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w [n]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // nll (sum)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW1
                                   .Ret<ffi::Buffer<ffi::F32>>()  // db1
@@ -400,22 +407,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SclBtMlp1, Impl,
                                   .Ret<ffi::Buffer<ffi::F32>>());  // db2
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SclMlp1Values, ValuesImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w1
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b1
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w2
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b2
+                              BindReward()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x [n, d]
                                   .Ret<ffi::Buffer<ffi::F32>>());  // R(x) [n]
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SclMlp1PullBack, PullBackImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w1
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b1
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w2
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b2
+                              BindReward()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x [n, d]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c [n]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // sum_i c_i dR(x_i)/dW1
