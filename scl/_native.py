@@ -1,18 +1,22 @@
-"""scl's native CPU kernels: the Bradley–Terry loss and gradient of a one-hidden-layer SiLU reward, fused.
+"""scl's native CPU kernels: the Bradley–Terry loss and gradient of a one-hidden-layer SiLU reward, fused, and
+the bookkeeping of one L-BFGS iteration.
 
 ``scl/csrc/bt_mlp1.cc`` holds XLA FFI custom calls (``jax.ffi``): one pass over the pairs that computes the
 summed loss and its gradient, where XLA runs the same arithmetic as about eight kernels over ``[2n, H]``
 arrays; and, for pairs that index a pool of samples, the reward of each sample and the pull-back of the
-samples' cotangents. It is compiled on first use with the machine's C++ compiler (``$CXX``, else ``g++``, ``-O3
--march=native``; a few seconds) into a cache directory (``$SCL_NATIVE_CACHE``, else ``~/.cache/scl/native``), keyed
-by the source, the compiler, the flags, jaxlib's version and the CPU, and written atomically (concurrent
-processes do not see half a library). Without a compiler, or with ``SCL_NATIVE=0``, :func:`available` is
-False and :mod:`scl.reward_model` keeps its ``jax.numpy`` path, which computes the same values to float
-rounding; a failed build is reported once as a warning.
+samples' cotangents. ``scl/csrc/lbfgs.cc`` holds one iteration of :mod:`scl._solvers`' L-BFGS after the
+objective's evaluation (the trial's acceptance, the curvature pair, the direction, the step), which XLA runs as
+about fifty small kernels. Both are compiled on first use with the machine's C++ compiler (``$CXX``, else
+``g++``, ``-O3 -march=native``; a few seconds) into one library in a cache directory (``$SCL_NATIVE_CACHE``, else
+``~/.cache/scl/native``), keyed by the sources, the compiler, the flags, jaxlib's version and the CPU, and written
+atomically (concurrent processes do not see half a library). Without a compiler, or with ``SCL_NATIVE=0``,
+:func:`available` is False and :mod:`scl.reward_model` and :mod:`scl._solvers` keep their ``jax.numpy`` paths,
+which compute the same values to float rounding; a failed build is reported once as a warning.
 
-The kernel only replaces the primal computation: derivatives of it (Hessian-vector products, derivatives in
+The loss kernel only replaces the primal computation: derivatives of it (Hessian-vector products, derivatives in
 the labels) come from the ``jax.numpy`` path through a ``custom_jvp`` in :mod:`scl.reward_model`, so it is
-differentiable, jittable, and (one member at a time) vmappable.
+differentiable, jittable, and (one member at a time) vmappable. The L-BFGS step is not differentiated (the
+solver's derivatives are implicit) and takes a batch of independent problems at once under ``vmap``.
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "bt_mlp1.cc")
-_TARGETS = {"scl_bt_mlp1": "SclBtMlp1", "scl_mlp1_values": "SclMlp1Values", "scl_mlp1_pullback": "SclMlp1PullBack"}
+_SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", name)
+                 for name in ("bt_mlp1.cc", "lbfgs.cc"))
+_TARGETS = {"scl_bt_mlp1": "SclBtMlp1", "scl_mlp1_values": "SclMlp1Values", "scl_mlp1_pullback": "SclMlp1PullBack",
+            "scl_lbfgs_step": "SclLbfgsStep"}
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
 #: Widest input the kernel takes (``d`` features) and the multiple its hidden width must be.
 MAX_FEATURES, WIDTH_MULTIPLE = 4, 8
@@ -61,18 +68,20 @@ def _build() -> str | None:
     _log.info("scl native kernel: no C++ compiler found (set CXX); using the jax.numpy path")
     return None
   version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-  with open(_SOURCE, "rb") as f:
-    source = f.read()
-  parts = [source, version.encode(), " ".join(_FLAGS).encode(), importlib.metadata.version("jaxlib").encode(),
+  sources = []
+  for name in _SOURCES:
+    with open(name, "rb") as f:
+      sources.append(f.read())
+  parts = [*sources, version.encode(), " ".join(_FLAGS).encode(), importlib.metadata.version("jaxlib").encode(),
            _cpu_description().encode()]
   key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-  path = os.path.join(_cache_dir(), f"bt_mlp1-{key}.so")
+  path = os.path.join(_cache_dir(), f"scl_native-{key}.so")
   if os.path.exists(path):
     return path
-  cmd = [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), _SOURCE, "-o", path]
+  cmd = [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), *_SOURCES, "-o", path]
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".bt_mlp1-", suffix=".so")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".scl_native-", suffix=".so")
     os.close(fd)
     result = subprocess.run(cmd[:-1] + [tmp], capture_output=True, text=True)
     if result.returncode != 0:
@@ -80,7 +89,7 @@ def _build() -> str | None:
       raise RuntimeError(f"compiler output (end): {result.stderr[-2000:]}")
     os.replace(tmp, path)  # atomic: another process sees the whole library or none
   except (OSError, RuntimeError) as e:
-    warnings.warn(f"scl native kernel: building {_SOURCE} failed ({' '.join(cmd)}): {e}; using the jax.numpy "
+    warnings.warn(f"scl native kernel: building {' '.join(_SOURCES)} failed ({' '.join(cmd)}): {e}; using the jax.numpy "
                   "path", RuntimeWarning, stacklevel=3)
     return None
   return path
@@ -88,7 +97,7 @@ def _build() -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
-  """Whether the fused kernel is built, loaded and registered with XLA (built on the first call)."""
+  """Whether the native kernels are built, loaded and registered with XLA (built on the first call)."""
   if os.environ.get("SCL_NATIVE", "1") == "0":
     return False
   path = _build()
@@ -135,3 +144,33 @@ def mlp1_pullback(w1, b1, w2, b2, x, c):
   ``c [n]``; each row's forward pass is recomputed, so nothing of size ``[n, H]`` is stored."""
   out = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (w1, b1, w2, b2)]
   return tuple(jax.ffi.ffi_call("scl_mlp1_pullback", out, vmap_method="sequential")(w1, b1, w2, b2, x, c))
+
+
+#: Layout of the L-BFGS state's small vectors (``scl/csrc/lbfgs.cc``): floats ``f, t, g·d, γ``; integers
+#: iterations, rejected trials in a row, started, evaluations, ring head, ring count, go.
+LBFGS_FLOATS, LBFGS_INTS = 4, 7
+
+
+def supports_lbfgs(x0: jax.Array, tol) -> bool:
+  """Whether :func:`lbfgs_step` can run scl._solvers' L-BFGS on ``x0``: float32 parameters, a concrete ``tol``,
+  the CPU as the default backend, and the kernels available."""
+  return (x0.dtype == jnp.float32 and isinstance(tol, (int, float)) and jax.default_backend() == "cpu"
+          and available())
+
+
+def lbfgs_step(state: tuple, f_try: jax.Array, g_try: jax.Array, *, maxiter: int, tol: float,
+               max_backtracks: int) -> tuple:
+  """One L-BFGS iteration of :func:`scl._solvers._lbfgs_armijo_native` after the objective's evaluation at the
+  trial point: ``state = (x, g, d, s, y, rho, fs, is, x_try)`` (``scl/csrc/lbfgs.cc`` describes it) and
+  ``f(x_try), ∇f(x_try)`` -> the next state, updated in place (the state's buffers are aliased to the results).
+  Under ``vmap`` every member is stepped in one call."""
+  if not available():
+    raise RuntimeError("scl native kernels are not available (no C++ compiler, a failed build, or SCL_NATIVE=0)")
+  # The evaluation comes first: XLA's while-loop constant sinking takes a loop body whose result is this call
+  # for a tuple and reads its operand i as state element i; with the state in front it would find each element
+  # "unchanged" and fold the loop's condition to a constant (a loop that never ends).
+  n = len(state)
+  call = jax.ffi.ffi_call("scl_lbfgs_step", [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in state],
+                          vmap_method="broadcast_all", input_output_aliases={2 + i: i for i in range(n)})
+  return tuple(call(f_try, g_try, *state, maxiter=np.int64(maxiter), tol=np.float32(tol),
+                    max_backtracks=np.int64(max_backtracks)))

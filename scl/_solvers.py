@@ -1,9 +1,10 @@
 """Smooth unconstrained minimisation with implicit differentiation (the only module that imports jaxopt).
 
 ``minimize(fun, θ0, *args)`` returns ``θ*(args) = argmin_θ fun(θ, *args)`` computed by full-batch L-BFGS
-(by default scl's own: one ``lax.while_loop`` on the flattened parameters, compact-form direction,
-backtracking Armijo line search, one function-and-gradient evaluation per trial step; ``jaxopt.LBFGS`` with
-its line searches is kept as an option), and makes ``θ*`` differentiable w.r.t. ``args`` by the implicit
+(by default scl's own: one ``lax.while_loop`` on the flattened parameters, backtracking Armijo line search,
+one function-and-gradient evaluation per trial step, the iteration's bookkeeping in one native CPU call for
+float32 parameters on the CPU (:mod:`scl._native`); ``jaxopt.LBFGS`` with its line searches is kept as an
+option), and makes ``θ*`` differentiable w.r.t. ``args`` by the implicit
 function theorem (``jaxopt.implicit_diff.custom_root``) instead of unrolling the iterations: at the optimum
 ``∇_θ fun(θ*, args) = 0``, so
 
@@ -33,6 +34,8 @@ with warnings.catch_warnings():
   # jaxopt 0.8.5 (pinned) warns at import that it is no longer maintained; its solvers still work.
   warnings.simplefilter("ignore", DeprecationWarning)
   import jaxopt
+
+from scl import _native
 
 Params = Any
 
@@ -98,6 +101,43 @@ def _lbfgs_direction(g: chex.Array, s_hist: chex.Array, y_hist: chex.Array, vali
 
 def _lbfgs_armijo(value_and_grad: Callable[[chex.Array], tuple[chex.Array, chex.Array]], x0: chex.Array, *,
                   maxiter: int, tol: float, history_size: int, max_backtracks: int = 30):
+  """Flat L-BFGS with a backtracking Armijo line search (:func:`_lbfgs_armijo_jnp` states the rules): the
+  iteration's bookkeeping by scl's native CPU kernel (:func:`_lbfgs_armijo_native`) for float32 parameters on
+  the CPU, else in ``jax.numpy``. The two take the same steps up to float rounding.
+
+  Returns ``(x, num_iters, grad_norm, num_evals)``.
+  """
+  if _native.supports_lbfgs(x0, tol):
+    return _lbfgs_armijo_native(value_and_grad, x0, maxiter=maxiter, tol=tol, history_size=history_size,
+                                max_backtracks=max_backtracks)
+  return _lbfgs_armijo_jnp(value_and_grad, x0, maxiter=maxiter, tol=tol, history_size=history_size,
+                           max_backtracks=max_backtracks)
+
+
+def _lbfgs_armijo_native(value_and_grad: Callable[[chex.Array], tuple[chex.Array, chex.Array]], x0: chex.Array,
+                         *, maxiter: int, tol: float, history_size: int, max_backtracks: int = 30):
+  """:func:`_lbfgs_armijo_jnp` with the body's bookkeeping in one call of ``scl/csrc/lbfgs.cc``
+  (:func:`scl._native.lbfgs_step`): the loop's body is the objective at the trial point and that call, where
+  XLA runs the same bookkeeping as about fifty small kernels. In a 1,000-pair reward fit on a 2-core CPU the
+  solver's own time per evaluation falls from 13-21 µs to about 4 µs (an evaluation's fused kernel: about 70).
+  The history is a ring of ``history_size`` rows and the direction comes from the two-loop recursion (the
+  compact form's vector, to float rounding). ``x0`` float32.
+  """
+  p, m = x0.shape[0], history_size
+  state = (x0, jnp.zeros_like(x0), jnp.zeros_like(x0), jnp.zeros((m, p), x0.dtype), jnp.zeros((m, p), x0.dtype),
+           jnp.zeros((m,), x0.dtype), jnp.array([jnp.inf, 0.0, 0.0, 1.0], x0.dtype),
+           jnp.array([0, 0, 0, 0, 0, 0, int(maxiter > 0)], jnp.int32), x0)
+  step = functools.partial(_native.lbfgs_step, maxiter=maxiter, tol=tol, max_backtracks=max_backtracks)
+
+  def body(state):
+    return step(state, *value_and_grad(state[-1]))
+
+  x, g, *_, counters, _ = jax.lax.while_loop(lambda state: state[7][6] != 0, body, state)
+  return x, counters[0], jnp.linalg.norm(g), counters[3]
+
+
+def _lbfgs_armijo_jnp(value_and_grad: Callable[[chex.Array], tuple[chex.Array, chex.Array]], x0: chex.Array, *,
+                      maxiter: int, tol: float, history_size: int, max_backtracks: int = 30):
   """Flat L-BFGS with a backtracking Armijo line search (safeguarded quadratic interpolation).
 
   ONE ``lax.while_loop`` whose body makes exactly one ``value_and_grad`` call at the trial point

@@ -201,3 +201,135 @@ def test_indexed_derivatives_through_the_kernels_match_float64_autodiff():
   scale = max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(want))
   for got, ref in zip(jax.tree_util.tree_leaves(tangent), jax.tree_util.tree_leaves(want)):
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-4, atol=1e-5 * scale)
+
+
+# ---------------------------------------------------------------- the L-BFGS iteration (scl/csrc/lbfgs.cc)
+
+def _dense_lbfgs_direction(g, pairs, gamma):
+  """``-H g`` with ``H`` built densely (float64) by the BFGS update from ``γ I`` over ``pairs`` (oldest first):
+  ``H <- (I - ρ s yᵀ) H (I - ρ y sᵀ) + ρ s sᵀ`` — the matrix the two-loop recursion applies without forming."""
+  h = gamma * np.eye(g.size)
+  for s, y in pairs:
+    rho = 1.0 / (s @ y)
+    v = np.eye(g.size) - rho * np.outer(y, s)
+    h = v.T @ h @ v + rho * np.outer(s, s)
+  return -h @ g
+
+
+def _lbfgs_state(rng, p, m, count, head):
+  """A started state with ``count`` curvature pairs (positive ``s·y``) in a ring of ``m`` rows from ``head``."""
+  a = rng.normal(size=(p, p))
+  hess = a @ a.T / p + np.eye(p)
+  s_rows, y_rows, rho = np.zeros((m, p)), np.zeros((m, p)), np.zeros(m)
+  pairs = []
+  for j in range(count):
+    s = rng.normal(size=p)
+    y = hess @ s
+    row = (head + j) % m
+    s_rows[row], y_rows[row], rho[row] = s, y, 1.0 / (s @ y)
+    pairs.append((s, y))
+  x, g, d = rng.normal(size=p), rng.normal(size=p), rng.normal(size=p)
+  f, t, gd = 2.0, 0.5, -1.5
+  state = [x, g, d, s_rows, y_rows, rho, np.array([f, t, gd, 0.7]), np.array([3, 2, 1, 9, head, count, 1])]
+  state = [np.asarray(a, np.int32 if i == 7 else np.float32) for i, a in enumerate(state)]
+  return state, hess, pairs
+
+
+@pytest.mark.parametrize("p,m,count,head", [(13, 5, 3, 1), (37, 4, 4, 2), (8, 1, 0, 0)])
+def test_lbfgs_step_accepts_a_decrease_and_takes_the_bfgs_direction(p, m, count, head):
+  """An accepted trial: the new pair enters the ring (over the oldest when it is full), γ = s·y / y·y, and the
+  direction is ``-H g`` of the dense BFGS matrix (float64) of the pairs, oldest first."""
+  rng = np.random.default_rng(p + m)
+  state, hess, pairs = _lbfgs_state(rng, p, m, count, head)
+  x, g, d, *_ = state
+  x_try = (x + 0.5 * d).astype(np.float32)
+  g_try = (g + hess @ (x_try - x)).astype(np.float32)  # a positive curvature pair
+  f_try = np.float32(2.0 - 1.0)  # below the Armijo bound 2 + 1e-4 · 0.5 · (-1.5)
+  out = jax.jit(lambda *a: _native.lbfgs_step(tuple(a[:9]), a[9], a[10], maxiter=100, tol=1e-8,
+                                              max_backtracks=30))(*state, x_try, f_try, g_try)
+  out = [np.asarray(a) for a in out]
+  s, y = x_try.astype(np.float64) - x, g_try.astype(np.float64) - g
+  pairs = (pairs + [(s, y)])[-m:]
+  gamma = (s @ y) / (y @ y)
+  want_d = _dense_lbfgs_direction(g_try.astype(np.float64), pairs, gamma)
+  np.testing.assert_allclose(out[0], x_try)
+  np.testing.assert_allclose(out[1], g_try)
+  np.testing.assert_allclose(out[2], want_d, rtol=1e-4, atol=1e-5 * np.abs(want_d).max())
+  np.testing.assert_allclose(out[6], [f_try, 1.0, g_try @ want_d, gamma], rtol=1e-4)
+  np.testing.assert_array_equal(out[7], [4, 0, 1, 10, (head + (count == m)) % m, min(count + 1, m), 1])
+  np.testing.assert_allclose(out[8], x_try + want_d, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("f_try,factor", [(2.5, None), (np.nan, 0.1), (1e6, 0.1)])
+def test_lbfgs_step_backtracks_on_a_rejected_trial(f_try, factor):
+  """A rejected trial leaves the point and the history and shrinks ``t`` to the minimiser of the quadratic
+  through ``f``, ``g·d`` and ``f_try`` (written out below), clipped to ``[0.1 t, 0.5 t]``; 0.1 t if not finite."""
+  rng = np.random.default_rng(0)
+  state, _, _ = _lbfgs_state(rng, 11, 3, 2, 0)
+  f, t, gd = 2.0, 0.5, -1.5
+  want_t = t * factor if factor else np.clip(-gd * t * t / (2 * (f_try - f - t * gd)), 0.1 * t, 0.5 * t)
+  out = jax.jit(lambda *a: _native.lbfgs_step(tuple(a[:9]), a[9], a[10], maxiter=100, tol=1e-8,
+                                              max_backtracks=3))(*state, state[0], np.float32(f_try), state[1])
+  out = [np.asarray(a) for a in out]
+  for i in (0, 1, 2, 3, 4, 5):
+    np.testing.assert_array_equal(out[i], state[i])
+  np.testing.assert_allclose(out[6], [f, want_t, gd, 0.7], rtol=1e-6)
+  np.testing.assert_array_equal(out[7], [3, 3, 1, 10, 0, 2, 0])  # the third rejection in a row: stop
+  np.testing.assert_allclose(out[8], state[0] + want_t * state[2], rtol=1e-6, atol=1e-6)
+
+
+def _rosenbrock(x):
+  return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+def test_native_lbfgs_minimises_like_the_jnp_loop():
+  """Both loops on a quadratic (minimum ``A⁻¹ b``, same iterates up to rounding) and on the Rosenbrock function
+  (minimum at 1): same minimiser, comparable work; the dispatch picks the kernel for float32 on the CPU."""
+  from scl import _solvers
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=(40, 40))
+  hess = jnp.asarray(a @ a.T / 40 + 0.1 * np.eye(40), jnp.float32)
+  b = jnp.asarray(rng.normal(size=40), jnp.float32)
+  quad = lambda x: (0.5 * x @ (hess @ x) - b @ x, hess @ x - b)
+  kw = dict(maxiter=200, tol=1e-5, history_size=10)
+  x0 = jnp.zeros(40, jnp.float32)
+  native = jax.jit(lambda x0: _solvers._lbfgs_armijo_native(quad, x0, **kw))(x0)
+  plain = jax.jit(lambda x0: _solvers._lbfgs_armijo_jnp(quad, x0, **kw))(x0)
+  want = np.linalg.solve(np.asarray(hess, np.float64), np.asarray(b, np.float64))
+  np.testing.assert_allclose(native[0], want, rtol=1e-3, atol=1e-4)
+  assert abs(int(native[1]) - int(plain[1])) <= 2 and float(native[2]) <= 1e-5
+  rosen = jax.value_and_grad(_rosenbrock)
+  x0 = jnp.asarray([-1.2, 1.0, -0.5, 0.8], jnp.float32)
+  kw = dict(maxiter=500, tol=1e-4, history_size=10)
+  native = jax.jit(lambda x0: _solvers._lbfgs_armijo_native(rosen, x0, **kw))(x0)
+  plain = jax.jit(lambda x0: _solvers._lbfgs_armijo_jnp(rosen, x0, **kw))(x0)
+  np.testing.assert_allclose(native[0], np.ones(4), atol=2e-3)
+  np.testing.assert_allclose(plain[0], np.ones(4), atol=2e-3)
+  assert int(native[3]) <= 1.5 * int(plain[3]) + 10
+  assert "scl_lbfgs_step" in jax.jit(lambda x0: _solvers._lbfgs_armijo(rosen, x0, **kw)).lower(x0).as_text()
+  with jax.enable_x64():
+    x64 = jnp.asarray(x0, jnp.float64)
+    assert "scl_lbfgs_step" not in jax.jit(lambda x: _solvers._lbfgs_armijo(rosen, x, **kw)).lower(x64).as_text()
+
+
+def test_native_lbfgs_under_vmap_and_at_its_limits():
+  """``vmap`` steps every member in one call (each as alone); ``maxiter=0`` evaluates nothing; an objective that is
+  NaN away from its start stops after ``max_backtracks`` rejected trials, as the jnp loop does."""
+  from scl import _solvers
+  rosen = jax.value_and_grad(_rosenbrock)
+  kw = dict(maxiter=300, tol=1e-4, history_size=6)
+  starts = jnp.asarray([[-1.2, 1.0, 0.3], [0.5, -0.5, 2.0], [1.0, 1.0, 1.0]], jnp.float32)
+  batched = jax.jit(jax.vmap(lambda x0: _solvers._lbfgs_armijo_native(rosen, x0, **kw)))(starts)
+  for i in range(3):
+    alone = jax.jit(lambda x0: _solvers._lbfgs_armijo_native(rosen, x0, **kw))(starts[i])
+    np.testing.assert_allclose(batched[0][i], alone[0], rtol=1e-5, atol=1e-6)
+    assert int(batched[3][i]) == int(alone[3])
+  none = _solvers._lbfgs_armijo_native(rosen, starts[0], maxiter=0, tol=1e-4, history_size=6)
+  np.testing.assert_array_equal(none[0], starts[0])
+  assert int(none[3]) == 0
+  x0 = starts[0]
+  cliff = lambda x: jax.value_and_grad(lambda y: jnp.where(jnp.all(y == x0), 1.0, jnp.nan) + jnp.sum(y))(x)
+  for loop in (_solvers._lbfgs_armijo_native, _solvers._lbfgs_armijo_jnp):
+    x, k, _, evals = jax.jit(lambda x0: loop(cliff, x0, **kw, max_backtracks=5))(x0)
+    np.testing.assert_array_equal(x, x0)
+    assert int(k) == 0 and int(evals) == 6  # the start, then 5 rejected trials
