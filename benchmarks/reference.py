@@ -25,7 +25,9 @@ the reference's, and its figure is the median over both workers' calls (each wor
 ``bracket``): the host's speed drifts from minute to minute, and the reference's calls take minutes. The scl
 attack takes a tenth of a second and varies by up to a third from call to call on a shared 2-core virtual
 machine (the reference's minute-long calls vary by about 2%), so its median is taken over more calls; the JSON
-keeps every call's time. scl's programs are compiled ahead of time (``jit(...).lower(...).compile()``,
+keeps every call's time. scl's attack is also timed from the attacker's ``θ`` fitted from
+``--scl-attack-inits`` network initialisations (``over_inits``; the JSON's ``ratio_..._median_over_inits``):
+its work depends on ``θ`` by chance, the reference's does not. scl's programs are compiled ahead of time (``jit(...).lower(...).compile()``,
 reported as ``compile_seconds``) and the warm-up is one run of the compiled program at full size. PyTorch runs
 eagerly, so its warm-up is a run of the same code at a small size (it warms imports, allocator and oneDNN
 primitive caches, not a compiler).
@@ -185,13 +187,40 @@ def scl_attack(spec):
   timing = _machine.time_calls(lambda: last.append(compiled(*args)) or last[-1], spec["attack_repeats"],
                                sync=jax.block_until_ready)
   _, mask, work = last[-1]
-  return dict(timing, compile_seconds=compile_s, fit_theta_seconds=fit_s, fit_theta_compile_seconds=fit_compile,
+  over_inits = _attack_over_inits(spec, net, fit_c, compiled, args, timing, work)
+  return dict(timing, compile_seconds=compile_s, over_inits=over_inits, fit_theta_seconds=fit_s, fit_theta_compile_seconds=fit_compile,
               fit_theta_iters=int(info.num_iters), flips=int(mask.sum()), n_pairs=n,
               refits=attack_benchmark.refit_work(work),
               n_params=int(sum(a.size for a in jax.tree_util.tree_leaves(p0))),
               attack_fit_kwargs=dict(attacks.GRADIENT_ATTACK_FIT), device=str(jax.devices()[0]),
               fused_kernel="scl_bt_mlp1" in compiled.as_text(),  # scl/_native.py's loss kernel in the program
+              lbfgs_kernel="scl_lbfgs_step" in compiled.as_text(),  # and its L-BFGS iteration
               versions=dict(jax=jax.__version__, numpy=np.__version__))
+
+
+def _attack_over_inits(spec, net, fit_c, compiled, args, timing, work):
+  """The same attack from the attacker's ``θ`` fitted from ``spec["attack_inits"]`` network initialisations
+  (keys 2, 3, ...; key 2 is the instance timed above): each call's median over ``max(3, attack_repeats // 2)``
+  calls and its loss-and-gradient evaluations. The attack's work depends on ``θ`` (its re-fits stop at a
+  tolerance, and which flips it reaches is chaotic at that level: 320-680 evaluations over 48 initialisations
+  at 1,000 pairs), while the reference's is fixed (10 n Adam steps and a dense Hessian per outer step), so one
+  instance is one draw; ``seconds_all`` holds the per-initialisation medians and ``seconds_median`` their
+  median."""
+  import jax
+  import attack as attack_benchmark
+
+  x, z, o = args[:3]
+  medians, evals = [timing["seconds_median"]], [attack_benchmark.refit_work(work)["total_evals"]]
+  for key in range(3, 2 + spec.get("attack_inits", 8)):
+    theta, _ = jax.block_until_ready(fit_c(net.init(jax.random.key(key), x[:1]), x, z, o))
+    run_args = args[:4] + (theta,) + args[5:]
+    last = []
+    t = _machine.time_calls(lambda: last.append(compiled(*run_args)) or last[-1],
+                            max(3, spec["attack_repeats"] // 2), sync=jax.block_until_ready)
+    medians.append(t["seconds_median"])
+    evals.append(attack_benchmark.refit_work(last[-1][2])["total_evals"])
+  return dict(inits=len(medians), seconds_all=medians, seconds_median=statistics.median(medians),
+              total_evals=evals)
 
 
 def scl_retrain(spec):
@@ -551,6 +580,10 @@ def summary(result):
   rows = []
   for e in result.get("attack", []):
     rows.append((f"attack n={e['n_pairs']}", e["scl"], e.get("reference"), e.get("ratio_reference_over_scl")))
+    over = e["scl"].get("over_inits") if isinstance(e["scl"], dict) else None
+    if isinstance(over, dict):
+      rows.append((f"attack n={e['n_pairs']}, median over {over['inits']} theta initialisations", over,
+                   e.get("reference"), e.get("ratio_reference_over_scl_median_over_inits")))
   for key in ("ddpm_retrain", "sample"):
     if key in result:
       e = result[key]
@@ -566,10 +599,11 @@ def harness(args):
     settings["attack_pairs"] = [int(n) for n in args.attack_pairs.split(",")]
   if args.repeats is None:
     args.repeats = settings["repeats"]
-  if args.repeats < 1 or args.threads < 1 or args.scl_attack_repeats < 1:
-    sys.exit("--repeats, --scl-attack-repeats and --threads must be at least 1")
+  if args.repeats < 1 or args.threads < 1 or args.scl_attack_repeats < 1 or args.scl_attack_inits < 1:
+    sys.exit("--repeats, --scl-attack-repeats, --scl-attack-inits and --threads must be at least 1")
   settings["repeats"] = args.repeats
   settings["scl_attack_repeats"] = args.scl_attack_repeats
+  settings["scl_attack_inits"] = args.scl_attack_inits
   tasks = args.tasks.split(",")
   result = dict(benchmark="reference_side_by_side", quick=args.quick, settings=settings,
                 machine=_machine.machine(), load_average_before=_machine.load_average())
@@ -602,7 +636,8 @@ def harness(args):
     def both(task, extra, name):
       def scl_worker(label):
         return run_worker(sys.executable, "scl", dict(base, task=task, tmp=os.path.join(tmp, name, label),
-                                                      attack_repeats=args.scl_attack_repeats, **extra),
+                                                      attack_repeats=args.scl_attack_repeats,
+                                                      attack_inits=args.scl_attack_inits, **extra),
                           args.timeout)
 
       scl, ref = scl_worker("scl"), None
@@ -623,6 +658,9 @@ def harness(args):
           entry["reference"] = ref
           entry["ratio_reference_over_scl"] = _ratio(ref, scl)
           entry["ratio_cpu_seconds"] = _ratio(ref, scl, ("cpu_seconds_median",))
+          over = scl.get("over_inits") if isinstance(scl, dict) else None
+          if isinstance(over, dict) and isinstance(ref.get("seconds_median"), (int, float)):
+            entry["ratio_reference_over_scl_median_over_inits"] = ref["seconds_median"] / over["seconds_median"]
         result["attack"].append(entry)
 
     if "retrain" in tasks:
@@ -704,6 +742,9 @@ def main():
   p.add_argument("--repeats", type=int, default=None, help="timed calls per figure (default 3; quick 2)")
   p.add_argument("--scl-attack-repeats", type=int, default=10,
                  help="timed calls of scl's attack (default 10: each takes a fraction of a second)")
+  p.add_argument("--scl-attack-inits", type=int, default=8,
+                 help="attacker's-theta initialisations scl's attack is also timed from (default 8; see "
+                      "over_inits)")
   p.add_argument("--threads", type=int, default=min(2, len(os.sched_getaffinity(0))),
                  help="CPUs/threads per worker, both sides (default: min(2, usable CPUs))")
   p.add_argument("--tasks", default="attack,retrain", help="comma-separated: attack, retrain (incl. sampling)")
