@@ -351,27 +351,28 @@ def test_adjoint_attack_is_no_weaker_than_autodiff_through_the_fit():
 
 
 @pytest.mark.skipif(not _native.available(), reason="no C++ compiler: the fused kernel is not built")
-def test_attack_on_the_fused_kernel_is_no_weaker_than_on_the_jnp_path(monkeypatch):
-  """The fused Bradley–Terry kernel (scl/_native.py) computes the fits' loss and gradient with other rounding
-  than the jax.numpy path, so on some instances the flips differ. Over 24 ring instances the attack with it
-  is no weaker: each flip set's J with θ~ re-fitted tightly from θ, the kernel's higher on at most the
+@pytest.mark.parametrize("switch,target", [("supports", "scl_bt_mlp1"), ("supports_lbfgs", "scl_lbfgs_step")])
+def test_attack_on_the_native_kernels_is_no_weaker_than_on_the_jnp_path(monkeypatch, switch, target):
+  """The fused Bradley–Terry kernel and the L-BFGS iteration (scl/_native.py) compute the fits with other
+  rounding than the jax.numpy paths, so on some instances the flips differ. Over 24 ring instances the attack
+  with each is no weaker: each flip set's J with θ~ re-fitted tightly from θ, the kernel's higher on at most the
   binomial(m, 1/2) 1% critical count of the m instances where the flips differ. The path is chosen when the
-  program is traced, so the baseline attack is traced with the kernel turned off."""
+  program is traced, so the baseline attack is traced with that kernel turned off."""
   n, l2 = 200, jnp.float32(1e-3)
   net = rm.mlp_reward((16,))
   kappa, alpha = jnp.float32(0.2), jnp.float32(0.8)
-  supports = _native.supports
+  supports = getattr(_native, switch)
 
   def instance(seed):
     x, z, o, pool, theta, j = _ring_instance(seed, n, net, l2, alpha)
-    fused = attacks.gradient_attack(x, z, o, pool, theta, net.apply, kappa, alpha, l2)[0]
-    monkeypatch.setattr(_native, "supports", lambda *a: False)
+    native = attacks.gradient_attack(x, z, o, pool, theta, net.apply, kappa, alpha, l2)[0]
+    monkeypatch.setattr(_native, switch, lambda *a: False)
     plain = attacks.gradient_attack(x, z, o, pool, theta, net.apply, kappa, alpha, l2)[0]
-    monkeypatch.setattr(_native, "supports", supports)
-    return j(fused), j(plain), jnp.any(fused != plain)
+    monkeypatch.setattr(_native, switch, supports)
+    return j(native), j(plain), jnp.any(native != plain)
 
   program = jax.jit(lambda s: jax.lax.map(instance, s)).lower(jnp.arange(24))
-  assert program.as_text().count("scl_bt_mlp1") > 0
+  assert program.as_text().count(target) > 0
   _assert_no_weaker(*map(np.asarray, program.compile()(jnp.arange(24))))
 
 
