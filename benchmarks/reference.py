@@ -27,10 +27,10 @@ attack takes a tenth of a second and varies by up to a third from call to call o
 machine (the reference's minute-long calls vary by about 2%), so its median is taken over more calls; the JSON
 keeps every call's time. scl's attack is also timed from the attacker's ``θ`` fitted from
 ``--scl-attack-inits`` network initialisations (``over_inits``; the JSON's ``ratio_..._median_over_inits``):
-its work depends on ``θ`` by chance, the reference's does not. scl's programs are compiled ahead of time (``jit(...).lower(...).compile()``,
-reported as ``compile_seconds``) and the warm-up is one run of the compiled program at full size. PyTorch runs
-eagerly, so its warm-up is a run of the same code at a small size (it warms imports, allocator and oneDNN
-primitive caches, not a compiler).
+its work depends on ``θ`` by chance, the reference's does not. scl's programs are compiled ahead of time
+(``jit(...).lower(...).compile()``, reported as ``compile_seconds``) and the warm-up is one run of the compiled
+program at full size. PyTorch runs eagerly, so its warm-up is a run of the same code at a small size (it warms
+imports, allocator and oneDNN primitive caches, not a compiler).
 
 What is timed
 -------------
@@ -188,7 +188,8 @@ def scl_attack(spec):
                                sync=jax.block_until_ready)
   _, mask, work = last[-1]
   over_inits = _attack_over_inits(spec, net, fit_c, compiled, args, timing, work)
-  return dict(timing, compile_seconds=compile_s, over_inits=over_inits, fit_theta_seconds=fit_s, fit_theta_compile_seconds=fit_compile,
+  return dict(timing, compile_seconds=compile_s, over_inits=over_inits, fit_theta_seconds=fit_s,
+              fit_theta_compile_seconds=fit_compile,
               fit_theta_iters=int(info.num_iters), flips=int(mask.sum()), n_pairs=n,
               refits=attack_benchmark.refit_work(work),
               n_params=int(sum(a.size for a in jax.tree_util.tree_leaves(p0))),

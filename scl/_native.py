@@ -89,8 +89,8 @@ def _build() -> str | None:
       raise RuntimeError(f"compiler output (end): {result.stderr[-2000:]}")
     os.replace(tmp, path)  # atomic: another process sees the whole library or none
   except (OSError, RuntimeError) as e:
-    warnings.warn(f"scl native kernel: building {' '.join(_SOURCES)} failed ({' '.join(cmd)}): {e}; using the jax.numpy "
-                  "path", RuntimeWarning, stacklevel=3)
+    warnings.warn(f"scl native kernel: building {' '.join(_SOURCES)} failed ({' '.join(cmd)}): {e}; using the "
+                  "jax.numpy path", RuntimeWarning, stacklevel=3)
     return None
   return path
 
@@ -146,9 +146,21 @@ def mlp1_pullback(w1, b1, w2, b2, x, c):
   return tuple(jax.ffi.ffi_call("scl_mlp1_pullback", out, vmap_method="sequential")(w1, b1, w2, b2, x, c))
 
 
-#: Layout of the L-BFGS state's small vectors (``scl/csrc/lbfgs.cc``): floats ``f, t, g·d, γ``; integers
-#: iterations, rejected trials in a row, started, evaluations, ring head, ring count, go.
-LBFGS_FLOATS, LBFGS_INTS = 4, 7
+#: Indices into the L-BFGS state's integer vector (``scl/csrc/lbfgs.cc``, ``enum IntState``): iterations,
+#: rejected trials in a row, started, evaluations, ring head, ring count, and ``go`` (the loop's condition).
+LBFGS_ITERS, LBFGS_BACKTRACKS, LBFGS_STARTED, LBFGS_EVALS, LBFGS_HEAD, LBFGS_COUNT, LBFGS_GO = range(7)
+
+
+def lbfgs_init(x0: jax.Array, history_size: int, maxiter: int) -> tuple:
+  """The state :func:`lbfgs_step` takes before the first evaluation, at ``x0 [p]``: ``(x, g, d, s [m, p],
+  y [m, p], rho [m], fs, is, x_try)`` with ``fs = (f, t, g·d, γ) = (inf, 0, 0, 1)``, the counters at 0, ``go``
+  set when ``maxiter > 0``, and ``x_try = x0``."""
+  p, m = x0.shape[0], history_size
+  counters = [0] * 7
+  counters[LBFGS_GO] = int(maxiter > 0)
+  return (x0, jnp.zeros_like(x0), jnp.zeros_like(x0), jnp.zeros((m, p), x0.dtype), jnp.zeros((m, p), x0.dtype),
+          jnp.zeros((m,), x0.dtype), jnp.array([jnp.inf, 0.0, 0.0, 1.0], x0.dtype), jnp.array(counters, jnp.int32),
+          x0)
 
 
 def supports_lbfgs(x0: jax.Array, tol) -> bool:

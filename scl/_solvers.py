@@ -123,17 +123,14 @@ def _lbfgs_armijo_native(value_and_grad: Callable[[chex.Array], tuple[chex.Array
   The history is a ring of ``history_size`` rows and the direction comes from the two-loop recursion (the
   compact form's vector, to float rounding). ``x0`` float32.
   """
-  p, m = x0.shape[0], history_size
-  state = (x0, jnp.zeros_like(x0), jnp.zeros_like(x0), jnp.zeros((m, p), x0.dtype), jnp.zeros((m, p), x0.dtype),
-           jnp.zeros((m,), x0.dtype), jnp.array([jnp.inf, 0.0, 0.0, 1.0], x0.dtype),
-           jnp.array([0, 0, 0, 0, 0, 0, int(maxiter > 0)], jnp.int32), x0)
   step = functools.partial(_native.lbfgs_step, maxiter=maxiter, tol=tol, max_backtracks=max_backtracks)
 
   def body(state):
-    return step(state, *value_and_grad(state[-1]))
+    return step(state, *value_and_grad(state[-1]))  # state[-1]: the trial point
 
-  x, g, *_, counters, _ = jax.lax.while_loop(lambda state: state[7][6] != 0, body, state)
-  return x, counters[0], jnp.linalg.norm(g), counters[3]
+  x, g, *_, counters, _ = jax.lax.while_loop(lambda state: state[-2][_native.LBFGS_GO] != 0, body,
+                                             _native.lbfgs_init(x0, history_size, maxiter))
+  return x, counters[_native.LBFGS_ITERS], jnp.linalg.norm(g), counters[_native.LBFGS_EVALS]
 
 
 def _lbfgs_armijo_jnp(value_and_grad: Callable[[chex.Array], tuple[chex.Array, chex.Array]], x0: chex.Array, *,

@@ -207,7 +207,7 @@ def test_indexed_derivatives_through_the_kernels_match_float64_autodiff():
 
 def _dense_lbfgs_direction(g, pairs, gamma):
   """``-H g`` with ``H`` built densely (float64) by the BFGS update from ``γ I`` over ``pairs`` (oldest first):
-  ``H <- (I - ρ s yᵀ) H (I - ρ y sᵀ) + ρ s sᵀ`` — the matrix the two-loop recursion applies without forming."""
+  ``H <- (I - ρ s yᵀ) H (I - ρ y sᵀ) + ρ s sᵀ``: the matrix the two-loop recursion applies without forming it."""
   h = gamma * np.eye(g.size)
   for s, y in pairs:
     rho = 1.0 / (s @ y)
