@@ -28,7 +28,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <string>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -169,15 +169,14 @@ ffi::Error StepImpl(ffi::Buffer<ffi::F32> f_try, ffi::Buffer<ffi::F32> g_try, ff
   place(fs, fs_out);
   place(is, is_out);
   place(x_try, x_try_out);
-  double alpha[1024];
-  if (m > 1024) return ffi::Error::InvalidArgument("scl_lbfgs_step: history longer than 1024");
+  std::vector<double> alpha(m);
   for (int64_t b = 0; b < batch; ++b) {
     const Problem P{x_out->typed_data() + b * p, g_out->typed_data() + b * p, d_out->typed_data() + b * p,
                     s_out->typed_data() + b * m * p, y_out->typed_data() + b * m * p,
                     rho_out->typed_data() + b * m, fs_out->typed_data() + b * kFloatState,
                     x_try_out->typed_data() + b * p, is_out->typed_data() + b * kIntState,
                     f_try.typed_data()[b], g_try.typed_data() + b * p};
-    Step(P, p, m, maxiter, tol, max_backtracks, alpha);
+    Step(P, p, m, maxiter, tol, max_backtracks, alpha.data());
   }
   return ffi::Error::Success();
 }
