@@ -15,7 +15,9 @@ which compute the same values to float rounding; a failed build is reported once
 
 The loss kernel only replaces the primal computation: derivatives of it (Hessian-vector products, derivatives in
 the labels) come from the ``jax.numpy`` path through a ``custom_jvp`` in :mod:`scl.reward_model`, so it is
-differentiable, jittable, and (one member at a time) vmappable. The L-BFGS step is not differentiated (the
+differentiable, jittable, and (one member at a time) vmappable. A third pass over the pairs, the Hessian of the
+loss times a tangent, serves the attack's adjoint solves directly (:func:`scl.reward_model.bt_hvp`; not
+differentiated: its transpose is never taken). The L-BFGS step is not differentiated (the
 solver's derivatives are implicit) and takes a batch of independent problems at once under ``vmap``.
 """
 
@@ -40,7 +42,7 @@ import numpy as np
 _SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", name)
                  for name in ("bt_mlp1.cc", "lbfgs.cc"))
 _TARGETS = {"scl_bt_mlp1": "SclBtMlp1", "scl_mlp1_values": "SclMlp1Values", "scl_mlp1_pullback": "SclMlp1PullBack",
-            "scl_lbfgs_step": "SclLbfgsStep"}
+            "scl_bt_mlp1_hvp": "SclBtMlp1Hvp", "scl_lbfgs_step": "SclLbfgsStep"}
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
 #: Widest input the kernel takes (``d`` features) and the multiple its hidden width must be.
 MAX_FEATURES, WIDTH_MULTIPLE = 4, 8
@@ -122,6 +124,12 @@ def supports(w1: jax.Array, features: jax.Array) -> bool:
           and jax.default_backend() == "cpu" and available())
 
 
+def supports_hvp(w1: jax.Array, features: jax.Array) -> bool:
+  """Whether :func:`bt_mlp1_hvp` applies: as :func:`supports` (a switch of its own, so that it can be turned off
+  alone)."""
+  return supports(w1, features)
+
+
 def bt_mlp1_nll_sum_and_grad(w1, b1, w2, b2, x, z, o, w):
   """``(Σ_i w_i nll_i, (∂/∂w1, ∂/∂b1, ∂/∂w2, ∂/∂b2))`` by the fused kernel (see the module docstring).
 
@@ -131,6 +139,15 @@ def bt_mlp1_nll_sum_and_grad(w1, b1, w2, b2, x, z, o, w):
   out = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in ((), w1.shape, b1.shape, w2.shape, b2.shape)]
   nll, *grads = jax.ffi.ffi_call("scl_bt_mlp1", out, vmap_method="sequential")(w1, b1, w2, b2, x, z, o, w)
   return nll, tuple(grads)
+
+
+def bt_mlp1_hvp(w1, b1, w2, b2, v1, vb1, vw2, vb2, x, z, o, w):
+  """``∇²_θ (Σ_i w_i nll_i) · v`` as ``(∂/∂w1, ∂/∂b1, ∂/∂w2, ∂/∂b2)`` by one fused pass over the pairs, for a
+  tangent ``v = (v1, vb1, vw2, vb2)`` shaped as the parameters (other shapes as
+  :func:`bt_mlp1_nll_sum_and_grad`): the derivative of that function's gradient along ``v``."""
+  out = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (w1, b1, w2, b2)]
+  return tuple(jax.ffi.ffi_call("scl_bt_mlp1_hvp", out, vmap_method="sequential")(
+      w1, b1, w2, b2, v1, vb1, vw2, vb2, x, z, o, w))
 
 
 def mlp1_values(w1, b1, w2, b2, x):

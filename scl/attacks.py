@@ -269,10 +269,10 @@ def bt_adjoint_objective(delta: chex.Array, theta_init: Params, u_init: chex.Arr
 
       dJ/dδ_i = (1/n) ∇_θ d_i(θ~) · u,    H(θ~; o + δ) u = ∇_θ J(θ~),
 
-  one Hessian solve (conjugate gradients on Hessian-vector products, started at ``u_init``) and one
-  forward-mode pass of the pair gaps in the direction ``u``. The same vector as ``jax.grad`` of
-  :func:`relaxed_objective` (which solves the same system from ``u = 0`` inside jaxopt's implicit
-  differentiation), but the solve can be warm-started at the previous outer step's ``u`` and the
+  one Hessian solve (conjugate gradients on Hessian-vector products, :func:`scl.reward_model.bt_hvp`, started
+  at ``u_init``) and one forward-mode pass of the pair gaps in the direction ``u``. The same vector as
+  ``jax.grad`` of :func:`relaxed_objective` (which solves the same system from ``u = 0`` inside jaxopt's
+  implicit differentiation), but the solve can be warm-started at the previous outer step's ``u`` and the
   derivative in ``δ`` is one JVP instead of a reverse pass through the fit.
 
   Args:
@@ -297,16 +297,13 @@ def bt_adjoint_objective(delta: chex.Array, theta_init: Params, u_init: chex.Arr
 
   chunks = {k: fit_kwargs[k] for k in ("pair_chunk", "point_chunk") if k in fit_kwargs}
 
-  def loss_grad(t):
-    grad = reward_model.bt_value_and_grad(unravel(t), apply_fn, x, z, o + delta, l2, points, **chunks)[1]
-    return ravel_pytree(grad)[0]
-
   def gaps(t):
     r_x, r_z = reward_model.pair_rewards(unravel(t), apply_fn, x, z, points)
     return r_z - r_x
 
   j, grad_j = jax.value_and_grad(objective)(flat)
-  hvp = lambda v: jax.jvp(loss_grad, (flat,), (v,))[1]
+  hvp = lambda v: ravel_pytree(reward_model.bt_hvp(theta, apply_fn, x, z, o + delta, l2, unravel(v), points,
+                                                   **chunks))[0]
   u, _ = jax.scipy.sparse.linalg.cg(hvp, grad_j, x0=u_init, tol=cg_tol, maxiter=cg_maxiter)
   return (j, theta, u, jax.jvp(gaps, (flat,), (u,))[1] / n) + ((info,) if return_info else ())
 

@@ -351,13 +351,15 @@ def test_adjoint_attack_is_no_weaker_than_autodiff_through_the_fit():
 
 
 @pytest.mark.skipif(not _native.available(), reason="no C++ compiler: the fused kernel is not built")
-@pytest.mark.parametrize("switch,target", [("supports", "scl_bt_mlp1"), ("supports_lbfgs", "scl_lbfgs_step")])
+@pytest.mark.parametrize("switch,target", [("supports", "scl_bt_mlp1"), ("supports_lbfgs", "scl_lbfgs_step"),
+                                           ("supports_hvp", "scl_bt_mlp1_hvp")])
 def test_attack_on_the_native_kernels_is_no_weaker_than_on_the_jnp_path(monkeypatch, switch, target):
-  """The fused Bradley–Terry kernel and the L-BFGS iteration (scl/_native.py) compute the fits with other
-  rounding than the jax.numpy paths, so on some instances the flips differ. Over 24 ring instances the attack
-  with each is no weaker: each flip set's J with θ~ re-fitted tightly from θ, the kernel's higher on at most the
-  binomial(m, 1/2) 1% critical count of the m instances where the flips differ. The path is chosen when the
-  program is traced, so the baseline attack is traced with that kernel turned off."""
+  """The fused Bradley–Terry kernel, its Hessian-vector product and the L-BFGS iteration (scl/_native.py) compute
+  the fits and the adjoint solves with other rounding than the jax.numpy paths, so on some instances the flips
+  differ. Over 24 ring instances the attack with each is no weaker: each flip set's J with θ~ re-fitted tightly
+  from θ, the kernel's higher on at most the binomial(m, 1/2) 1% critical count of the m instances where the flips
+  differ. The path is chosen when the program is traced, so the baseline attack is traced with that kernel turned
+  off."""
   n, l2 = 200, jnp.float32(1e-3)
   net = rm.mlp_reward((16,))
   kappa, alpha = jnp.float32(0.2), jnp.float32(0.8)

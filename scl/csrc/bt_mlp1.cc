@@ -5,6 +5,7 @@
 //   SclMlp1Values    rows x_j: R(x_j)
 //   SclMlp1PullBack  rows x_j and cotangents c_j: sum_j c_j dR(x_j)/dtheta, each row's forward pass recomputed
 //                    (the last two serve pairs that index a pool of samples; dL/dR between them is JAX's)
+//   SclBtMlp1Hvp     pairs and a tangent v of the parameters: the Hessian of the summed loss times v (below)
 //
 // For pairs (x_i, z_i), labels o_i and weights w_i, with R(f) = w2 . silu(f W1 + b1) + b2, d_i = R(z_i) - R(x_i):
 //
@@ -236,19 +237,19 @@ void ParallelChunks(ffi::ThreadPool& pool, int64_t chunks, int64_t scratch_size,
   while (S->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
 }
 
-// Adds per-chunk partial sums in chunk order (float64) and writes the gradient: part = [.., dW2 (H), db1 / w2
-// (H), dW1 / w2 (D H)] from offset `head`.
+// Adds per-chunk partial sums in chunk order (float64) and writes the gradient: part = [.., dW2 (H), db1 (H),
+// dW1 (D H)] from offset `head`, db1 and dW1 multiplied by w2 unless w2 is null.
 template <int D>
-void WriteGradient(const Args& A, const std::vector<float>& partial, int64_t chunks, int64_t stride, int64_t head,
-                   std::vector<double>& sum, float* gw1, float* gb1, float* gw2) {
-  const int64_t H = A.H;
+void WriteGradient(int64_t H, const float* w2, const std::vector<float>& partial, int64_t chunks, int64_t stride,
+                   int64_t head, std::vector<double>& sum, float* gw1, float* gb1, float* gw2) {
   sum.assign(stride, 0.0);
   for (int64_t i = 0; i < chunks; ++i)
     for (int64_t j = 0; j < stride; ++j) sum[j] += partial[i * stride + j];
   for (int64_t j = 0; j < H; ++j) {
+    const double scale = w2 ? w2[j] : 1.0;
     gw2[j] = static_cast<float>(sum[head + j]);
-    gb1[j] = static_cast<float>(sum[head + H + j] * A.W2[j]);
-    for (int k = 0; k < D; ++k) gw1[k * H + j] = static_cast<float>(sum[head + (2 + k) * H + j] * A.W2[j]);
+    gb1[j] = static_cast<float>(sum[head + H + j] * scale);
+    for (int k = 0; k < D; ++k) gw1[k * H + j] = static_cast<float>(sum[head + (2 + k) * H + j] * scale);
   }
 }
 
@@ -261,7 +262,7 @@ void Run(ffi::ThreadPool& pool, const Args& A, float* nll, float* gw1, float* gb
     Range<D>(A, i * kChunk, std::min(A.n, (i + 1) * kChunk), part + i * stride, scratch);
   });
   std::vector<double> sum;
-  WriteGradient<D>(A, partial, chunks, stride, 2, sum, gw1, gb1, gw2);
+  WriteGradient<D>(A.H, A.W2, partial, chunks, stride, 2, sum, gw1, gb1, gw2);
   nll[0] = static_cast<float>(sum[0]);
   gb2[0] = static_cast<float>(sum[1]);
 }
@@ -306,8 +307,141 @@ void RunPullBack(ffi::ThreadPool& pool, const Args& A, float* gw1, float* gb1, f
     out[0] = static_cast<float>(gb2);
   });
   std::vector<double> sum;
-  WriteGradient<D>(A, partial, chunks, stride, 1, sum, gw1, gb1, gw2);
+  WriteGradient<D>(A.H, A.W2, partial, chunks, stride, 1, sum, gw1, gb1, gw2);
   gb2[0] = static_cast<float>(sum[0]);
+}
+
+// ---- Hessian-vector products of the pairs' summed loss ----
+//
+// For a tangent v = (V1, vb1, vw2, vb2) of the parameters, each row (features f, cotangent c as above) has
+//   a' = f V1 + vb1,   R' = vw2 . h + w2 . (silu'(a) a') + vb2,
+// each pair d_i' = R'(z_i) - R'(x_i) and g_i' = w_i sigmoid'(d_i) d_i' (the loss's second derivative in d_i is
+// sigmoid'(d_i) = e / (1 + e)^2, e = exp(-|d_i|), whatever o_i), so c' = -g_i' at x_i, +g_i' at z_i, and
+//   (H v): dW2 = sum_rows c' h + c silu'(a) a',  db2 = sum_rows c',  db1 = sum_rows t,  dW1 = sum_rows t f,
+//          t = w2 (c' silu'(a) + c silu''(a) a') + vw2 c silu'(a),
+// with silu''(a) = s (1 - s) (2 + a (1 - 2 s)): the derivative of the gradient above along v, which is what
+// jax.jvp of scl.reward_model's JAX gradient computes (about twenty kernels over [2n, H] arrays).
+
+struct Tangent {
+  const float *V1, *VB1, *VW2;
+  float vb2;
+};
+
+// As Forward, with the tangent: h, silu'(a), silu'(a) a', silu''(a) a' of NR rows and their R and R'.
+template <int D, int NR>
+inline void ForwardTangent(const Args& A, const Tangent& T, const float* const* f, float* h, float* s, float* u,
+                           float* q, float* r, float* rt) {
+  const int64_t H = A.H, V = H / kW;
+  float fk[NR][D];
+  for (int j = 0; j < NR; ++j)
+    for (int k = 0; k < D; ++k) fk[j][k] = f[j][k];
+  vf acc[NR] = {}, acct[NR] = {};
+  for (int64_t v = 0; v < V; ++v) {
+    vf b = load(A.B1 + v * kW), vb = load(T.VB1 + v * kW), a[NR], at[NR];
+    vf w2 = load(A.W2 + v * kW), vw2 = load(T.VW2 + v * kW);
+    for (int j = 0; j < NR; ++j) a[j] = b, at[j] = vb;
+    for (int k = 0; k < D; ++k) {
+      vf w = load(A.W1 + k * H + v * kW), wt = load(T.V1 + k * H + v * kW);
+      for (int j = 0; j < NR; ++j) a[j] += fk[j][k] * w, at[j] += fk[j][k] * wt;
+    }
+    for (int j = 0; j < NR; ++j) {
+      const vf sg = 1.0f / (1.0f + vexp(-a[j])), one_s = 1.0f - sg;
+      const vf hv = a[j] * sg, d1 = sg * (1.0f + a[j] * one_s);
+      const vf d2 = sg * one_s * (2.0f + a[j] * (one_s - sg));
+      const vf uv = d1 * at[j];
+      store(h + j * H + v * kW, hv);
+      store(s + j * H + v * kW, d1);
+      store(u + j * H + v * kW, uv);
+      store(q + j * H + v * kW, d2 * at[j]);
+      acc[j] += hv * w2;
+      acct[j] += vw2 * hv + w2 * uv;
+    }
+  }
+  for (int j = 0; j < NR; ++j) r[j] = hsum(acc[j]) + A.b2, rt[j] = hsum(acct[j]) + T.vb2;
+}
+
+// Adds the rows' part of H v (above) for cotangents c and their tangents ct.
+template <int D>
+inline void PullBackTangent(const Args& A, const Tangent& T, int64_t rows, const float* const* rowf, const float* c,
+                            const float* ct, const float* hbuf, const float* sbuf, const float* ubuf,
+                            const float* qbuf, float* hw2, float* hb1, float* hw1) {
+  const int64_t H = A.H;
+  for (int64_t v = 0; v < H / kW; ++v) {
+    const vf w2 = load(A.W2 + v * kW), vw2 = load(T.VW2 + v * kW);
+    vf a2 = load(hw2 + v * kW), a1 = load(hb1 + v * kW), ak[D];
+    for (int k = 0; k < D; ++k) ak[k] = load(hw1 + k * H + v * kW);
+    for (int64_t row = 0; row < rows; ++row) {
+      const float cr = c[row], ctr = ct[row];
+      const int64_t at = row * H + v * kW;
+      const vf sv = load(sbuf + at);
+      a2 += ctr * load(hbuf + at) + cr * load(ubuf + at);
+      const vf t = w2 * (ctr * sv + cr * load(qbuf + at)) + vw2 * (cr * sv);
+      a1 += t;
+      for (int k = 0; k < D; ++k) ak[k] += rowf[row][k] * t;
+    }
+    store(hw2 + v * kW, a2);
+    store(hb1 + v * kW, a1);
+    for (int k = 0; k < D; ++k) store(hw1 + k * H + v * kW, ak[k]);
+  }
+}
+
+constexpr int kTangentRows = 4;   // rows whose forward passes are interleaved (twice the registers of Forward's)
+constexpr int64_t kHvpBlock = 8;  // pairs per block: 16 rows of four [H] vectors (16 KiB at H = 64) in L1
+
+// Sums over pairs [p0, p1) into out = [db2, dW2 (H), db1 (H), dW1 (D H)] of H v.
+template <int D>
+void HvpRange(const Args& A, const Tangent& T, int64_t p0, int64_t p1, float* out, float* scratch) {
+  const int64_t H = A.H, rows = 2 * kHvpBlock;
+  float *hbuf = scratch, *sbuf = hbuf + rows * H, *ubuf = sbuf + rows * H, *qbuf = ubuf + rows * H;
+  float r[2 * kHvpBlock], rt[2 * kHvpBlock], c[2 * kHvpBlock], ct[2 * kHvpBlock];
+  const float* rowf[2 * kHvpBlock];
+  std::fill(out, out + 1 + (D + 2) * H, 0.0f);
+  double hb2 = 0.0;
+  for (int64_t start = p0; start < p1; start += kHvpBlock) {
+    const int64_t m = std::min(kHvpBlock, p1 - start);
+    for (int64_t i = 0; i < m; ++i) {
+      rowf[2 * i] = A.X + (start + i) * D;
+      rowf[2 * i + 1] = A.Z + (start + i) * D;
+    }
+    int64_t row = 0;
+    for (; row + kTangentRows <= 2 * m; row += kTangentRows)
+      ForwardTangent<D, kTangentRows>(A, T, rowf + row, hbuf + row * H, sbuf + row * H, ubuf + row * H, qbuf + row * H,
+                               r + row, rt + row);
+    for (; row < 2 * m; ++row)
+      ForwardTangent<D, 1>(A, T, rowf + row, hbuf + row * H, sbuf + row * H, ubuf + row * H, qbuf + row * H,
+                           r + row, rt + row);
+    vf gap = {}, gapt = {}, lab = {}, w = {};
+    for (int64_t i = 0; i < m; ++i) {
+      gap[i] = r[2 * i + 1] - r[2 * i];
+      gapt[i] = rt[2 * i + 1] - rt[2 * i];
+      lab[i] = A.O[start + i];
+      w[i] = A.WT[start + i];
+    }
+    const vf e = vexp(gap < 0.0f ? gap : -gap);
+    const vf sig = (gap >= 0.0f ? splat(1.0f) : e) / (1.0f + e);
+    const vf g = w * (sig - lab), gt = w * (e / ((1.0f + e) * (1.0f + e))) * gapt;
+    for (int64_t i = 0; i < m; ++i) {
+      c[2 * i] = -g[i], c[2 * i + 1] = g[i];
+      ct[2 * i] = -gt[i], ct[2 * i + 1] = gt[i];
+      hb2 += static_cast<double>(ct[2 * i]) + ct[2 * i + 1];
+    }
+    PullBackTangent<D>(A, T, 2 * m, rowf, c, ct, hbuf, sbuf, ubuf, qbuf, out + 1, out + 1 + H, out + 1 + 2 * H);
+  }
+  out[0] = static_cast<float>(hb2);
+}
+
+template <int D>
+void RunHvp(ffi::ThreadPool& pool, const Args& A, const Tangent& T, float* hw1, float* hb1, float* hw2,
+            float* hb2) {
+  const int64_t stride = 1 + (D + 2) * A.H, chunks = std::max<int64_t>(1, (A.n + kChunk - 1) / kChunk);
+  std::vector<float> partial(chunks * stride);
+  float* part = partial.data();
+  ParallelChunks(pool, chunks, 8 * kHvpBlock * A.H, [A, T, part, stride](int64_t i, float* scratch) {
+    HvpRange<D>(A, T, i * kChunk, std::min(A.n, (i + 1) * kChunk), part + i * stride, scratch);
+  });
+  std::vector<double> sum;
+  WriteGradient<D>(A.H, nullptr, partial, chunks, stride, 1, sum, hw1, hb1, hw2);
+  hb2[0] = static_cast<float>(sum[0]);
 }
 
 // Checks the reward's parameters and rows x [n, d] (1 <= d <= 4, H a multiple of 8).
@@ -382,6 +516,26 @@ ffi::Error PullBackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w1, ffi::Buf
   return ffi::Error::Success();
 }
 
+ffi::Error HvpImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1,
+                   ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2, ffi::Buffer<ffi::F32> v1,
+                   ffi::Buffer<ffi::F32> vb1, ffi::Buffer<ffi::F32> vw2, ffi::Buffer<ffi::F32> vb2,
+                   ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> o,
+                   ffi::Buffer<ffi::F32> wt, ffi::ResultBuffer<ffi::F32> hw1, ffi::ResultBuffer<ffi::F32> hb1,
+                   ffi::ResultBuffer<ffi::F32> hw2, ffi::ResultBuffer<ffi::F32> hb2) {
+  const int64_t n = o.element_count();
+  if (ffi::Error e = CheckRows("scl_bt_mlp1_hvp", w1, b1, w2, b2, x, n); e.failure()) return e;
+  if (z.element_count() != x.element_count() || wt.element_count() != n ||
+      v1.element_count() != w1.element_count() || vb1.element_count() != b1.element_count() ||
+      vw2.element_count() != w2.element_count() || vb2.element_count() != 1)
+    return ffi::Error::InvalidArgument("scl_bt_mlp1_hvp: inconsistent shapes");
+  const Args A = MakeArgs(w1, b1, w2, b2, x, n, z.typed_data(), o.typed_data(), wt.typed_data());
+  const Tangent T{v1.typed_data(), vb1.typed_data(), vw2.typed_data(), vb2.typed_data()[0]};
+  WithFeatures(w1.dimensions()[0], [&](auto D) {
+    RunHvp<D>(pool, A, T, hw1->typed_data(), hb1->typed_data(), hw2->typed_data(), hb2->typed_data());
+  });
+  return ffi::Error::Success();
+}
+
 // The binding every handler starts with: XLA's intra-op pool, then the reward's w1, b1, w2, b2.
 auto BindReward() {
   return ffi::Ffi::Bind()
@@ -419,3 +573,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SclMlp1PullBack, PullBackImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // ... /db1
                                   .Ret<ffi::Buffer<ffi::F32>>()  // ... /dW2
                                   .Ret<ffi::Buffer<ffi::F32>>());  // ... /db2
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SclBtMlp1Hvp, HvpImpl,
+                              BindReward()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // the tangent's w1 [d, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ... b1 [H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ... w2 [H, 1]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ... b2 [1]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [n, d]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // z [n, d]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // o [n]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w [n]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // (H v) in W1
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // ... b1
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // ... W2
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // ... b2
