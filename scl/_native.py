@@ -42,7 +42,8 @@ import numpy as np
 _SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", name)
                  for name in ("bt_mlp1.cc", "lbfgs.cc"))
 _TARGETS = {"scl_bt_mlp1": "SclBtMlp1", "scl_mlp1_values": "SclMlp1Values", "scl_mlp1_pullback": "SclMlp1PullBack",
-            "scl_bt_mlp1_hvp": "SclBtMlp1Hvp", "scl_lbfgs_step": "SclLbfgsStep"}
+            "scl_bt_mlp1_hvp": "SclBtMlp1Hvp", "scl_mlp1_tangents": "SclMlp1Tangents",
+            "scl_mlp1_pullback_tangent": "SclMlp1PullBackTangent", "scl_lbfgs_step": "SclLbfgsStep"}
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
 #: Widest input the kernel takes (``d`` features) and the multiple its hidden width must be.
 MAX_FEATURES, WIDTH_MULTIPLE = 4, 8
@@ -119,15 +120,20 @@ def available() -> bool:
 def supports(w1: jax.Array, features: jax.Array) -> bool:
   """Whether a call with first-layer kernel ``w1 [d, H]`` on ``features [n, d]`` can use the kernel: float32
   throughout, ``d <= 4``, ``H`` a multiple of 8, the CPU as the default backend, and the kernel available."""
+  return _supports_mlp1(w1, features)
+
+
+def _supports_mlp1(w1: jax.Array, features: jax.Array) -> bool:
   return (w1.ndim == 2 and 1 <= w1.shape[0] <= MAX_FEATURES and w1.shape[1] % WIDTH_MULTIPLE == 0
           and w1.dtype == jnp.float32 and features.dtype == jnp.float32
           and jax.default_backend() == "cpu" and available())
 
 
 def supports_hvp(w1: jax.Array, features: jax.Array) -> bool:
-  """Whether :func:`bt_mlp1_hvp` applies: as :func:`supports` (a switch of its own, so that it can be turned off
+  """Whether the Hessian-vector products (:func:`bt_mlp1_hvp`, :func:`mlp1_values_and_tangents`,
+  :func:`mlp1_pullback_tangent`) apply: as :func:`supports` (a switch of its own, so that each can be turned off
   alone)."""
-  return supports(w1, features)
+  return _supports_mlp1(w1, features)
 
 
 def bt_mlp1_nll_sum_and_grad(w1, b1, w2, b2, x, z, o, w):
@@ -161,6 +167,22 @@ def mlp1_pullback(w1, b1, w2, b2, x, c):
   ``c [n]``; each row's forward pass is recomputed, so nothing of size ``[n, H]`` is stored."""
   out = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (w1, b1, w2, b2)]
   return tuple(jax.ffi.ffi_call("scl_mlp1_pullback", out, vmap_method="sequential")(w1, b1, w2, b2, x, c))
+
+
+def mlp1_values_and_tangents(w1, b1, w2, b2, v1, vb1, vw2, vb2, x):
+  """``(R(x), R'(x))``, each ``[n]``: the reward of rows ``x [n, d]`` and its derivative along a tangent
+  ``v = (v1, vb1, vw2, vb2)`` of the parameters (shaped as them)."""
+  out = [jax.ShapeDtypeStruct((x.shape[0],), jnp.float32)] * 2
+  return tuple(jax.ffi.ffi_call("scl_mlp1_tangents", out, vmap_method="sequential")(
+      w1, b1, w2, b2, v1, vb1, vw2, vb2, x))
+
+
+def mlp1_pullback_tangent(w1, b1, w2, b2, v1, vb1, vw2, vb2, x, c, c_dot):
+  """The derivative of :func:`mlp1_pullback` along a tangent ``v`` of the parameters, with ``c_dot [n]`` the
+  cotangents' own tangent: ``Σ_i c_dot_i ∇_θ R(x_i) + c_i ∇²_θ R(x_i) v``, shaped as the parameters."""
+  out = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (w1, b1, w2, b2)]
+  return tuple(jax.ffi.ffi_call("scl_mlp1_pullback_tangent", out, vmap_method="sequential")(
+      w1, b1, w2, b2, v1, vb1, vw2, vb2, x, c, c_dot))
 
 
 #: Indices into the L-BFGS state's integer vector (``scl/csrc/lbfgs.cc``, ``enum IntState``): iterations,

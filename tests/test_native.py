@@ -145,12 +145,32 @@ def test_fused_hessian_vector_product_with_large_rewards():
 def _uses_hvp_kernel(net, params, x, z, o, points=None):
   v = jax.tree_util.tree_map(jnp.ones_like, params)
   text = jax.jit(lambda p: rm.bt_hvp(p, net.apply, x, z, o, 1e-3, v, points)).lower(params).as_text()
-  return "scl_bt_mlp1_hvp" in text
+  return ("@scl_bt_mlp1_hvp(" if points is None else "@scl_mlp1_pullback_tangent(") in text
+
+
+@pytest.mark.parametrize("d,hidden,n", [(1, 8, 1), (2, 64, 17), (3, 16, 700)])
+def test_row_tangents_and_the_pull_backs_tangent_match_float64_autodiff(d, hidden, n):
+  """scl_mlp1_tangents (R and its derivative along v) against float64 jax.jvp of the flax module, and
+  scl_mlp1_pull_back_tangent against float64 jax.jvp of its vector-Jacobian product Σ c_i ∇R(x_i) along
+  (v, c_dot); sizes cross the 16-row blocks, 4-row groups and 256-row chunks."""
+  net, params, x, _, o, w = _problem(d, hidden, n, seed=d + n, scale=1.0)
+  v, c, c_dot = _tangent(params, seed=d), o - 0.5, w - 1.0
+  theta, tangent = rm._mlp1_arrays(params), rm._mlp1_arrays(v)
+  r, r_dot = jax.jit(_native.mlp1_values_and_tangents)(*theta, *tangent, x)
+  pulled = rm._mlp1_tree(params, *jax.jit(_native.mlp1_pullback_tangent)(*theta, *tangent, x, c, c_dot))
+  with jax.enable_x64():
+    p64, v64, x64, c64, cd64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), (params, v, x, c, c_dot))
+    r64, r_dot64 = jax.jvp(lambda p: net.apply(p, x64), (p64,), (v64,))
+    pull = lambda p, c: jax.vjp(lambda q: net.apply(q, x64), p)[1](c)[0]
+    want = jax.tree_util.tree_map(np.asarray, jax.jvp(pull, (p64, c64), (v64, cd64))[1])
+  np.testing.assert_allclose(np.asarray(r), np.asarray(r64), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(r_dot), np.asarray(r_dot64), rtol=1e-4, atol=1e-4)
+  _assert_tree_close(pulled, want, rtol=1e-3, atol_rel=1e-5 * max(1, n) ** 0.5)
 
 
 def test_bt_hvp_is_the_hessian_of_bt_loss_and_uses_the_kernel_where_it_applies():
-  """rm.bt_hvp (the mean loss plus the l2 penalty) against float64 autodiff, on the kernel's path (pairs, and
-  under vmap) and on the jax.numpy path (indexed pairs, a deeper net)."""
+  """rm.bt_hvp (the mean loss plus the l2 penalty) against float64 autodiff, on the kernels' paths (pairs, under
+  vmap, and pairs that index a pool of samples) and on the jax.numpy path (a deeper net)."""
   net, params, x, z, o, _ = _problem(2, 64, 300, seed=4, scale=1.0)
   o, v, l2, ones = jnp.round(o), _tangent(params, seed=2), 1e-2, jnp.ones_like(o)
   want = _float64_hvp(net, params, v, x, z, o, ones, l2=l2, mean=True)
@@ -160,9 +180,9 @@ def test_bt_hvp_is_the_hessian_of_bt_loss_and_uses_the_kernel_where_it_applies()
   both = jax.jit(jax.vmap(lambda v: rm.bt_hvp(params, net.apply, x, z, o, l2, v)))(stacked)
   _assert_tree_close(jax.tree_util.tree_map(lambda a: a[0], both), want, 1e-3, 1e-5)
   _assert_tree_close(jax.tree_util.tree_map(lambda a: -a[1], both), want, 1e-3, 1e-5)
-  points = jnp.concatenate([x, z])  # the same pairs as indices into a pool: the jax.numpy path
+  points = jnp.concatenate([x, z])  # the same pairs as indices into a pool
   ix, iz = jnp.arange(300), jnp.arange(300, 600)
-  assert not _uses_hvp_kernel(net, params, ix, iz, o, points)
+  assert _uses_hvp_kernel(net, params, ix, iz, o, points)
   _assert_tree_close(jax.jit(lambda p, v: rm.bt_hvp(p, net.apply, ix, iz, o, l2, v, points))(params, v), want,
                      1e-3, 1e-5)
   deep = rm.mlp_reward((16, 16))

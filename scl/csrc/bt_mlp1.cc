@@ -1,11 +1,14 @@
-// The Bradley-Terry loss and its gradient for a reward with one hidden SiLU layer, in one pass: XLA FFI custom
-// calls for the CPU (scl/_native.py builds, loads and registers them; scl/reward_model.py calls them).
+// The Bradley-Terry loss, its gradient and its Hessian-vector products for a reward with one hidden SiLU layer:
+// XLA FFI custom calls for the CPU (scl/_native.py builds, loads and registers them; scl/reward_model.py calls them).
 //
 //   SclBtMlp1        pairs (x_i, z_i): the summed loss and its gradient (below)
 //   SclMlp1Values    rows x_j: R(x_j)
 //   SclMlp1PullBack  rows x_j and cotangents c_j: sum_j c_j dR(x_j)/dtheta, each row's forward pass recomputed
 //                    (the last two serve pairs that index a pool of samples; dL/dR between them is JAX's)
 //   SclBtMlp1Hvp     pairs and a tangent v of the parameters: the Hessian of the summed loss times v (below)
+//   SclMlp1Tangents  rows x_j and a tangent v: R(x_j) and its derivative along v
+//   SclMlp1PullBackTangent  rows x_j, a tangent v, cotangents c_j and their tangents c_j': the derivative of
+//                    SclMlp1PullBack's sum along v (the last two make H v for pairs that index a pool of samples)
 //
 // For pairs (x_i, z_i), labels o_i and weights w_i, with R(f) = w2 . silu(f W1 + b1) + b2, d_i = R(z_i) - R(x_i):
 //
@@ -387,6 +390,20 @@ inline void PullBackTangent(const Args& A, const Tangent& T, int64_t rows, const
 
 constexpr int kTangentRows = 4;   // rows whose forward passes are interleaved (twice the registers of Forward's)
 constexpr int64_t kHvpBlock = 8;  // pairs per block: 16 rows of four [H] vectors (16 KiB at H = 64) in L1
+static_assert(kHvpBlock <= kW, "HvpRange puts a block's pairs in the lanes of one vector");
+
+// ForwardTangent of rows rowf[0 .. rows), kTangentRows at a time.
+template <int D>
+inline void ForwardTangentRows(const Args& A, const Tangent& T, int64_t rows, const float* const* rowf, float* h,
+                               float* s, float* u, float* q, float* r, float* rt) {
+  const int64_t H = A.H;
+  int64_t row = 0;
+  for (; row + kTangentRows <= rows; row += kTangentRows)
+    ForwardTangent<D, kTangentRows>(A, T, rowf + row, h + row * H, s + row * H, u + row * H, q + row * H, r + row,
+                                    rt + row);
+  for (; row < rows; ++row)
+    ForwardTangent<D, 1>(A, T, rowf + row, h + row * H, s + row * H, u + row * H, q + row * H, r + row, rt + row);
+}
 
 // Sums over pairs [p0, p1) into out = [db2, dW2 (H), db1 (H), dW1 (D H)] of H v.
 template <int D>
@@ -403,13 +420,7 @@ void HvpRange(const Args& A, const Tangent& T, int64_t p0, int64_t p1, float* ou
       rowf[2 * i] = A.X + (start + i) * D;
       rowf[2 * i + 1] = A.Z + (start + i) * D;
     }
-    int64_t row = 0;
-    for (; row + kTangentRows <= 2 * m; row += kTangentRows)
-      ForwardTangent<D, kTangentRows>(A, T, rowf + row, hbuf + row * H, sbuf + row * H, ubuf + row * H, qbuf + row * H,
-                               r + row, rt + row);
-    for (; row < 2 * m; ++row)
-      ForwardTangent<D, 1>(A, T, rowf + row, hbuf + row * H, sbuf + row * H, ubuf + row * H, qbuf + row * H,
-                           r + row, rt + row);
+    ForwardTangentRows<D>(A, T, 2 * m, rowf, hbuf, sbuf, ubuf, qbuf, r, rt);
     vf gap = {}, gapt = {}, lab = {}, w = {};
     for (int64_t i = 0; i < m; ++i) {
       gap[i] = r[2 * i + 1] - r[2 * i];
@@ -444,6 +455,53 @@ void RunHvp(ffi::ThreadPool& pool, const Args& A, const Tangent& T, float* hw1, 
   hb2[0] = static_cast<float>(sum[0]);
 }
 
+// R and R' of rows A.X [n, D] (the tangent's forward pass; its other buffers are scratch).
+template <int D>
+void RunValuesTangent(ffi::ThreadPool& pool, const Args& A, const Tangent& T, float* r, float* rt) {
+  const int64_t rows = 2 * kHvpBlock, chunks = std::max<int64_t>(1, (A.n + kRowChunk - 1) / kRowChunk);
+  ParallelChunks(pool, chunks, 4 * rows * A.H, [A, T, r, rt, rows](int64_t i, float* scratch) {
+    const int64_t H = A.H;
+    const float* rowf[2 * kHvpBlock];
+    for (int64_t start = i * kRowChunk, end = std::min(A.n, start + kRowChunk); start < end; start += rows) {
+      const int64_t m = std::min(rows, end - start);
+      for (int64_t j = 0; j < m; ++j) rowf[j] = A.X + (start + j) * D;
+      ForwardTangentRows<D>(A, T, m, rowf, scratch, scratch + rows * H, scratch + 2 * rows * H,
+                            scratch + 3 * rows * H, r + start, rt + start);
+    }
+  });
+}
+
+// The derivative along v of RunPullBack's sum for cotangents c (A.O) with tangents c' (A.WT): the rows' part of
+// H v above, [db2, dW2, db1, dW1] = sum_rows [c', c' h + c silu'(a) a', t, t f].
+template <int D>
+void RunPullBackTangent(ffi::ThreadPool& pool, const Args& A, const Tangent& T, float* hw1, float* hb1, float* hw2,
+                        float* hb2) {
+  const int64_t H = A.H, stride = 1 + (D + 2) * H, rows = 2 * kHvpBlock;
+  const int64_t chunks = std::max<int64_t>(1, (A.n + kRowChunk - 1) / kRowChunk);
+  std::vector<float> partial(chunks * stride);
+  float* part = partial.data();
+  ParallelChunks(pool, chunks, 4 * rows * H + 2 * rows, [A, T, part, stride, rows](int64_t i, float* scratch) {
+    const int64_t H = A.H;
+    float* out = part + i * stride;
+    std::fill(out, out + stride, 0.0f);
+    float *h = scratch, *s = h + rows * H, *u = s + rows * H, *q = u + rows * H, *r = q + rows * H, *rt = r + rows;
+    const float* rowf[2 * kHvpBlock];
+    double hb2 = 0.0;
+    for (int64_t start = i * kRowChunk, end = std::min(A.n, start + kRowChunk); start < end; start += rows) {
+      const int64_t m = std::min(rows, end - start);
+      for (int64_t j = 0; j < m; ++j) rowf[j] = A.X + (start + j) * D;
+      ForwardTangentRows<D>(A, T, m, rowf, h, s, u, q, r, rt);
+      PullBackTangent<D>(A, T, m, rowf, A.O + start, A.WT + start, h, s, u, q, out + 1, out + 1 + H,
+                         out + 1 + 2 * H);
+      for (int64_t j = 0; j < m; ++j) hb2 += A.WT[start + j];
+    }
+    out[0] = static_cast<float>(hb2);
+  });
+  std::vector<double> sum;
+  WriteGradient<D>(H, nullptr, partial, chunks, stride, 1, sum, hw1, hb1, hw2);
+  hb2[0] = static_cast<float>(sum[0]);
+}
+
 // Checks the reward's parameters and rows x [n, d] (1 <= d <= 4, H a multiple of 8).
 ffi::Error CheckRows(const char* name, ffi::Buffer<ffi::F32>& w1, ffi::Buffer<ffi::F32>& b1,
                      ffi::Buffer<ffi::F32>& w2, ffi::Buffer<ffi::F32>& b2, ffi::Buffer<ffi::F32>& x, int64_t n) {
@@ -454,6 +512,21 @@ ffi::Error CheckRows(const char* name, ffi::Buffer<ffi::F32>& w1, ffi::Buffer<ff
   if (b1.element_count() != H || w2.element_count() != H || b2.element_count() != 1 || x.element_count() != n * d)
     return ffi::Error::InvalidArgument(std::string(name) + ": inconsistent shapes");
   return ffi::Error::Success();
+}
+
+// Checks that the tangent (v1, vb1, vw2, vb2) has the parameters' shapes.
+ffi::Error CheckTangent(const char* name, ffi::Buffer<ffi::F32>& w1, ffi::Buffer<ffi::F32>& b1,
+                        ffi::Buffer<ffi::F32>& w2, ffi::Buffer<ffi::F32>& v1, ffi::Buffer<ffi::F32>& vb1,
+                        ffi::Buffer<ffi::F32>& vw2, ffi::Buffer<ffi::F32>& vb2) {
+  if (v1.element_count() != w1.element_count() || vb1.element_count() != b1.element_count() ||
+      vw2.element_count() != w2.element_count() || vb2.element_count() != 1)
+    return ffi::Error::InvalidArgument(std::string(name) + ": the tangent's shapes are not the parameters'");
+  return ffi::Error::Success();
+}
+
+Tangent MakeTangent(ffi::Buffer<ffi::F32>& v1, ffi::Buffer<ffi::F32>& vb1, ffi::Buffer<ffi::F32>& vw2,
+                    ffi::Buffer<ffi::F32>& vb2) {
+  return Tangent{v1.typed_data(), vb1.typed_data(), vw2.typed_data(), vb2.typed_data()[0]};
 }
 
 Args MakeArgs(ffi::Buffer<ffi::F32>& w1, ffi::Buffer<ffi::F32>& b1, ffi::Buffer<ffi::F32>& w2,
@@ -524,14 +597,45 @@ ffi::Error HvpImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w1, ffi::Buffer<f
                    ffi::ResultBuffer<ffi::F32> hw2, ffi::ResultBuffer<ffi::F32> hb2) {
   const int64_t n = o.element_count();
   if (ffi::Error e = CheckRows("scl_bt_mlp1_hvp", w1, b1, w2, b2, x, n); e.failure()) return e;
-  if (z.element_count() != x.element_count() || wt.element_count() != n ||
-      v1.element_count() != w1.element_count() || vb1.element_count() != b1.element_count() ||
-      vw2.element_count() != w2.element_count() || vb2.element_count() != 1)
+  if (ffi::Error e = CheckTangent("scl_bt_mlp1_hvp", w1, b1, w2, v1, vb1, vw2, vb2); e.failure()) return e;
+  if (z.element_count() != x.element_count() || wt.element_count() != n)
     return ffi::Error::InvalidArgument("scl_bt_mlp1_hvp: inconsistent shapes");
   const Args A = MakeArgs(w1, b1, w2, b2, x, n, z.typed_data(), o.typed_data(), wt.typed_data());
-  const Tangent T{v1.typed_data(), vb1.typed_data(), vw2.typed_data(), vb2.typed_data()[0]};
+  const Tangent T = MakeTangent(v1, vb1, vw2, vb2);
   WithFeatures(w1.dimensions()[0], [&](auto D) {
     RunHvp<D>(pool, A, T, hw1->typed_data(), hb1->typed_data(), hw2->typed_data(), hb2->typed_data());
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error ValuesTangentImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1,
+                             ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2, ffi::Buffer<ffi::F32> v1,
+                             ffi::Buffer<ffi::F32> vb1, ffi::Buffer<ffi::F32> vw2, ffi::Buffer<ffi::F32> vb2,
+                             ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> r,
+                             ffi::ResultBuffer<ffi::F32> rt) {
+  const int64_t n = r->element_count();
+  if (ffi::Error e = CheckRows("scl_mlp1_tangents", w1, b1, w2, b2, x, n); e.failure()) return e;
+  if (ffi::Error e = CheckTangent("scl_mlp1_tangents", w1, b1, w2, v1, vb1, vw2, vb2); e.failure()) return e;
+  const Args A = MakeArgs(w1, b1, w2, b2, x, n, nullptr, nullptr, nullptr);
+  const Tangent T = MakeTangent(v1, vb1, vw2, vb2);
+  WithFeatures(w1.dimensions()[0], [&](auto D) { RunValuesTangent<D>(pool, A, T, r->typed_data(), rt->typed_data()); });
+  return ffi::Error::Success();
+}
+
+ffi::Error PullBackTangentImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1,
+                               ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2, ffi::Buffer<ffi::F32> v1,
+                               ffi::Buffer<ffi::F32> vb1, ffi::Buffer<ffi::F32> vw2, ffi::Buffer<ffi::F32> vb2,
+                               ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> c, ffi::Buffer<ffi::F32> ct,
+                               ffi::ResultBuffer<ffi::F32> hw1, ffi::ResultBuffer<ffi::F32> hb1,
+                               ffi::ResultBuffer<ffi::F32> hw2, ffi::ResultBuffer<ffi::F32> hb2) {
+  const int64_t n = c.element_count();
+  if (ffi::Error e = CheckRows("scl_mlp1_pullback_tangent", w1, b1, w2, b2, x, n); e.failure()) return e;
+  if (ffi::Error e = CheckTangent("scl_mlp1_pullback_tangent", w1, b1, w2, v1, vb1, vw2, vb2); e.failure()) return e;
+  if (ct.element_count() != n) return ffi::Error::InvalidArgument("scl_mlp1_pullback_tangent: inconsistent shapes");
+  const Args A = MakeArgs(w1, b1, w2, b2, x, n, nullptr, c.typed_data(), ct.typed_data());
+  const Tangent T = MakeTangent(v1, vb1, vw2, vb2);
+  WithFeatures(w1.dimensions()[0], [&](auto D) {
+    RunPullBackTangent<D>(pool, A, T, hw1->typed_data(), hb1->typed_data(), hw2->typed_data(), hb2->typed_data());
   });
   return ffi::Error::Success();
 }
@@ -544,6 +648,15 @@ auto BindReward() {
       .Arg<ffi::Buffer<ffi::F32>>()   // b1 [H]
       .Arg<ffi::Buffer<ffi::F32>>()   // w2 [H, 1]
       .Arg<ffi::Buffer<ffi::F32>>();  // b2 [1]
+}
+
+// BindReward, then a tangent of the reward's parameters (shaped as w1, b1, w2, b2).
+auto BindRewardAndTangent() {
+  return BindReward()
+      .Arg<ffi::Buffer<ffi::F32>>()   // v1 [d, H]
+      .Arg<ffi::Buffer<ffi::F32>>()   // vb1 [H]
+      .Arg<ffi::Buffer<ffi::F32>>()   // vw2 [H, 1]
+      .Arg<ffi::Buffer<ffi::F32>>();  // vb2 [1]
 }
 
 }  // namespace
@@ -575,11 +688,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SclMlp1PullBack, PullBackImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>());  // ... /db2
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SclBtMlp1Hvp, HvpImpl,
-                              BindReward()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // the tangent's w1 [d, H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // ... b1 [H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // ... w2 [H, 1]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // ... b2 [1]
+                              BindRewardAndTangent()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x [n, d]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // z [n, d]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // o [n]
@@ -588,3 +697,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SclBtMlp1Hvp, HvpImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // ... b1
                                   .Ret<ffi::Buffer<ffi::F32>>()  // ... W2
                                   .Ret<ffi::Buffer<ffi::F32>>());  // ... b2
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SclMlp1Tangents, ValuesTangentImpl,
+                              BindRewardAndTangent()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [n, d]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // R(x) [n]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // R'(x) [n]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SclMlp1PullBackTangent, PullBackTangentImpl,
+                              BindRewardAndTangent()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [n, d]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c [n]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c' [n]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // the tangent of sum_i c_i dR(x_i)/dW1
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // ... /db1
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // ... /dW2
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // ... /db2
