@@ -1,17 +1,17 @@
 """scl's native CPU kernels: the Bradley–Terry loss and gradient of a one-hidden-layer SiLU reward, fused, and
 the bookkeeping of one L-BFGS iteration.
 
-``scl/csrc/bt_mlp1.cc`` holds XLA FFI custom calls (``jax.ffi``): one pass over the pairs that computes the
-summed loss and its gradient, where XLA runs the same arithmetic as about eight kernels over ``[2n, H]``
-arrays; for pairs that index a pool of samples, the reward of each sample and the pull-back of the samples'
-cotangents; and the loss's Hessian-vector products on either layout. ``scl/csrc/lbfgs.cc`` holds one iteration
-of :mod:`scl._solvers`' L-BFGS after the objective's evaluation (the trial's acceptance, the curvature pair, the
-direction, the step), which XLA runs as about fifty small kernels. Both are compiled on first use with the
-machine's C++ compiler (``$CXX``, else ``g++``, ``-O3 -march=native``; a few seconds) into one library in a cache
-directory (``$SCL_NATIVE_CACHE``, else ``~/.cache/scl/native``), keyed by the sources, the compiler, the flags, jaxlib's version and the CPU, and written
+``scl/csrc/bt_mlp1.cc`` holds XLA FFI custom calls (``jax.ffi``): one pass over the pairs that computes the summed
+loss and its gradient, where XLA runs the same arithmetic as about eight kernels over ``[2n, H]`` arrays; for pairs
+that index a pool of samples, the reward of each sample and the pull-back of the samples' cotangents; and the loss's
+Hessian-vector products on either layout. ``scl/csrc/lbfgs.cc`` holds one iteration of :mod:`scl._solvers`' L-BFGS
+after the objective's evaluation (the trial's acceptance, the curvature pair, the direction, the step), which XLA
+runs as about fifty small kernels. Both are compiled on first use with the machine's C++ compiler (``$CXX``, else
+``g++``, ``-O3 -march=native``; a few seconds) into one library in a cache directory (``$SCL_NATIVE_CACHE``, else
+``~/.cache/scl/native``), keyed by the sources, the compiler, the flags, jaxlib's version and the CPU, and written
 atomically (concurrent processes do not see half a library). Without a compiler, or with ``SCL_NATIVE=0``,
-:func:`available` is False and :mod:`scl.reward_model` and :mod:`scl._solvers` keep their ``jax.numpy`` paths,
-which compute the same values to float rounding; a failed build is reported once as a warning.
+:func:`available` is False and :mod:`scl.reward_model` and :mod:`scl._solvers` keep their ``jax.numpy`` paths, which
+compute the same values to float rounding; a failed build is reported once as a warning.
 
 The loss kernel only replaces the primal computation: derivatives of it (Hessian-vector products, derivatives in
 the labels) come from the ``jax.numpy`` path through a ``custom_jvp`` in :mod:`scl.reward_model`, so it is
