@@ -274,44 +274,72 @@ void Run(ffi::ThreadPool& pool, const Args& A, float* nll, float* gw1, float* gb
 
 constexpr int64_t kRowChunk = 256;  // rows per chunk
 
+constexpr int64_t kMaxBlockRows = 32;  // rows per block, at most
+
+// The number of chunks of A.n rows (at least one).
+inline int64_t RowChunks(const Args& A) { return std::max<int64_t>(1, (A.n + kRowChunk - 1) / kRowChunk); }
+
+// Calls block(start, m, rowf) for the blocks of chunk i (rows [i kRowChunk, (i + 1) kRowChunk) of A.X), at most
+// `rows` (<= kMaxBlockRows) rows each: m rows from `start`, rowf[j] the features of row start + j.
+
+template <int D, typename Block>
+inline void ForEachBlock(const Args& A, int64_t i, int64_t rows, Block block) {
+  const float* rowf[kMaxBlockRows];
+  for (int64_t start = i * kRowChunk, end = std::min(A.n, start + kRowChunk); start < end; start += rows) {
+    const int64_t m = std::min(rows, end - start);
+    for (int64_t j = 0; j < m; ++j) rowf[j] = A.X + (start + j) * D;
+    block(start, m, rowf);
+  }
+}
+
+// The pull-backs' common loop: per chunk, a partial sum [sum of weight over its rows, dW2 (H), db1 (H), dW1 (D H)]
+// that pull(start, m, rowf, scratch, gw2, gb1, gw1) adds each block of `rows` rows to; then the partials in chunk
+// order (WriteGradient, db1 and dW1 times w2 unless it is null), the weights' sum in gb2.
+template <int D, typename Pull>
+void RunPullBackSums(ffi::ThreadPool& pool, const Args& A, int64_t rows, int64_t scratch_size, const float* weight,
+                     const float* w2, Pull pull, float* gw1, float* gb1, float* gw2, float* gb2) {
+  const int64_t H = A.H, stride = 1 + (D + 2) * H;
+  const int64_t chunks = RowChunks(A);
+  std::vector<float> partial(chunks * stride);
+  float* part = partial.data();
+  ParallelChunks(pool, chunks, scratch_size, [A, part, stride, rows, weight, pull](int64_t i, float* scratch) {
+    const int64_t H = A.H;
+    float* out = part + i * stride;
+    std::fill(out, out + stride, 0.0f);
+    double sum0 = 0.0;
+    ForEachBlock<D>(A, i, rows, [&](int64_t start, int64_t m, const float* const* rowf) {
+      pull(start, m, rowf, scratch, out + 1, out + 1 + H, out + 1 + 2 * H);
+      for (int64_t j = 0; j < m; ++j) sum0 += weight[start + j];
+    });
+    out[0] = static_cast<float>(sum0);
+  });
+  std::vector<double> sum;
+  WriteGradient<D>(H, w2, partial, chunks, stride, 1, sum, gw1, gb1, gw2);
+  gb2[0] = static_cast<float>(sum[0]);
+}
+
 template <int D>
 void RunValues(ffi::ThreadPool& pool, const Args& A, float* r) {
-  const int64_t chunks = std::max<int64_t>(1, (A.n + kRowChunk - 1) / kRowChunk);
-  ParallelChunks(pool, chunks, 2 * kRows * A.H + kRows, [A, r](int64_t i, float* scratch) {
-    const float* rowf[kRows];
-    for (int64_t start = i * kRowChunk, end = std::min(A.n, start + kRowChunk); start < end; start += kRows) {
-      const int64_t m = std::min<int64_t>(kRows, end - start);
-      for (int64_t j = 0; j < m; ++j) rowf[j] = A.X + (start + j) * D;
+  ParallelChunks(pool, RowChunks(A), 2 * kRows * A.H + kRows, [A, r](int64_t i, float* scratch) {
+    ForEachBlock<D>(A, i, kRows, [&](int64_t start, int64_t m, const float* const* rowf) {
       ForwardRows<D>(A, m, rowf, scratch, scratch + kRows * A.H, r + start);
-    }
+    });
   });
 }
 
 template <int D>
 void RunPullBack(ffi::ThreadPool& pool, const Args& A, float* gw1, float* gb1, float* gw2, float* gb2) {
-  const int64_t H = A.H, stride = 1 + (D + 2) * H, rows = 2 * kBlock;
-  const int64_t chunks = std::max<int64_t>(1, (A.n + kRowChunk - 1) / kRowChunk);
-  std::vector<float> partial(chunks * stride);
-  float* part = partial.data();
-  ParallelChunks(pool, chunks, 2 * rows * H + rows, [A, part, stride, rows](int64_t i, float* scratch) {
-    const int64_t H = A.H;
-    float* out = part + i * stride;
-    std::fill(out, out + stride, 0.0f);
-    float *hbuf = scratch, *sbuf = scratch + rows * H, *r = scratch + 2 * rows * H;
-    const float* rowf[2 * kBlock];
-    double gb2 = 0.0;
-    for (int64_t start = i * kRowChunk, end = std::min(A.n, start + kRowChunk); start < end; start += rows) {
-      const int64_t m = std::min(rows, end - start);
-      for (int64_t j = 0; j < m; ++j) rowf[j] = A.X + (start + j) * D;
-      ForwardRows<D>(A, m, rowf, hbuf, sbuf, r);
-      PullBack<D>(H, m, rowf, A.O + start, hbuf, sbuf, out + 1, out + 1 + H, out + 1 + 2 * H);
-      for (int64_t j = 0; j < m; ++j) gb2 += A.O[start + j];
-    }
-    out[0] = static_cast<float>(gb2);
-  });
-  std::vector<double> sum;
-  WriteGradient<D>(A.H, A.W2, partial, chunks, stride, 1, sum, gw1, gb1, gw2);
-  gb2[0] = static_cast<float>(sum[0]);
+  constexpr int64_t rows = 2 * kBlock;
+  static_assert(rows <= kMaxBlockRows && kRows <= kMaxBlockRows, "ForEachBlock's rowf holds a block");
+  RunPullBackSums<D>(pool, A, rows, 2 * rows * A.H + rows, A.O, A.W2,
+                     [A, rows](int64_t start, int64_t m, const float* const* rowf, float* scratch, float* pw2,
+                               float* pb1, float* pw1) {
+                       const int64_t H = A.H;
+                       float *hbuf = scratch, *sbuf = scratch + rows * H, *r = scratch + 2 * rows * H;
+                       ForwardRows<D>(A, m, rowf, hbuf, sbuf, r);
+                       PullBack<D>(H, m, rowf, A.O + start, hbuf, sbuf, pw2, pb1, pw1);
+                     },
+                     gw1, gb1, gw2, gb2);
 }
 
 // ---- Hessian-vector products of the pairs' summed loss ----
@@ -458,16 +486,13 @@ void RunHvp(ffi::ThreadPool& pool, const Args& A, const Tangent& T, float* hw1, 
 // R and R' of rows A.X [n, D] (the tangent's forward pass; its other buffers are scratch).
 template <int D>
 void RunValuesTangent(ffi::ThreadPool& pool, const Args& A, const Tangent& T, float* r, float* rt) {
-  const int64_t rows = 2 * kHvpBlock, chunks = std::max<int64_t>(1, (A.n + kRowChunk - 1) / kRowChunk);
-  ParallelChunks(pool, chunks, 4 * rows * A.H, [A, T, r, rt, rows](int64_t i, float* scratch) {
+  const int64_t rows = 2 * kHvpBlock;
+  ParallelChunks(pool, RowChunks(A), 4 * rows * A.H, [A, T, r, rt, rows](int64_t i, float* scratch) {
     const int64_t H = A.H;
-    const float* rowf[2 * kHvpBlock];
-    for (int64_t start = i * kRowChunk, end = std::min(A.n, start + kRowChunk); start < end; start += rows) {
-      const int64_t m = std::min(rows, end - start);
-      for (int64_t j = 0; j < m; ++j) rowf[j] = A.X + (start + j) * D;
+    ForEachBlock<D>(A, i, rows, [&](int64_t start, int64_t m, const float* const* rowf) {
       ForwardTangentRows<D>(A, T, m, rowf, scratch, scratch + rows * H, scratch + 2 * rows * H,
                             scratch + 3 * rows * H, r + start, rt + start);
-    }
+    });
   });
 }
 
@@ -476,30 +501,18 @@ void RunValuesTangent(ffi::ThreadPool& pool, const Args& A, const Tangent& T, fl
 template <int D>
 void RunPullBackTangent(ffi::ThreadPool& pool, const Args& A, const Tangent& T, float* hw1, float* hb1, float* hw2,
                         float* hb2) {
-  const int64_t H = A.H, stride = 1 + (D + 2) * H, rows = 2 * kHvpBlock;
-  const int64_t chunks = std::max<int64_t>(1, (A.n + kRowChunk - 1) / kRowChunk);
-  std::vector<float> partial(chunks * stride);
-  float* part = partial.data();
-  ParallelChunks(pool, chunks, 4 * rows * H + 2 * rows, [A, T, part, stride, rows](int64_t i, float* scratch) {
-    const int64_t H = A.H;
-    float* out = part + i * stride;
-    std::fill(out, out + stride, 0.0f);
-    float *h = scratch, *s = h + rows * H, *u = s + rows * H, *q = u + rows * H, *r = q + rows * H, *rt = r + rows;
-    const float* rowf[2 * kHvpBlock];
-    double hb2 = 0.0;
-    for (int64_t start = i * kRowChunk, end = std::min(A.n, start + kRowChunk); start < end; start += rows) {
-      const int64_t m = std::min(rows, end - start);
-      for (int64_t j = 0; j < m; ++j) rowf[j] = A.X + (start + j) * D;
-      ForwardTangentRows<D>(A, T, m, rowf, h, s, u, q, r, rt);
-      PullBackTangent<D>(A, T, m, rowf, A.O + start, A.WT + start, h, s, u, q, out + 1, out + 1 + H,
-                         out + 1 + 2 * H);
-      for (int64_t j = 0; j < m; ++j) hb2 += A.WT[start + j];
-    }
-    out[0] = static_cast<float>(hb2);
-  });
-  std::vector<double> sum;
-  WriteGradient<D>(H, nullptr, partial, chunks, stride, 1, sum, hw1, hb1, hw2);
-  hb2[0] = static_cast<float>(sum[0]);
+  constexpr int64_t rows = 2 * kHvpBlock;
+  static_assert(rows <= kMaxBlockRows, "ForEachBlock's rowf holds a block");
+  RunPullBackSums<D>(pool, A, rows, 4 * rows * A.H + 2 * rows, A.WT, nullptr,
+                     [A, T, rows](int64_t start, int64_t m, const float* const* rowf, float* scratch, float* pw2,
+                                  float* pb1, float* pw1) {
+                       const int64_t H = A.H;
+                       float *h = scratch, *s = h + rows * H, *u = s + rows * H, *q = u + rows * H, *r = q + rows * H,
+                             *rt = r + rows;
+                       ForwardTangentRows<D>(A, T, m, rowf, h, s, u, q, r, rt);
+                       PullBackTangent<D>(A, T, m, rowf, A.O + start, A.WT + start, h, s, u, q, pw2, pb1, pw1);
+                     },
+                     hw1, hb1, hw2, hb2);
 }
 
 // Checks the reward's parameters and rows x [n, d] (1 <= d <= 4, H a multiple of 8).
