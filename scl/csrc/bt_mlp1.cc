@@ -281,7 +281,6 @@ inline int64_t RowChunks(const Args& A) { return std::max<int64_t>(1, (A.n + kRo
 
 // Calls block(start, m, rowf) for the blocks of chunk i (rows [i kRowChunk, (i + 1) kRowChunk) of A.X), at most
 // `rows` (<= kMaxBlockRows) rows each: m rows from `start`, rowf[j] the features of row start + j.
-
 template <int D, typename Block>
 inline void ForEachBlock(const Args& A, int64_t i, int64_t rows, Block block) {
   const float* rowf[kMaxBlockRows];
