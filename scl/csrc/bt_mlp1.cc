@@ -275,6 +275,7 @@ void Run(ffi::ThreadPool& pool, const Args& A, float* nll, float* gw1, float* gb
 constexpr int64_t kRowChunk = 256;  // rows per chunk
 
 constexpr int64_t kMaxBlockRows = 32;  // rows per block, at most
+static_assert(kRows <= kMaxBlockRows && 2 * kBlock <= kMaxBlockRows, "ForEachBlock's rowf holds a block");
 
 // The number of chunks of A.n rows (at least one).
 inline int64_t RowChunks(const Args& A) { return std::max<int64_t>(1, (A.n + kRowChunk - 1) / kRowChunk); }
@@ -329,7 +330,6 @@ void RunValues(ffi::ThreadPool& pool, const Args& A, float* r) {
 template <int D>
 void RunPullBack(ffi::ThreadPool& pool, const Args& A, float* gw1, float* gb1, float* gw2, float* gb2) {
   constexpr int64_t rows = 2 * kBlock;
-  static_assert(rows <= kMaxBlockRows && kRows <= kMaxBlockRows, "ForEachBlock's rowf holds a block");
   RunPullBackSums<D>(pool, A, rows, 2 * rows * A.H + rows, A.O, A.W2,
                      [A, rows](int64_t start, int64_t m, const float* const* rowf, float* scratch, float* pw2,
                                float* pb1, float* pw1) {
@@ -418,6 +418,7 @@ inline void PullBackTangent(const Args& A, const Tangent& T, int64_t rows, const
 constexpr int kTangentRows = 4;   // rows whose forward passes are interleaved (twice the registers of Forward's)
 constexpr int64_t kHvpBlock = 8;  // pairs per block: 16 rows of four [H] vectors (16 KiB at H = 64) in L1
 static_assert(kHvpBlock <= kW, "HvpRange puts a block's pairs in the lanes of one vector");
+static_assert(2 * kHvpBlock <= kMaxBlockRows, "ForEachBlock's rowf holds a block");
 
 // ForwardTangent of rows rowf[0 .. rows), kTangentRows at a time.
 template <int D>
@@ -501,7 +502,6 @@ template <int D>
 void RunPullBackTangent(ffi::ThreadPool& pool, const Args& A, const Tangent& T, float* hw1, float* hb1, float* hw2,
                         float* hb2) {
   constexpr int64_t rows = 2 * kHvpBlock;
-  static_assert(rows <= kMaxBlockRows, "ForEachBlock's rowf holds a block");
   RunPullBackSums<D>(pool, A, rows, 4 * rows * A.H + 2 * rows, A.WT, nullptr,
                      [A, T, rows](int64_t start, int64_t m, const float* const* rowf, float* scratch, float* pw2,
                                   float* pb1, float* pw1) {
