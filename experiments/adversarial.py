@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import types
 
 if __name__ == "__main__":  # every CPU core an XLA device, so the seeds of a cell run in parallel; before JAX
@@ -47,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from experiments import _cells  # noqa: E402
 import scl  # noqa: E402
 from scl import files  # noqa: E402
 from scl import plotting  # noqa: E402
@@ -62,6 +62,7 @@ _LEVEL = flags.DEFINE_float("level", 0.95, "Confidence level of the intervals ov
 
 _BINARY_FIELDS = ("seeds", "attacks", "recipes", "settings")
 ANY = "any"   # the recipe label of attacks that do not depend on the recipe
+COLUMNS = ("setting", "attack", "recipe")   # a cell's key
 
 
 def cells(config) -> dict[tuple[str, str, str], scl.Config]:
@@ -80,47 +81,18 @@ def cells(config) -> dict[tuple[str, str, str], scl.Config]:
 
 def run_cells(config) -> tuple[dict, dict]:
   """Run every cell over ``range(config.seeds)``: ({cell: SweepResult}, {cell: seconds})."""
-  from tqdm.auto import tqdm
-  todo = cells(config)
-  results, seconds = {}, {}
-  bar = tqdm(todo.items(), desc="adversarial cells", unit="cell")
-  for cell, cfg in bar:
-    bar.set_postfix_str("/".join(cell))
-    logging.info("running %s over %d seeds", cell, config.seeds)
-    start = time.perf_counter()
-    results[cell] = scl.sweep(cfg, seeds=config.seeds)
-    seconds[cell] = time.perf_counter() - start
-  return results, seconds
-
-
-def metrics_frame(results) -> pd.DataFrame:
-  frames = []
-  for (setting, attack, recipe), res in results.items():
-    frame = res.to_frame()
-    frame.insert(0, "recipe", recipe)
-    frame.insert(0, "attack", attack)
-    frame.insert(0, "setting", setting)
-    frames.append(frame)
-  return pd.concat(frames, ignore_index=True)
-
-
-def kept_dist_fraction(res: scl.SweepResult) -> float:
-  """Fraction of (seed, iteration) attack steps in which the attack kept the dist heuristic's flips."""
-  if "attack_kept_dist" not in res.metrics:
-    return float("nan")
-  kept = np.asarray(res.metrics["attack_kept_dist"], np.float64)[..., :-1]   # the last row is NaN
-  return float(np.mean(kept))
+  return _cells.run_cells(cells(config), config.seeds, "adversarial cells")
 
 
 def summary_frame(results, seconds, level: float) -> pd.DataFrame:
   rows = []
   for cell, res in results.items():
     ci = res.final().mean_ci("expected_reward", level)
-    n_flips = np.asarray(res.metrics["n_flips"])[..., :-1]
-    rows.append(dict(zip(("setting", "attack", "recipe"), cell), final_reward_mean=float(ci.mean),
+    rows.append(dict(zip(COLUMNS, cell), final_reward_mean=float(ci.mean),
                      final_reward_low=float(ci.low), final_reward_high=float(ci.high), n_seeds=ci.n,
                      level=level, initial_reward=float(np.mean(res.metrics["expected_reward"][..., 0])),
-                     n_flips=float(np.mean(n_flips)), kept_dist_fraction=kept_dist_fraction(res),
+                     n_flips=_cells.step_mean(res, "n_flips"),
+                     kept_dist_fraction=_cells.step_mean(res, "attack_kept_dist"),
                      seconds=seconds[cell]))
   return pd.DataFrame(rows)
 
@@ -145,36 +117,12 @@ def _panels(results, recipes) -> dict[str, dict[str, scl.SweepResult]]:
   return panels
 
 
-def band_panels(panels, metric: str, ylabel: str, title: str, level: float):
-  """One panel per key, one line per attack: mean of ``metric`` over seeds with its Student-t band."""
-  names = list(panels)
-  fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False, sharey=True)
-  for ax, name in zip(axes[0], names):
-    for attack, res in panels[name].items():
-      ci = res.mean_ci(metric, level)
-      t = res.axes["iteration"]
-      ax.plot(t, ci.mean, marker="o", ms=3, label=attack)
-      if ci.n > 1:
-        ax.fill_between(t, ci.low, ci.high, alpha=0.15)
-    ax.set_title(name, fontsize=9)
-    ax.set_xlabel("iteration t")
-    ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel(ylabel)
-  axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
-  fig.suptitle(f"{title} (mean over seeds, {int(round(level * 100))}% bands)")
-  fig.tight_layout()
-  return fig
-
-
 def write_outputs(results, seconds, config, workdir: str, level: float = 0.95) -> dict:
   recipes = tuple(config.recipes)
   os.makedirs(workdir, exist_ok=True)
-  files.write_csv(os.path.join(workdir, "metrics.csv"), metrics_frame(results))
-  nested: dict = {}
-  for (setting, attack, recipe), res in results.items():
-    nested.setdefault(setting, {}).setdefault(attack, {})[recipe] = res.metrics
+  files.write_csv(os.path.join(workdir, "metrics.csv"), _cells.metrics_frame(results, COLUMNS))
   files.write_json(os.path.join(workdir, "metrics.json"),
-                   {"seeds": list(range(config.seeds)), "metrics": nested})
+                   {"seeds": list(range(config.seeds)), "metrics": _cells.nested_metrics(results)})
   summary = summary_frame(results, seconds, level)
   files.write_csv(os.path.join(workdir, "summary.csv"), summary)
   out = {"cells": summary.to_dict(orient="records"), "table": pivot(summary, recipes),
@@ -183,10 +131,10 @@ def write_outputs(results, seconds, config, workdir: str, level: float = 0.95) -
 
   panels = _panels(results, recipes)
   files.save_figure(os.path.join(workdir, "reward.png"),
-                    band_panels(panels, "expected_reward", "E_{p_t}[r] (true reward)",
+                    _cells.band_panels(panels, "expected_reward", "E_{p_t}[r] (true reward)",
                                 "expected true reward under label-flip attacks", level))
   files.save_figure(os.path.join(workdir, "covariance.png"),
-                    band_panels(panels, "corr_r_learned", "corr(e^r, e^{R~})",
+                    _cells.band_panels(panels, "corr_r_learned", "corr(e^r, e^{R~})",
                                 "alignment of the platform's learned reward with the users'", level))
   first = next(iter(results.values()))
   task, data = task_lib.build(first.config)

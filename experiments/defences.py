@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 if __name__ == "__main__":  # every CPU core an XLA device, so the seeds of a cell run in parallel; before JAX
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # experiments/, also under python -m
@@ -49,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from experiments import _cells  # noqa: E402
 import scl  # noqa: E402
 from scl import files  # noqa: E402
 from scl import preferences  # noqa: E402
@@ -64,6 +64,7 @@ _LEVEL = flags.DEFINE_float("level", 0.95, "Confidence level of the intervals ov
 
 _BINARY_FIELDS = ("seeds", "attacks", "defences", "eps", "settings", "minority")
 MINORITY = "minority"   # the setting name of the honest heterogeneous users scenario
+COLUMNS = ("setting", "attack", "defence")   # a cell's key
 
 
 def minority_label_mode(share: float, target: float) -> str:
@@ -100,28 +101,7 @@ def cells(config) -> dict[tuple[str, str, str], scl.Config]:
 
 def run_cells(config) -> tuple[dict, dict]:
   """Run every cell over ``range(config.seeds)``: ({cell: SweepResult}, {cell: seconds})."""
-  from tqdm.auto import tqdm
-  todo = cells(config)
-  results, seconds = {}, {}
-  bar = tqdm(todo.items(), desc="defence cells", unit="cell")
-  for cell, cfg in bar:
-    bar.set_postfix_str("/".join(cell))
-    logging.info("running %s over %d seeds", cell, config.seeds)
-    start = time.perf_counter()
-    results[cell] = scl.sweep(cfg, seeds=config.seeds)
-    seconds[cell] = time.perf_counter() - start
-  return results, seconds
-
-
-def metrics_frame(results) -> pd.DataFrame:
-  frames = []
-  for (setting, attack, defence), res in results.items():
-    frame = res.to_frame()
-    frame.insert(0, "defence", defence)
-    frame.insert(0, "attack", attack)
-    frame.insert(0, "setting", setting)
-    frames.append(frame)
-  return pd.concat(frames, ignore_index=True)
+  return _cells.run_cells(cells(config), config.seeds, "defence cells")
 
 
 def minority_modes(cfg: scl.Config, target: float, tol: float = 1.0) -> list[int]:
@@ -129,15 +109,6 @@ def minority_modes(cfg: scl.Config, target: float, tol: float = 1.0) -> list[int
   task, data = task_lib.build(cfg)
   rewards = np.asarray(task.reward(data.reward, data.modes))
   return [j for j in range(rewards.shape[0]) if abs(rewards[j] - target) <= tol]
-
-
-def step_mean(res: scl.SweepResult, metric: str) -> float:
-  """Mean of ``metric`` over seeds and steps (the last row, ``p_T``, is NaN: no step follows it), NaN-aware;
-  NaN if the cell does not report it."""
-  if metric not in res.metrics:
-    return float("nan")
-  values = np.asarray(res.metrics[metric], np.float64)[..., :-1]
-  return float(np.nanmean(values)) if np.any(np.isfinite(values)) else float("nan")
 
 
 def summary_frame(results, seconds, config, level: float) -> pd.DataFrame:
@@ -148,13 +119,14 @@ def summary_frame(results, seconds, config, level: float) -> pd.DataFrame:
       modes = minority_modes(res.config, float(config.minority.target))
     ci = res.final().mean_ci("expected_reward", level)
     props = np.asarray(res.final().metrics["mode_props"], np.float64)       # [seed, n_modes]
-    rows.append(dict(zip(("setting", "attack", "defence"), cell), eps=float(res.config.hyper.eps),
+    rows.append(dict(zip(COLUMNS, cell), eps=float(res.config.hyper.eps),
                      final_reward_mean=float(ci.mean), final_reward_low=float(ci.low),
                      final_reward_high=float(ci.high), n_seeds=ci.n, level=level,
                      initial_reward=float(np.mean(res.metrics["expected_reward"][..., 0])),
-                     n_flips=step_mean(res, "n_flips"), flag_precision=step_mean(res, "flag_precision"),
-                     flag_recall=step_mean(res, "flag_recall"),
-                     flagged_share=step_mean(res, "n_flagged") / res.config.platform.n_pairs,
+                     n_flips=_cells.step_mean(res, "n_flips"),
+                     flag_precision=_cells.step_mean(res, "flag_precision"),
+                     flag_recall=_cells.step_mean(res, "flag_recall"),
+                     flagged_share=_cells.step_mean(res, "n_flagged") / res.config.platform.n_pairs,
                      final_corr_r_learned=float(np.mean(np.asarray(res.metrics["corr_r_learned"])[..., -2])),
                      minority_mass=float(np.mean(props[..., modes].sum(-1))), seconds=seconds[cell]))
   return pd.DataFrame(rows)
@@ -205,26 +177,7 @@ def reward_panels(results, level: float):
   for (setting, attack, defence), res in results.items():
     if setting != MINORITY:
       panels.setdefault(f"{setting} · {defence}", {})[attack] = res
-  names = list(panels)
-  cols = min(len(names), 6)
-  rows = -(-len(names) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False, sharey=True)
-  for ax, name in zip(axes.flat, names):
-    for attack, res in panels[name].items():
-      ci = res.mean_ci("expected_reward", level)
-      t = res.axes["iteration"]
-      ax.plot(t, ci.mean, marker="o", ms=2, label=attack)
-      if ci.n > 1:
-        ax.fill_between(t, ci.low, ci.high, alpha=0.15)
-    ax.set_title(name, fontsize=8)
-    ax.grid(alpha=0.3)
-  for ax in axes.flat[len(names):]:
-    ax.axis("off")
-  axes[0][0].set_ylabel("E_{p_t}[r]")
-  axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
-  fig.suptitle(f"expected true reward per iteration (mean over seeds, {int(round(level * 100))}% bands)")
-  fig.tight_layout()
-  return fig
+  return _cells.band_panels(panels, "expected_reward", "E_{p_t}[r]", "expected true reward per iteration", level)
 
 
 def minority_bars(summary: pd.DataFrame):
@@ -248,12 +201,9 @@ def minority_bars(summary: pd.DataFrame):
 
 def write_outputs(results, seconds, config, workdir: str, level: float = 0.95) -> dict:
   os.makedirs(workdir, exist_ok=True)
-  files.write_csv(os.path.join(workdir, "metrics.csv"), metrics_frame(results))
-  nested: dict = {}
-  for (setting, attack, defence), res in results.items():
-    nested.setdefault(setting, {}).setdefault(attack, {})[defence] = res.metrics
+  files.write_csv(os.path.join(workdir, "metrics.csv"), _cells.metrics_frame(results, COLUMNS))
   files.write_json(os.path.join(workdir, "metrics.json"),
-                   {"seeds": list(range(config.seeds)), "metrics": nested})
+                   {"seeds": list(range(config.seeds)), "metrics": _cells.nested_metrics(results)})
   summary = summary_frame(results, seconds, config, level)
   files.write_csv(os.path.join(workdir, "summary.csv"), summary)
   out = {"cells": summary.to_dict(orient="records"), "table": pivot(summary),
