@@ -3,33 +3,118 @@
 Each runs a grid of named cells, ``(setting, attack, recipe or defence) -> scl.Config``, one ``scl.sweep`` call
 over seeds per cell, and writes the same long metrics table, the same nested metrics JSON, and reward curves
 with seed bands. The functions here take a cell's key as a tuple of names, and the names of its columns.
+
+A stopped run loses no finished cell: :func:`run_cells` writes each cell's result (its axes and metrics) to
+``<workdir>/cells/<key>.npz`` atomically as soon as it finishes, and a rerun with the same ``--workdir`` loads the
+cells whose configuration, seeds and scl version are unchanged instead of running them again (a cell whose
+configuration holds a callable, whose ``repr`` differs from process to process, always runs again). After
+changing scl's code, delete ``<workdir>/cells`` to recompute everything.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
+import os
+import re
 import time
+from typing import Any
 
 from absl import logging
 import numpy as np
 import pandas as pd
 
 import scl
+from scl import files
 from scl import plotting  # noqa: F401  (selects the Agg backend before pyplot loads)
 
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def run_cells(todo: dict[tuple[str, ...], scl.Config], seeds: int, desc: str) -> tuple[dict, dict]:
-  """Run every cell of ``todo`` over ``range(seeds)`` with a progress bar: ``({cell: SweepResult}, {cell: s})``."""
+def _digest(value: Any, h) -> None:
+  """Feed ``value`` to the hash ``h``: dataclasses field by field, containers item by item, arrays by their
+  dtype, shape and bytes (a ``repr`` would elide a large array's middle), anything else by its ``repr``."""
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    h.update(type(value).__name__.encode())
+    for field in dataclasses.fields(value):
+      h.update(field.name.encode())
+      _digest(getattr(value, field.name), h)
+  elif isinstance(value, dict):
+    for key in sorted(value, key=repr):
+      h.update(repr(key).encode())
+      _digest(value[key], h)
+  elif isinstance(value, (list, tuple)):
+    h.update(f"{type(value).__name__}[{len(value)}]".encode())
+    for item in value:
+      _digest(item, h)
+  elif hasattr(value, "__array__") and np.ndim(value) > 0:
+    array = np.ascontiguousarray(np.asarray(value))
+    h.update(f"{array.dtype}{array.shape}".encode())
+    h.update(array.tobytes())
+  else:
+    h.update(repr(value).encode())
+
+
+def fingerprint(cfg: scl.Config, seeds: int) -> str:
+  """A digest of what a cell's result depends on: its configuration, its seeds and scl's version."""
+  h = hashlib.sha256()
+  _digest((cfg, seeds, scl.__version__), h)
+  return h.hexdigest()
+
+
+def cell_path(workdir: str, cell: tuple[str, ...]) -> str:
+  """``<workdir>/cells/<names joined by "__">.npz`` (characters other than letters, digits, ``.-_`` as ``_``)."""
+  name = "__".join(re.sub(r"[^A-Za-z0-9._-]+", "_", part) for part in cell)
+  return os.path.join(workdir, "cells", name + ".npz")
+
+
+def save_cell(path: str, res: scl.SweepResult, digest: str, seconds: float) -> None:
+  """Write a cell's axes and metrics, its :func:`fingerprint` and its seconds to ``path`` atomically."""
+  arrays = {f"axis/{name}": np.asarray(v) for name, v in res.axes.items()}
+  arrays.update({f"metric/{name}": np.asarray(v) for name, v in res.metrics.items()})
+  buffer = io.BytesIO()
+  np.savez(buffer, fingerprint=np.asarray(digest), seconds=np.asarray(seconds), **arrays)
+  files.write_bytes(path, buffer.getvalue())
+
+
+def load_cell(path: str, cfg: scl.Config, digest: str) -> tuple[scl.SweepResult, float] | None:
+  """The cell saved at ``path`` as ``(result, seconds)`` if it exists and its fingerprint is ``digest``."""
+  if not os.path.exists(path):
+    return None
+  with np.load(path, allow_pickle=False) as saved:
+    if str(saved["fingerprint"]) != digest:
+      return None
+    axes = {k[len("axis/"):]: saved[k] for k in saved.files if k.startswith("axis/")}
+    metrics = {k[len("metric/"):]: saved[k] for k in saved.files if k.startswith("metric/")}
+    seconds = float(saved["seconds"])
+  return scl.SweepResult(axes=axes, metrics=metrics, config=cfg, info={"loaded_from": path}), seconds
+
+
+def run_cells(todo: dict[tuple[str, ...], scl.Config], seeds: int, desc: str,
+              workdir: str | None = None) -> tuple[dict, dict]:
+  """Run every cell of ``todo`` over ``range(seeds)`` with a progress bar: ``({cell: SweepResult}, {cell: s})``.
+
+  With ``workdir``, each finished cell is saved under ``<workdir>/cells/`` and a cell saved there by an earlier
+  run with the same configuration and seeds is loaded instead of run (its seconds are the earlier run's).
+  """
   from tqdm.auto import tqdm
   results, seconds = {}, {}
   bar = tqdm(todo.items(), desc=desc, unit="cell")
   for cell, cfg in bar:
     bar.set_postfix_str("/".join(cell))
+    path, digest = (cell_path(workdir, cell), fingerprint(cfg, seeds)) if workdir else (None, None)
+    loaded = load_cell(path, cfg, digest) if path else None
+    if loaded is not None:
+      logging.info("loaded %s from %s", cell, path)
+      results[cell], seconds[cell] = loaded
+      continue
     logging.info("running %s over %d seeds", cell, seeds)
     start = time.perf_counter()
     results[cell] = scl.sweep(cfg, seeds=seeds)
     seconds[cell] = time.perf_counter() - start
+    if path:
+      save_cell(path, results[cell], digest, seconds[cell])
   return results, seconds
 
 

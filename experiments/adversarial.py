@@ -21,6 +21,8 @@ are shown in every recipe's column and panel. Writes into ``--workdir``:
   modes.png      final mode proportions (mean over seeds) per attack, one panel per setting × recipe
                  (penalised modes hatched)
   covariance.png corr(e^r, e^{R~}) (the platform's learned reward against the users') per iteration, bands
+  cells/         each finished cell's metrics, written as it finishes: a rerun with the same workdir loads the
+                 unchanged cells instead of running them again (``experiments/_cells.py``)
 λ, κ and α are traced, so cells that differ only in the setting reuse one compiled program. On a CPU-only
 machine the CLI lays the seeds over the cores as XLA devices (as ``experiments/sweep.py`` does).
 """
@@ -79,9 +81,10 @@ def cells(config) -> dict[tuple[str, str, str], scl.Config]:
   return out
 
 
-def run_cells(config) -> tuple[dict, dict]:
-  """Run every cell over ``range(config.seeds)``: ({cell: SweepResult}, {cell: seconds})."""
-  return _cells.run_cells(cells(config), config.seeds, "adversarial cells")
+def run_cells(config, workdir: str | None = None) -> tuple[dict, dict]:
+  """Run every cell over ``range(config.seeds)``: ({cell: SweepResult}, {cell: seconds}); with ``workdir``,
+  each finished cell is saved there and an unchanged cell saved by an earlier run is loaded, not run again."""
+  return _cells.run_cells(cells(config), config.seeds, "adversarial cells", workdir)
 
 
 def summary_frame(results, seconds, level: float) -> pd.DataFrame:
@@ -161,7 +164,7 @@ def print_table(out: dict, recipes) -> None:
 
 def run(config, workdir: str, level: float = 0.95) -> dict:
   """The binary's work: run every cell, write the tables and figures into ``workdir``, return the summary."""
-  results, seconds = run_cells(config)
+  results, seconds = run_cells(config, workdir)
   return write_outputs(results, seconds, config, workdir, level)
 
 

@@ -24,6 +24,8 @@ defence costs it. Writes into ``--workdir``:
                  setting × defence
   minority.png   (minority scenario) final mass on the minority's modes and share of honest pairs flagged,
                  per defence
+  cells/         each finished cell's metrics, written as it finishes: a rerun with the same workdir loads the
+                 unchanged cells instead of running them again (``experiments/_cells.py``)
 λ and ε are traced, so cells that differ only in the setting reuse one compiled program. On a CPU-only
 machine the CLI lays the seeds over the cores as XLA devices (as ``experiments/adversarial.py`` does).
 """
@@ -99,9 +101,10 @@ def cells(config) -> dict[tuple[str, str, str], scl.Config]:
   return out
 
 
-def run_cells(config) -> tuple[dict, dict]:
-  """Run every cell over ``range(config.seeds)``: ({cell: SweepResult}, {cell: seconds})."""
-  return _cells.run_cells(cells(config), config.seeds, "defence cells")
+def run_cells(config, workdir: str | None = None) -> tuple[dict, dict]:
+  """Run every cell over ``range(config.seeds)``: ({cell: SweepResult}, {cell: seconds}); with ``workdir``,
+  each finished cell is saved there and an unchanged cell saved by an earlier run is loaded, not run again."""
+  return _cells.run_cells(cells(config), config.seeds, "defence cells", workdir)
 
 
 def minority_modes(cfg: scl.Config, target: float, tol: float = 1.0) -> list[int]:
@@ -252,7 +255,7 @@ def print_tables(out: dict) -> None:
 
 def run(config, workdir: str, level: float = 0.95) -> dict:
   """The binary's work: run every cell, write the tables and figures into ``workdir``, return the summary."""
-  results, seconds = run_cells(config)
+  results, seconds = run_cells(config, workdir)
   return write_outputs(results, seconds, config, workdir, level)
 
 
