@@ -6,61 +6,42 @@ with seed bands. The functions here take a cell's key as a tuple of names, and t
 
 A stopped run loses no finished cell: :func:`run_cells` writes each cell's result (its axes and metrics) to
 ``<workdir>/cells/<key>.npz`` atomically as soon as it finishes, and a rerun with the same ``--workdir`` loads the
-cells whose configuration, seeds and scl version are unchanged instead of running them again (a cell whose
-configuration holds a callable, whose ``repr`` differs from process to process, always runs again). After
+cells whose configuration, seeds and scl version are unchanged instead of running them again (digested as
+:mod:`scl.checkpoint` digests a run's; a cell whose configuration cannot be digested always runs, unsaved). After
 changing scl's code, delete ``<workdir>/cells`` to recompute everything.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
+import json
 import os
 import re
 import time
-from typing import Any
 
 from absl import logging
 import numpy as np
 import pandas as pd
 
 import scl
+from scl import checkpoint
 from scl import files
 from scl import plotting  # noqa: F401  (selects the Agg backend before pyplot loads)
 
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _digest(value: Any, h) -> None:
-  """Feed ``value`` to the hash ``h``: dataclasses field by field, containers item by item, arrays by their
-  dtype, shape and bytes (a ``repr`` would elide a large array's middle), anything else by its ``repr``."""
-  if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    h.update(type(value).__name__.encode())
-    for field in dataclasses.fields(value):
-      h.update(field.name.encode())
-      _digest(getattr(value, field.name), h)
-  elif isinstance(value, dict):
-    for key in sorted(value, key=repr):
-      h.update(repr(key).encode())
-      _digest(value[key], h)
-  elif isinstance(value, (list, tuple)):
-    h.update(f"{type(value).__name__}[{len(value)}]".encode())
-    for item in value:
-      _digest(item, h)
-  elif hasattr(value, "__array__") and np.ndim(value) > 0:
-    array = np.ascontiguousarray(np.asarray(value))
-    h.update(f"{array.dtype}{array.shape}".encode())
-    h.update(array.tobytes())
-  else:
-    h.update(repr(value).encode())
-
-
-def fingerprint(cfg: scl.Config, seeds: int) -> str:
-  """A digest of what a cell's result depends on: its configuration, its seeds and scl's version."""
-  h = hashlib.sha256()
-  _digest((cfg, seeds, scl.__version__), h)
-  return h.hexdigest()
+def fingerprint(cfg: scl.Config, seeds: int) -> str | None:
+  """A digest of what a cell's result depends on: its configuration and seeds (:func:`scl.checkpoint.fingerprint`,
+  arrays by their bytes, functions by their code) and scl's version; None if the configuration holds a value whose
+  identity cannot be digested (such a cell always runs and is not saved)."""
+  try:
+    fp = checkpoint.fingerprint(cfg, seeds)
+  except checkpoint.Untrusted as e:
+    logging.warning("cell not resumable: %s", e)
+    return None
+  return hashlib.sha256(json.dumps([fp, scl.__version__], sort_keys=True).encode()).hexdigest()
 
 
 def cell_path(workdir: str, cell: tuple[str, ...]) -> str:
@@ -103,7 +84,8 @@ def run_cells(todo: dict[tuple[str, ...], scl.Config], seeds: int, desc: str,
   bar = tqdm(todo.items(), desc=desc, unit="cell")
   for cell, cfg in bar:
     bar.set_postfix_str("/".join(cell))
-    path, digest = (cell_path(workdir, cell), fingerprint(cfg, seeds)) if workdir else (None, None)
+    digest = fingerprint(cfg, seeds) if workdir else None
+    path = cell_path(workdir, cell) if digest else None
     loaded = load_cell(path, cfg, digest) if path else None
     if loaded is not None:
       logging.info("loaded %s from %s", cell, path)
