@@ -14,6 +14,10 @@ Writes into ``--workdir``:
   heatmap_K_lam.png, heatmap_kappa_phi.png   final expected reward over K × λ and κ × φ (mean over seeds
                    and over any other swept axis), when both axes of a pair are swept
   curves.png       expected reward against iteration, one line per grid point, seed confidence bands
+  sweep_points.npz every finished grid point (Monte Carlo engine), saved after each chunk: a stopped sweep
+                   rerun with the same --workdir runs only the points it had not finished, and a grid grown
+                   by new values runs only the new points (scl.sweep's workdir). Delete it after changing
+                   scl's code.
 """
 
 from __future__ import annotations
@@ -67,8 +71,11 @@ def _grid(config) -> dict:
   return grid
 
 
-def run_sweep(config) -> sweeps.SweepResult:
-  """The library call the binary makes: the base config and grid of ``config`` -> a SweepResult."""
+def run_sweep(config, workdir: str | None = None, progress: bool = False) -> sweeps.SweepResult:
+  """The library call the binary makes: the base config and grid of ``config`` -> a SweepResult.
+
+  With ``workdir``, the Monte Carlo engine keeps its finished points there and runs only the others
+  (``scl.sweep(..., workdir=...)``); the exact engine takes milliseconds and keeps nothing."""
   cfg = scl.configs.from_flags(config, _BINARY_FIELDS)()  # keywords left None keep the builder's defaults
   grid = _grid(config)
   chunking = dict(max_chunk=config.max_chunk or None, memory_budget=config.memory_budget or None)
@@ -82,7 +89,8 @@ def run_sweep(config) -> sweeps.SweepResult:
                               **chunking)
   if config.engine != "mc":
     raise ValueError(f"unknown engine {config.engine!r}; choose 'mc' or 'exact'")
-  return sweeps.sweep(cfg, seeds=config.seeds, keep_samples=config.keep_samples, **grid, **chunking)
+  return sweeps.sweep(cfg, seeds=config.seeds, keep_samples=config.keep_samples, workdir=workdir,
+                      progress=progress, **grid, **chunking)
 
 
 def _fmt(v) -> str:
@@ -177,7 +185,7 @@ def main(argv):
                                process_id=_PROCESS_ID.value)
   logging.info("process %d of %d, %d devices in all", jax.process_index(), jax.process_count(),
                jax.device_count())
-  result = run_sweep(_CONFIG.value)
+  result = run_sweep(_CONFIG.value, workdir=_WORKDIR.value, progress=True)
   logging.info("ran %s", result.info)
   if jax.process_index() == 0:
     write_outputs(result, _WORKDIR.value, _LEVEL.value)

@@ -1,4 +1,4 @@
-"""Checkpointed runs: the loop in chunks between atomic checkpoints, resumed exactly after a stop.
+"""Checkpointed runs and sweeps: work saved atomically as it finishes, resumed exactly after a stop.
 
 A checkpoint (``<workdir>/checkpoint.msgpack``, written atomically) holds the model after the last finished
 chunk, the outputs so far and a **fingerprint** of the run: every config setting under its flat keyword and
@@ -7,12 +7,16 @@ their module, name, byte code, constants, defaults, closure contents and the mod
 A checkpoint is only resumed by the same run; a run whose fingerprint cannot be trusted (a function closing
 over an object that cannot be digested) is refused, with a message, rather than resumed on a guess. A
 function may carry its own identity as a string attribute ``scl_fingerprint``.
+
+A sweep with a ``workdir`` (:func:`scl.sweep`) keeps its finished grid points in a :class:`PointStore`
+(``<workdir>/sweep_points.npz``), rewritten atomically after every chunk.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import types
@@ -21,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import serialization
 
 from scl import config as config_lib
@@ -30,6 +35,7 @@ from scl import loop
 #: Version of the checkpoint layout; a checkpoint of another version is refused with a message.
 FORMAT = 2
 FILENAME = "checkpoint.msgpack"
+SWEEP_FILENAME = "sweep_points.npz"
 
 
 class Untrusted(Exception):
@@ -164,3 +170,69 @@ def run_with_checkpoints(cfg: config_lib.Config, seed: int, workdir: str, every:
     bar.close()
   outs = loop.stack(final(params, hyper, key, data), history)
   return loop.to_result(cfg, seed, params, outs)
+
+
+class PointStore:
+  """The finished points of a sweep, in ``<workdir>/sweep_points.npz``.
+
+  A point is known by the bytes of its inputs (its traced hyper-parameters and PRNG key) under ``shared``, a
+  digest of what every point shares (static config, input layout, outputs kept, scl version). So a rerun finds
+  the points a stopped run finished, and a grown grid finds those of the smaller one. A file written under
+  another ``shared`` digest, or one that cannot be read, is replaced (with a warning).
+
+  Only the ``writer`` (process 0 of several) writes. The others read the same file, so the workdir must be on
+  a file system every process sees.
+  """
+
+  def __init__(self, workdir: str, shared: str, inputs: dict[str, np.ndarray], writer: bool = True):
+    self.path = os.path.join(workdir, SWEEP_FILENAME)
+    self.writer = writer
+    self.digest = hashlib.sha256(shared.encode()).hexdigest()
+    n = len(next(iter(inputs.values())))
+    self.rows = np.concatenate([np.ascontiguousarray(inputs[k]).reshape(n, -1).view(np.uint8)
+                                for k in sorted(inputs)], 1)
+    self.saved_rows, self.saved = self.rows[:0], {}
+    if os.path.exists(self.path):
+      self._load()
+    index = {row.tobytes(): i for i, row in enumerate(self.saved_rows)}
+    # Bookkeeping over grid points (not samples): one dictionary lookup per point.
+    self.found = np.array([index.get(row.tobytes(), -1) for row in self.rows], np.int64)
+
+  def _load(self) -> None:
+    try:
+      with np.load(self.path, allow_pickle=False) as f:
+        if str(f["digest"]) != self.digest:
+          logging.warning("%s holds the points of another sweep setting (static config, outputs kept or scl "
+                          "version); it will be replaced", self.path)
+          return
+        rows = f["rows"]
+        saved = {k[len("out/"):]: f[k] for k in f.files if k.startswith("out/")}
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file is replaced, not trusted
+      logging.warning("%s cannot be read (%s: %s); it will be replaced", self.path, type(e).__name__, e)
+      return
+    if rows.shape[1:] != self.rows.shape[1:] or any(len(v) != len(rows) for v in saved.values()):
+      logging.warning("%s has another layout; it will be replaced", self.path)
+      return
+    self.saved_rows, self.saved = rows, saved
+
+  def todo(self) -> np.ndarray:
+    """Indices of the points not saved yet."""
+    return np.flatnonzero(self.found < 0)
+
+  def add(self, points: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+    """Record ``outputs`` (name -> ``[len(points), ...]``) of ``points`` (indices) and rewrite the file."""
+    m = len(self.saved_rows)
+    self.saved_rows = np.concatenate([self.saved_rows, self.rows[points]], 0)
+    self.saved = {k: np.concatenate([self.saved[k], v], 0) if self.saved else np.asarray(v)
+                  for k, v in outputs.items()}
+    self.found[points] = m + np.arange(len(points))
+    if self.writer:
+      buffer = io.BytesIO()
+      np.savez(buffer, digest=np.asarray(self.digest), rows=self.saved_rows,
+               **{f"out/{k}": v for k, v in self.saved.items()})
+      files.write_bytes(self.path, buffer.getvalue())
+
+  def outputs(self) -> dict[str, np.ndarray]:
+    """name -> ``[N, ...]`` outputs of every point, in grid order (all must be saved)."""
+    assert np.all(self.found >= 0), "outputs() before every point is saved"
+    return {k: v[self.found] for k, v in self.saved.items()}

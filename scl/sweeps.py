@@ -19,6 +19,8 @@
   the whole grid unless ``max_chunk`` says less or ``memory_analysis()`` exceeds ``memory_budget`` (bytes
   per device; default 75% of a GPU's memory, or half the free host memory over the CPU devices); then it is
   sized from the measured bytes (memory is affine in the chunk), at most three compilations in all.
+* **Resuming.** With a ``workdir``, each finished chunk's points are saved atomically and a rerun runs only
+  the points not saved there (a stopped sweep, or a grid grown by new values); see :func:`sweep`.
 * **Hosts.** After ``jax.distributed.initialize`` every process plans the same chunks; outputs are gathered
   to every process.
 """
@@ -26,6 +28,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import numbers
 import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -206,8 +209,10 @@ def _spec(inputs: Mapping[str, np.ndarray], shared) -> tuple:
 
 
 def _execute(point: Callable, inputs: dict[str, np.ndarray], shared, devices, max_chunk, memory_budget,
-             batch_size) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-  """Run ``point`` on every row of ``inputs`` (name -> ``[N, ...]``); returns (outputs ``[N, ...]``, info)."""
+             batch_size, on_chunk: Callable | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """Run ``point`` on every row of ``inputs`` (name -> ``[N, ...]``); returns (outputs ``[N, ...]``, info).
+
+  ``on_chunk(rows, outputs)`` is called after each chunk with the indices of its rows and their outputs."""
   devices = list(jax.devices() if devices is None else devices)
   n_dev, n = len(devices), len(next(iter(inputs.values())))
   if isinstance(batch_size, str) and batch_size == "auto":
@@ -256,6 +261,9 @@ def _execute(point: Callable, inputs: dict[str, np.ndarray], shared, devices, ma
       pieces.append(multihost_utils.process_allgather(out, tiled=True))
     else:
       pieces.append(jax.device_get(out))
+    if on_chunk is not None:
+      rows = np.arange(c * chunk, min((c + 1) * chunk, n))
+      on_chunk(rows, {k: v[:len(rows)] for k, v in pieces[-1].items()})
   outputs = {k: np.concatenate([p[k] for p in pieces], 0)[:n] for k in pieces[0]}
   info = dict(devices=n_dev, points=n, chunk=chunk, chunks=n_chunks, batch_size=batch, bytes_per_device=used)
   return outputs, info
@@ -296,7 +304,8 @@ def _loop_program(static_cfg: config_lib.Config, keep_samples: bool):
 
 def sweep(cfg: config_lib.Config, *, seeds: int | Iterable[int] = (0,), keep_samples: bool = False,
           devices: Sequence[jax.Device] | None = None, max_chunk: int | None = None,
-          memory_budget: float | None = None, batch_size: int | None | str = "auto", **grid) -> SweepResult:
+          memory_budget: float | None = None, batch_size: int | None | str = "auto", workdir: str | None = None,
+          progress: bool = False, **grid) -> SweepResult:
   """Run the curated loop of ``cfg`` on the Cartesian grid of ``grid`` × ``seeds``, mapped and sharded.
 
   Args:
@@ -309,6 +318,11 @@ def sweep(cfg: config_lib.Config, *, seeds: int | Iterable[int] = (0,), keep_sam
     memory_budget: bytes per device a compiled chunk may use (default: see the module docstring).
     batch_size: grid points per device under one ``vmap`` (``"auto"``: :func:`default_batch_size`; None:
       the whole shard). Results do not depend on it.
+    workdir: keep every finished point in ``<workdir>/sweep_points.npz`` (:class:`scl.checkpoint.PointStore`,
+      rewritten atomically after each chunk) and run only the points not found there: a stopped sweep resumes,
+      and a grown grid runs only its new points. Without ``max_chunk``, and with one or a few points per
+      device at a time (the CPU default), the grid then runs in about 8 chunks, which costs nothing there.
+    progress: show a progress bar over the grid points (updated after each chunk).
     **grid: traced hyper-parameters (:data:`scl.hyper.TRACED`: ``K``, ``lam`` (λ), ``phi`` (φ), ``kappa``
       (κ), ``alpha`` (α), ``beta``, ``lr``, ``l2``, ``eps`` (ε)): a sequence is an axis, a scalar a fixed value.
 
@@ -318,7 +332,8 @@ def sweep(cfg: config_lib.Config, *, seeds: int | Iterable[int] = (0,), keep_sam
 
   Raises:
     ValueError / TypeError before any compute: unknown names, empty or duplicate values, values outside
-    their domain, ``K > K_max``, or a grid that does not fit.
+    their domain, ``K > K_max``, a grid that does not fit, or a ``workdir`` for a config that cannot be
+    fingerprinted.
   """
   axes, fixed = _split_grid(grid, hyper_lib.traced_names())
   seed_values = _seed_values(seeds)
@@ -330,13 +345,63 @@ def sweep(cfg: config_lib.Config, *, seeds: int | Iterable[int] = (0,), keep_sam
   inputs = {t.name: np.broadcast_to(np.asarray(flat.get(t.name, getattr(cfg.hyper, t.name)), np.float64),
                                     (n,)).astype(np.dtype(t.dtype)) for t in hyper_lib.TRACED}
   inputs["key"] = np.stack([np.asarray(jax.random.PRNGKey(int(s))) for s in flat["seed"]]).astype(np.uint32)
+  store = _point_store(workdir, cfg, inputs, keep_samples) if workdir is not None else None
+  todo = np.arange(n) if store is None else store.todo()
+  n_dev = len(jax.devices() if devices is None else devices)
+  if store is not None and max_chunk is None and len(todo):
+    batch = default_batch_size(devices) if isinstance(batch_size, str) else batch_size
+    if batch is not None:  # points run a few at a time per device anyway: smaller chunks lose nothing
+      unit = n_dev * int(batch)
+      max_chunk = unit * -(-len(todo) // (8 * unit))
+  bar = None
+  if progress and jax.process_index() == 0:
+    from tqdm.auto import tqdm
+    bar = tqdm(total=n, initial=n - len(todo), desc=f"scl.sweep {cfg.data.name}/{cfg.model.name}",
+               unit="point")
+
+  def on_chunk(rows, outs):
+    if store is not None:
+      store.add(todo[rows], outs)
+    if bar is not None:
+      bar.update(len(rows))
+
   point, data = _loop_program(cfg.static(), keep_samples)
-  outputs, info = _execute(point, inputs, data, devices, max_chunk, memory_budget, batch_size)
+  info = dict(devices=n_dev, points=0, chunks=0)
+  try:
+    if len(todo):
+      outputs, info = _execute(point, {k: v[todo] for k, v in inputs.items()}, data, devices, max_chunk,
+                               memory_budget, batch_size, on_chunk)
+  finally:
+    if bar is not None:
+      bar.close()
+  if store is not None:
+    outputs = store.outputs()
+    info.update(resumed=n - len(todo), store=store.path)
   result_axes = {**{k: v.astype(np.int64) if k == "K" else v for k, v in axes.items()},
                  "seed": seed_values, "iteration": np.arange(cfg.iterations + 1)}
   lead = tuple(len(v) for v in axes.values()) + (len(seed_values),)
   return _result(outputs, result_axes, lead, config=cfg, info=info,
                  fixed={k: v for k, v in cfg.hyper.items() if k not in axes})
+
+
+def _point_store(workdir: str, cfg: config_lib.Config, inputs: dict[str, np.ndarray], keep_samples: bool):
+  """The :class:`scl.checkpoint.PointStore` of a sweep (checked before any compute)."""
+  import scl  # the version, at call time (scl imports this module)
+  from scl import checkpoint
+  try:
+    static = checkpoint.fingerprint(cfg.static(), None)
+  except checkpoint.Untrusted as e:
+    raise ValueError(f"cannot keep this sweep's points in workdir {workdir!r}: its config cannot be fingerprinted "
+                     f"({e}); give the function a string attribute scl_fingerprint that names it, or sweep "
+                     "without a workdir") from None
+  layout = [(k, v.shape[1:], str(v.dtype)) for k, v in sorted(inputs.items())]
+  shared = json.dumps([static, repr(layout), keep_samples, scl.__version__], sort_keys=True)
+  store = checkpoint.PointStore(workdir, shared, inputs, writer=jax.process_index() == 0)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.assert_equal(store.found >= 0, f"the processes found different saved points in {workdir!r}: "
+                                 "its file system must be shared by every process")
+  return store
 
 
 def _exact_point(iterations: int, num_nodes: int, keep_trajectory: bool, inputs, vectors):

@@ -197,6 +197,74 @@ def test_memory_budget_splits_the_grid_into_chunks():
 
 
 # --------------------------------------------------------------------------------------------------------
+# A sweep with a workdir keeps its finished points: a stopped sweep resumes, a grown grid runs only new points.
+
+
+def _assert_same_result(got, want):
+  assert list(got.axes) == list(want.axes)
+  for name in want.axes:
+    np.testing.assert_array_equal(got.axes[name], want.axes[name], err_msg=name)
+  assert set(got.metrics) == set(want.metrics)
+  for name in want.metrics:  # the same compiled chunk on the same points: the same bits
+    np.testing.assert_array_equal(got.metrics[name], want.metrics[name], err_msg=name)
+
+
+def test_stopped_sweep_resumes_and_a_grown_grid_runs_only_its_new_points(tmp_path, monkeypatch):
+  from scl import checkpoint
+  cfg = small("categorical", iterations=2)
+  workdir = str(tmp_path / "w")
+  grid = dict(K=[1, 2], lam=[1.0, INF], seeds=2, max_chunk=2)  # 8 points in 4 chunks of 2
+
+  # Stop the sweep as its second chunk is saved (a KeyboardInterrupt, as Ctrl-C).
+  add, calls = checkpoint.PointStore.add, []
+  def add_then_stop(self, points, outputs):
+    add(self, points, outputs)
+    calls.append(points.tolist())
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+  monkeypatch.setattr(checkpoint.PointStore, "add", add_then_stop)
+  with pytest.raises(KeyboardInterrupt):
+    sweeps.sweep(cfg, workdir=workdir, **grid)
+  monkeypatch.setattr(checkpoint.PointStore, "add", add)
+  assert calls == [[0, 1], [2, 3]]
+  assert os.listdir(workdir) == [checkpoint.SWEEP_FILENAME]  # no temporary file left behind
+  with np.load(os.path.join(workdir, checkpoint.SWEEP_FILENAME)) as saved:
+    assert len(saved["rows"]) == 4
+
+  resumed = sweeps.sweep(cfg, workdir=workdir, **grid)
+  assert resumed.info["resumed"] == 4 and resumed.info["points"] == 4, resumed.info
+  _assert_same_result(resumed, sweeps.sweep(cfg, **grid))
+  np.testing.assert_allclose(resumed.metrics["expected_reward"],  # and a whole-grid chunk, to rounding
+                             sweeps.sweep(cfg, **{**grid, "max_chunk": None}).metrics["expected_reward"],
+                             rtol=1e-6, atol=1e-6)
+
+  grown = dict(grid, K=[1, 2, 4], seeds=[0, 1, 2])  # 18 points, 8 of them saved
+  more = sweeps.sweep(cfg, workdir=workdir, **grown)
+  assert more.info["resumed"] == 8 and more.info["points"] == 10, more.info
+  _assert_same_result(more, sweeps.sweep(cfg, **grown))
+  again = sweeps.sweep(cfg, workdir=workdir, **grown)
+  assert again.info["resumed"] == 18 and again.info["points"] == 0, again.info
+  _assert_same_result(again, more)
+
+  # Another static setting: the saved points are not this sweep's, so every point runs.
+  other = sweeps.sweep(cfg.replace(pool_size=800), workdir=workdir, **grid)
+  assert other.info["resumed"] == 0 and other.info["points"] == 8, other.info
+  _assert_same_result(other, sweeps.sweep(cfg.replace(pool_size=800), **grid))
+
+
+def test_sweep_workdir_refuses_a_config_it_cannot_fingerprint(tmp_path, monkeypatch):
+  class Opaque:
+    def __call__(self, x):
+      return x[:, 0]
+  pts = np.array([[0.0, 0.0], [1.0, 0.0]])
+  cfg = scl.configs.points(pts, reward="custom", reward_fn=Opaque(), iterations=1, pool_size=100, n_keep=50)
+  monkeypatch.setattr(sweeps, "_execute", lambda *a, **k: pytest.fail("computed before the check"))
+  with pytest.raises(ValueError, match="cannot keep this sweep's points.*reward_fn"):
+    sweeps.sweep(cfg, K=[1, 2], workdir=str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------------
 # Bad input fails before compute.
 
 
@@ -297,8 +365,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_process_sweep_over_loopback(tmp_path):
-  import json
+def _two_processes(tmp_path, workdirs, tag):
+  """Run experiments/sweep.py :tiny as two processes over loopback: [(returncode, stdout, stderr)] per process."""
   import time
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", SCL_CPU_DEVICES="1",
@@ -311,8 +379,8 @@ def test_two_process_sweep_over_loopback(tmp_path):
       cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
              f"--config={os.path.join(ROOT, 'experiments', 'configs', 'sweep.py')}:tiny",
              "--config.max_chunk=8", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-             f"--process_id={i}", f"--workdir={tmp_path / f'w{i}'}"]
-      logs.append((open(tmp_path / f"out{i}.txt", "w"), open(tmp_path / f"err{i}.txt", "w")))
+             f"--process_id={i}", f"--workdir={workdirs[i]}"]
+      logs.append((open(tmp_path / f"{tag}out{i}.txt", "w"), open(tmp_path / f"{tag}err{i}.txt", "w")))
       procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=logs[-1][0], stderr=logs[-1][1]))
     # Wait for both; stop early if either fails (the other would block in a collective).
     deadline = time.monotonic() + 240
@@ -327,14 +395,33 @@ def test_two_process_sweep_over_loopback(tmp_path):
       p.wait()
     for f in (f for pair in logs for f in pair):
       f.close()
-  outs = [((tmp_path / f"out{i}.txt").read_text(), (tmp_path / f"err{i}.txt").read_text()) for i in range(2)]
-  for i, (p, (out, err)) in enumerate(zip(procs, outs)):
-    assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{out[-3000:]}\n{err[-6000:]}"
+  return [(p.returncode, (tmp_path / f"{tag}out{i}.txt").read_text(), (tmp_path / f"{tag}err{i}.txt").read_text())
+          for i, p in enumerate(procs)]
+
+
+def test_two_process_sweep_over_loopback(tmp_path):
+  import json
+  runs = _two_processes(tmp_path, [tmp_path / "w0", tmp_path / "w1"], "a")
+  for i, (rc, out, err) in enumerate(runs):
+    assert rc == 0, f"process {i} exited {rc}:\n{out[-3000:]}\n{err[-6000:]}"
     assert f"process {i} of 2, 2 devices in all" in err, err[-3000:]
-  assert "wrote sweep.csv" in outs[0][0] and "wrote" not in outs[1][0]
+  assert "wrote sweep.csv" in runs[0][1] and "wrote" not in runs[1][1]
   assert not (tmp_path / "w1").exists()  # Process 0 alone writes.
   written = json.loads((tmp_path / "w0" / "sweep.json").read_text())
   assert written["info"]["devices"] == 2 and written["info"]["chunks"] == 2, written["info"]
+  assert written["info"]["resumed"] == 0, written["info"]
+
+  # Rerun with a shared workdir: both processes find every point saved by process 0, and nothing runs.
+  again = _two_processes(tmp_path, [tmp_path / "w0", tmp_path / "w0"], "b")
+  for i, (rc, out, err) in enumerate(again):
+    assert rc == 0, f"process {i} exited {rc}:\n{out[-3000:]}\n{err[-6000:]}"
+  resumed = json.loads((tmp_path / "w0" / "sweep.json").read_text())
+  assert resumed["info"]["resumed"] == 12 and resumed["info"]["chunks"] == 0, resumed["info"]
+  assert resumed["final_expected_reward_mean"] == written["final_expected_reward_mean"]
+  # Workdirs the processes do not share (process 1 finds nothing): both stop with a message, none hangs.
+  split = _two_processes(tmp_path, [tmp_path / "w0", tmp_path / "w2"], "c")
+  for i, (rc, out, err) in enumerate(split):
+    assert rc != 0 and "must be shared by every process" in err, f"process {i} exited {rc}:\n{err[-3000:]}"
 
   # The same grid in this (one-device, one-process) run, and one grid point as scl.run.
   cfg = small("categorical", iterations=2)
