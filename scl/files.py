@@ -13,11 +13,17 @@ import numpy as np
 
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w") -> Iterator[Any]:
-  """Open a temporary file beside ``path``; on success rename it onto ``path`` (atomic on POSIX)."""
+  """Open a temporary file beside ``path``; on success rename it onto ``path`` (atomic on POSIX).
+
+  The file gets the permissions ``open`` would give it (``0o666`` less the umask), not ``mkstemp``'s ``0o600``.
+  """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
   try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()

@@ -1,6 +1,7 @@
 """The scanned curated loop end to end, on small versions of the papers' Gaussian-8 setting."""
 
 import math
+import os
 
 import chex
 import jax
@@ -202,3 +203,11 @@ def test_checkpointed_run_resumes_and_matches_uninterrupted(tmp_path, monkeypatc
 
   with pytest.raises(ValueError, match="different run"):
     scl.run(cfg.replace(K=4), seed=5, workdir=str(tmp_path / "stopped"), progress=False)
+
+
+def test_result_files_get_the_permissions_open_gives(tmp_path):
+  with open(tmp_path / "plain.txt", "w") as f:  # what the umask makes of a plain open()
+    f.write("x")
+  files.write_json(str(tmp_path / "atomic.json"), {"a": 1})
+  assert os.stat(tmp_path / "atomic.json").st_mode & 0o777 == os.stat(tmp_path / "plain.txt").st_mode & 0o777
+  assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
