@@ -10,13 +10,20 @@ another interpreter (e.g. the PyTorch environment of ``benchmarks/reference.py``
 * :func:`pin_threads` — restrict this process to ``n`` CPUs and tell OpenMP/MKL/XLA to use ``n`` threads;
   call it before jax or torch is imported.
 * :func:`time_calls` — wall and CPU seconds of a call: a warm-up, then the median (and all) of repeats.
+* :func:`core_roundtrip_ns` — what a hand-off between two threads on two CPUs costs at this moment (a cache
+  line's round trip, ``_roundtrip.c`` built with the system's C compiler on first use).
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import os
 import platform
 import resource
+import shutil
+import subprocess
+import tempfile
 import statistics
 import sys
 import time
@@ -137,3 +144,49 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: Callable[[], Any] | 
              cpu_seconds_median=statistics.median(cpus), cpu_seconds_all=cpus, warmup_seconds=warm,
              repeats=repeats)
   return dict(out, before_all=probes) if before is not None else out
+
+
+_ROUNDTRIP: Any = None
+
+
+def _roundtrip_library():
+  """``_roundtrip.c`` built into a temporary directory (once per source) and loaded; None without a compiler."""
+  global _ROUNDTRIP
+  if _ROUNDTRIP is None:
+    _ROUNDTRIP = False
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_roundtrip.c")
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler and sys.platform.startswith("linux"):
+      with open(source, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:12]
+      path = os.path.join(tempfile.gettempdir(), f"scl_roundtrip_{digest}_{os.getuid()}.so")
+      if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        built = subprocess.run([compiler, "-O2", "-std=c11", "-shared", "-fPIC", "-pthread", source, "-o", tmp],
+                               capture_output=True)
+        if built.returncode == 0:
+          os.replace(tmp, path)
+      if os.path.exists(path):
+        library = ctypes.CDLL(path)
+        library.scl_roundtrip_ns.restype = ctypes.c_double
+        library.scl_roundtrip_ns.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long)
+        _ROUNDTRIP = library
+  return _ROUNDTRIP or None
+
+
+def core_roundtrip_ns(rounds: int = 50_000) -> float | None:
+  """Nanoseconds for a cache line to go from the first CPU this process may use to the second and back,
+  two threads spinning on it (the median of 3 runs of ``rounds`` round trips, about 10-100 ms): the cost of
+  one hand-off between two threads. On a virtual machine it moves with where the host places the vCPUs, and
+  programs of many small kernels split over both threads (a small network's training steps) move with it,
+  where a large product does not. None with fewer than two CPUs, off Linux, or without a C compiler.
+  """
+  try:
+    cpus = sorted(os.sched_getaffinity(0))
+  except AttributeError:
+    return None
+  library = _roundtrip_library() if len(cpus) >= 2 else None
+  if library is None:
+    return None
+  runs = [library.scl_roundtrip_ns(cpus[0], cpus[1], int(rounds)) for _ in range(3)]
+  return None if min(runs) < 0 else round(statistics.median(runs), 1)

@@ -13,7 +13,10 @@ a ``2048 x 2048 @ 2048 x 2048`` float32 matrix product (17.2 GFLOP), on all CPUs
 the same calls can run 1.5-2.5x slower for minutes at a time, so the peak is also probed (best of 3 products)
 just before each timed fit and sample call, and each call's GFLOP/s is set against its own probe
 (``fraction_of_adjacent_peak_median`` and ``_best``, with the probes in ``adjacent_peak_gflops_per_second``);
-``fraction_of_peak`` is the median call against the one peak above.
+``fraction_of_peak`` is the median call against the one peak above. Beside each probe,
+``adjacent_core_roundtrip_ns`` is a cache line's round trip between the two first CPUs
+(:func:`_machine.core_roundtrip_ns`; null without a C compiler): on a virtual machine the fit's many small
+kernels, split over both threads, slow down with it where the large product does not.
 
 FLOPs: XLA's ``compiled.cost_analysis()["flops"]`` counts the body of a ``while`` loop (a ``lax.scan``)
 once, not times its trip count, so the FLOPs of a whole fit/sample are taken as those of the same program
@@ -70,10 +73,11 @@ def _against_adjacent_peak(flops: float, timing: dict) -> dict:
   """Each call's GFLOP/s as a fraction of the peak probed just before it (``timing["before_all"]``): median
   and best over the calls, and the probes' GFLOP/s. On a shared host whose speed drifts from minute to minute
   this sets each call against the machine's speed at that moment, not against one probe minutes away."""
-  fractions = [flops / t / 1e9 / peak for t, peak in zip(timing["seconds_all"], timing["before_all"])]
+  peaks = [probe["gflops_per_second"] for probe in timing["before_all"]]
+  fractions = [flops / t / 1e9 / peak for t, peak in zip(timing["seconds_all"], peaks)]
   return dict(fraction_of_adjacent_peak_median=float(np.median(fractions)),
-              fraction_of_adjacent_peak_best=max(fractions),
-              adjacent_peak_gflops_per_second=timing["before_all"])
+              fraction_of_adjacent_peak_best=max(fractions), adjacent_peak_gflops_per_second=peaks,
+              adjacent_core_roundtrip_ns=[probe["core_roundtrip_ns"] for probe in timing["before_all"]])
 
 
 def _compile(jitted, *args):
@@ -157,14 +161,16 @@ def _square_product(size: int):
 
 
 def peak_probe(size: int = 2048, calls: int = 3):
-  """A probe of the peak at this moment: a function returning the best GFLOP/s of ``calls`` calls of the
-  jitted ``size x size`` float32 product (about 0.1-0.3 s on 2 CPU cores)."""
+  """A probe of the machine at this moment: a function returning ``gflops_per_second``, the best of ``calls``
+  calls of the jitted ``size x size`` float32 product (about 0.1-0.3 s on 2 CPU cores), and
+  ``core_roundtrip_ns`` (:func:`_machine.core_roundtrip_ns`, about 20 ms)."""
   product = _square_product(size)
   jax.block_until_ready(product())
 
-  def probe() -> float:
+  def probe() -> dict:
     timing = _machine.time_calls(product, calls, warmup=lambda: None, sync=jax.block_until_ready)
-    return 2.0 * size ** 3 / timing["seconds_best"] / 1e9
+    return dict(gflops_per_second=2.0 * size ** 3 / timing["seconds_best"] / 1e9,
+                core_roundtrip_ns=_machine.core_roundtrip_ns())
 
   return probe
 

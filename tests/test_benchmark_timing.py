@@ -65,8 +65,23 @@ def test_time_calls_runs_the_probe_untimed_before_each_call():
 
 def test_each_call_is_set_against_its_own_probe():
   # 100 GFLOP; calls of 1, 2 and 4 s; probes of 200, 100 and 400 GFLOP/s: fractions 0.5, 0.5 and 0.0625
-  timing = dict(seconds_all=[1.0, 2.0, 4.0], before_all=[200.0, 100.0, 400.0])
+  probes = [dict(gflops_per_second=g, core_roundtrip_ns=ns) for g, ns in ((200.0, 120.0), (100.0, 540.0),
+                                                                            (400.0, None))]
+  timing = dict(seconds_all=[1.0, 2.0, 4.0], before_all=probes)
   out = loop._against_adjacent_peak(100e9, timing)
   assert out["fraction_of_adjacent_peak_median"] == 0.5
   assert out["fraction_of_adjacent_peak_best"] == 0.5
   assert out["adjacent_peak_gflops_per_second"] == [200.0, 100.0, 400.0]
+  assert out["adjacent_core_roundtrip_ns"] == [120.0, 540.0, None]
+
+
+def test_core_roundtrip_measures_two_cpus_and_leaves_the_affinity_alone(monkeypatch):
+  allowed = os.sched_getaffinity(0)
+  ns = _machine.core_roundtrip_ns(rounds=20_000)
+  assert os.sched_getaffinity(0) == allowed  # the calling thread is unpinned again
+  if len(allowed) >= 2 and _machine._roundtrip_library() is not None:
+    assert 1.0 < ns < 1e5, ns  # a cache line's round trip: tens of ns to a few µs, even on a busy host
+  else:
+    assert ns is None
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+  assert _machine.core_roundtrip_ns() is None
