@@ -470,12 +470,13 @@ def worker(args):
   if args.worker == "ref-script":
     ref_script(spec, args.rest)
     return
-  load_before = _machine.load_average()
+  load_before, roundtrip_before = _machine.load_average(), _machine.core_roundtrip_ns()
   fn = dict(scl_attack=scl_attack, scl_retrain=scl_retrain, ref_attack=ref_attack,
             ref_retrain=ref_retrain)[f"{args.worker}_{spec['task']}"]
   out = fn(spec)
   out.update(pinned=pinned, peak_rss_mb=_machine.peak_rss_mb(), load_average_before=load_before,
-             load_average_after=_machine.load_average())
+             load_average_after=_machine.load_average(),
+             core_roundtrip_ns=[roundtrip_before, _machine.core_roundtrip_ns()])
   print(RESULT_TAG + json.dumps(out), flush=True)
 
 
@@ -508,7 +509,8 @@ def _bracket(before: dict, after: dict) -> dict:
   """scl's figures from its two workers, one run just before the reference's and one just after: each timing
   (a dict with ``seconds_all``) takes the median and best over both workers' calls, so that a host whose speed
   drifts during the reference's minutes of work weighs on both sides alike. ``bracket`` keeps each worker's
-  median; the rest (compile times, memory, the attack's work) is the first worker's."""
+  median; ``core_roundtrip_ns`` lists both workers' probes (before and after each); the rest (compile times,
+  memory, the attack's work) is the first worker's."""
   if "error" in before or "error" in after:
     return before if "error" in before else dict(before, bracket=dict(after_error=after))
 
@@ -525,7 +527,10 @@ def _bracket(before: dict, after: dict) -> dict:
         out.update(cpu_seconds_all=cpus, cpu_seconds_median=statistics.median(cpus))
     return out
 
-  return merge(before, after)
+  out = merge(before, after)
+  if "core_roundtrip_ns" in before and "core_roundtrip_ns" in after:
+    out["core_roundtrip_ns"] = before["core_roundtrip_ns"] + after["core_roundtrip_ns"]
+  return out
 
 
 def _ratio(ref, scl, key=("seconds_median",)):

@@ -24,9 +24,10 @@ def _timing(walls, cpus):
 
 def test_bracket_takes_each_figure_over_both_workers_calls():
   before = dict(_timing([0.10, 0.12, 0.11], [0.2, 0.2, 0.3]), compile_seconds=3.0, refits={"total_evals": 458},
-                train=_timing([4.0, 5.0], [8.0, 9.0]), sample=_timing([4.5], [9.5]))
+                train=_timing([4.0, 5.0], [8.0, 9.0]), sample=_timing([4.5], [9.5]), core_roundtrip_ns=[125.0, 540.0])
   after = dict(_timing([0.07, 0.08], [0.15, 0.16]), compile_seconds=9.0, refits={"total_evals": 1},
-               train=_timing([3.0, 3.5, 6.0], [6.0, 7.0, 12.0]), sample=_timing([5.5], [11.5]))
+               train=_timing([3.0, 3.5, 6.0], [6.0, 7.0, 12.0]), sample=_timing([5.5], [11.5]),
+               core_roundtrip_ns=[480.0, None])
   out = reference._bracket(before, after)
   # the attack (top level): five calls, median 0.10 (a 3-call and a 2-call median would give 0.11 and 0.075)
   assert out["seconds_all"] == [0.10, 0.12, 0.11, 0.07, 0.08]
@@ -39,6 +40,7 @@ def test_bracket_takes_each_figure_over_both_workers_calls():
   assert out["sample"]["seconds_median"] == 5.0 and out["sample"]["bracket"]["after_seconds_median"] == 5.5
   # everything else is the first worker's
   assert out["compile_seconds"] == 3.0 and out["refits"] == {"total_evals": 458}
+  assert out["core_roundtrip_ns"] == [125.0, 540.0, 480.0, None]  # every probe of both workers
   # the ratio reads the merged median
   assert reference._ratio({"seconds_median": 50.0}, out) == 500.0
 
