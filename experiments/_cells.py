@@ -6,9 +6,9 @@ with seed bands. The functions here take a cell's key as a tuple of names, and t
 
 A stopped run loses no finished cell: :func:`run_cells` writes each cell's result (its axes and metrics) to
 ``<workdir>/cells/<key>.npz`` atomically as soon as it finishes, and a rerun with the same ``--workdir`` loads the
-cells whose configuration, seeds and scl version are unchanged instead of running them again (digested as
-:mod:`scl.checkpoint` digests a run's; a cell whose configuration cannot be digested always runs, unsaved). After
-changing scl's code, delete ``<workdir>/cells`` to recompute everything.
+cells whose configuration, seeds and scl's source code (:func:`scl.checkpoint.code_digest`) are unchanged
+instead of running them again (digested as :mod:`scl.checkpoint` digests a run's; a cell whose configuration
+cannot be digested always runs, unsaved).
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def fingerprint(cfg: scl.Config, seeds: int) -> str | None:
   """A digest of what a cell's result depends on: its configuration and seeds (:func:`scl.checkpoint.fingerprint`,
-  arrays by their bytes, functions by their code) and scl's version; None if the configuration holds a value whose
+  arrays by their bytes, functions by their code) and scl's source code; None if the configuration holds a value whose
   identity cannot be digested (such a cell always runs and is not saved)."""
   try:
     fp = checkpoint.fingerprint(cfg, seeds)
   except checkpoint.Untrusted as e:
     logging.warning("cell not resumable: %s", e)
     return None
-  return hashlib.sha256(json.dumps([fp, scl.__version__], sort_keys=True).encode()).hexdigest()
+  return hashlib.sha256(json.dumps([fp, checkpoint.code_digest()], sort_keys=True).encode()).hexdigest()
 
 
 def cell_path(workdir: str, cell: tuple[str, ...]) -> str:

@@ -16,8 +16,8 @@ Writes into ``--workdir``:
   curves.png       expected reward against iteration, one line per grid point, seed confidence bands
   sweep_points.npz every finished grid point (Monte Carlo engine), saved after each chunk: a stopped sweep
                    rerun with the same --workdir runs only the points it had not finished, and a grid grown
-                   by new values runs only the new points (scl.sweep's workdir). Delete it after changing
-                   scl's code.
+                   by new values runs only the new points (scl.sweep's workdir); points saved by other
+                   scl source code are run again.
 """
 
 from __future__ import annotations

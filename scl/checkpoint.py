@@ -172,11 +172,32 @@ def run_with_checkpoints(cfg: config_lib.Config, seed: int, workdir: str, every:
   return loop.to_result(cfg, seed, params, outs)
 
 
+#: Source files whose bytes :func:`code_digest` covers.
+CODE_SUFFIXES = (".py", ".cc", ".c", ".h")
+
+
+@functools.lru_cache(maxsize=4)
+def code_digest(root: str | None = None) -> str:
+  """A SHA-256 digest of scl's source (every ``CODE_SUFFIXES`` file under ``root``, default the ``scl`` package,
+  by relative path and bytes): results saved by other code are not reused (sweep points, experiment cells)."""
+  root = root or os.path.dirname(os.path.abspath(__file__))
+  h = hashlib.sha256()
+  for directory, subdirs, names in sorted(os.walk(root)):
+    subdirs.sort()
+    for name in sorted(names):
+      if name.endswith(CODE_SUFFIXES):
+        path = os.path.join(directory, name)
+        h.update(os.path.relpath(path, root).encode() + b"\0")
+        with open(path, "rb") as f:
+          h.update(hashlib.sha256(f.read()).digest())
+  return h.hexdigest()
+
+
 class PointStore:
   """The finished points of a sweep, in ``<workdir>/sweep_points.npz``.
 
   A point is known by the bytes of its inputs (its traced hyper-parameters and PRNG key) under ``shared``, a
-  digest of what every point shares (static config, input layout, outputs kept, scl version). So a rerun finds
+  digest of what every point shares (static config, input layout, outputs kept, scl's code). So a rerun finds
   the points a stopped run finished, and a grown grid finds those of the smaller one. A file written under
   another ``shared`` digest, or one that cannot be read, is replaced (with a warning).
 
@@ -202,8 +223,8 @@ class PointStore:
     try:
       with np.load(self.path, allow_pickle=False) as f:
         if str(f["digest"]) != self.digest:
-          logging.warning("%s holds the points of another sweep setting (static config, outputs kept or scl "
-                          "version); it will be replaced", self.path)
+          logging.warning("%s holds the points of another sweep setting (static config, outputs kept or scl's "
+                          "code); it will be replaced", self.path)
           return
         rows = f["rows"]
         saved = {k[len("out/"):]: f[k] for k in f.files if k.startswith("out/")}

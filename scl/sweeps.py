@@ -320,7 +320,8 @@ def sweep(cfg: config_lib.Config, *, seeds: int | Iterable[int] = (0,), keep_sam
       the whole shard). Results do not depend on it.
     workdir: keep every finished point in ``<workdir>/sweep_points.npz`` (:class:`scl.checkpoint.PointStore`,
       rewritten atomically after each chunk) and run only the points not found there: a stopped sweep resumes,
-      and a grown grid runs only its new points. Without ``max_chunk``, and with one or a few points per
+      and a grown grid runs only its new points (points saved under another static config or other scl source
+      code, :func:`scl.checkpoint.code_digest`, are run again). Without ``max_chunk``, and with one or a few points per
       device at a time (the CPU default), the grid then runs in about 8 chunks, which costs nothing there.
     progress: show a progress bar over the grid points (updated after each chunk).
     **grid: traced hyper-parameters (:data:`scl.hyper.TRACED`: ``K``, ``lam`` (λ), ``phi`` (φ), ``kappa``
@@ -386,8 +387,7 @@ def sweep(cfg: config_lib.Config, *, seeds: int | Iterable[int] = (0,), keep_sam
 
 def _point_store(workdir: str, cfg: config_lib.Config, inputs: dict[str, np.ndarray], keep_samples: bool):
   """The :class:`scl.checkpoint.PointStore` of a sweep (checked before any compute)."""
-  import scl  # the version, at call time (scl imports this module)
-  from scl import checkpoint
+  from scl import checkpoint  # at call time: it imports scl.loop
   try:
     static = checkpoint.fingerprint(cfg.static(), None)
   except checkpoint.Untrusted as e:
@@ -395,7 +395,7 @@ def _point_store(workdir: str, cfg: config_lib.Config, inputs: dict[str, np.ndar
                      f"({e}); give the function a string attribute scl_fingerprint that names it, or sweep "
                      "without a workdir") from None
   layout = [(k, v.shape[1:], str(v.dtype)) for k, v in sorted(inputs.items())]
-  shared = json.dumps([static, repr(layout), keep_samples, scl.__version__], sort_keys=True)
+  shared = json.dumps([static, repr(layout), keep_samples, checkpoint.code_digest()], sort_keys=True)
   store = checkpoint.PointStore(workdir, shared, inputs, writer=jax.process_index() == 0)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils

@@ -136,3 +136,20 @@ def test_array_fingerprint_is_a_content_digest():
   b = checkpoint.fingerprint(scl.configs.points(pts.copy()), 0)
   c = checkpoint.fingerprint(scl.configs.points(pts + 1.0), 0)
   assert a == b and a["points"] != c["points"]
+
+
+def test_code_digest_follows_the_source_files_only(tmp_path):
+  pkg = tmp_path / "pkg"
+  (pkg / "csrc").mkdir(parents=True)
+  (pkg / "a.py").write_text("x = 1\n")
+  (pkg / "csrc" / "k.cc").write_text("int f() { return 1; }\n")
+  first = checkpoint.code_digest(str(pkg))
+  (pkg / "notes.txt").write_text("not source")  # neither other files ...
+  (pkg / "a.cpython-311.pyc").write_bytes(b"\0\1")  # ... nor byte code count
+  assert checkpoint.code_digest.__wrapped__(str(pkg)) == first
+  (pkg / "csrc" / "k.cc").write_text("int f() { return 2; }\n")
+  assert checkpoint.code_digest.__wrapped__(str(pkg)) != first
+  (pkg / "csrc" / "k.cc").write_text("int f() { return 1; }\n")
+  (pkg / "b.py").write_text("")  # a new, empty module
+  assert checkpoint.code_digest.__wrapped__(str(pkg)) != first
+  assert len(checkpoint.code_digest()) == 64  # scl's own
