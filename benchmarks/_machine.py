@@ -22,10 +22,10 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
-import tempfile
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
