@@ -1,16 +1,20 @@
-"""scl's native CPU kernels: the Bradley–Terry loss and gradient of a one-hidden-layer SiLU reward, fused, and
-the bookkeeping of one L-BFGS iteration.
+"""scl's native CPU kernels: the Bradley–Terry loss and gradient of a one-hidden-layer SiLU reward, fused, the
+bookkeeping of one L-BFGS iteration, and the flow model's training gradient.
 
 ``scl/csrc/bt_mlp1.cc`` holds XLA FFI custom calls (``jax.ffi``): one pass over the pairs that computes the summed
 loss and its gradient, where XLA runs the same arithmetic as about eight kernels over ``[2n, H]`` arrays; for pairs
 that index a pool of samples, the reward of each sample and the pull-back of the samples' cotangents; and the loss's
 Hessian-vector products on either layout. ``scl/csrc/lbfgs.cc`` holds one iteration of :mod:`scl._solvers`' L-BFGS
 after the objective's evaluation (the trial's acceptance, the curvature pair, the direction, the step), which XLA
-runs as about fifty small kernels. Both are compiled on first use with the machine's C++ compiler (``$CXX``, else
-``g++``, ``-O3 -march=native``; a few seconds) into one library in a cache directory (``$SCL_NATIVE_CACHE``, else
-``~/.cache/scl/native``), keyed by the sources, the compiler, the flags, jaxlib's version and the CPU, and written
-atomically (concurrent processes do not see half a library). Without a compiler, or with ``SCL_NATIVE=0``,
-:func:`available` is False and :mod:`scl.reward_model` and :mod:`scl._solvers` keep their ``jax.numpy`` paths, which
+runs as about fifty small kernels. ``scl/csrc/flow_mlp.cc`` holds the loss of :mod:`scl.models.flow`'s residual
+SiLU velocity MLP and its gradient in every parameter, one pass over the minibatch in chunks of rows that stay in
+the core's cache, where XLA runs a training step as about thirty kernels, each split over the threads: on a
+virtual machine whose two vCPUs do not share a cache, every hand-off between them costs, and the step with it.
+All are compiled on first use with the machine's C++ compiler (``$CXX``, else ``g++``, ``-O3 -march=native``; a
+few seconds) into one library in a cache directory (``$SCL_NATIVE_CACHE``, else ``~/.cache/scl/native``), keyed by
+the sources, the compiler, the flags, jaxlib's version and the CPU, and written atomically (concurrent processes
+do not see half a library). Without a compiler, or with ``SCL_NATIVE=0``, :func:`available` is False and
+:mod:`scl.reward_model`, :mod:`scl._solvers` and :mod:`scl.models.flow` keep their ``jax.numpy`` paths, which
 compute the same values to float rounding; a failed build is reported once as a warning.
 
 The loss kernel only replaces the primal computation: derivatives of it (Hessian-vector products, derivatives in
@@ -19,7 +23,7 @@ differentiable, jittable, and (one member at a time) vmappable. The Hessian of t
 pass over the pairs, or two over a pool's samples) serves the attack's conjugate-gradient solves directly
 (:func:`scl.reward_model.bt_hvp`) and has no derivative rules: nothing differentiates or transposes it. The
 L-BFGS step is not differentiated (the solver's derivatives are implicit) and takes a batch of independent
-problems at once under ``vmap``.
+problems at once under ``vmap``. The flow's gradient serves its optimiser steps only and has no derivative rules.
 """
 
 from __future__ import annotations
@@ -40,11 +44,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", name)
-                 for name in ("bt_mlp1.cc", "lbfgs.cc"))
+_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+_SOURCES = tuple(os.path.join(_CSRC, name) for name in ("bt_mlp1.cc", "lbfgs.cc", "flow_mlp.cc"))
+_HEADERS = (os.path.join(_CSRC, "simd.h"),)
 _TARGETS = {"scl_bt_mlp1": "SclBtMlp1", "scl_mlp1_values": "SclMlp1Values", "scl_mlp1_pullback": "SclMlp1PullBack",
             "scl_bt_mlp1_hvp": "SclBtMlp1Hvp", "scl_mlp1_tangents": "SclMlp1Tangents",
-            "scl_mlp1_pullback_tangent": "SclMlp1PullBackTangent", "scl_lbfgs_step": "SclLbfgsStep"}
+            "scl_mlp1_pullback_tangent": "SclMlp1PullBackTangent", "scl_lbfgs_step": "SclLbfgsStep",
+            "scl_flow_mlp_grad": "SclFlowMlpGrad"}
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
 #: Widest input the kernel takes (``d`` features) and the multiple its hidden width must be.
 MAX_FEATURES, WIDTH_MULTIPLE = 4, 8
@@ -73,7 +79,7 @@ def _build() -> str | None:
     return None
   version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
   sources = []
-  for name in _SOURCES:
+  for name in _SOURCES + _HEADERS:
     with open(name, "rb") as f:
       sources.append(f.read())
   parts = [*sources, version.encode(), " ".join(_FLAGS).encode(), importlib.metadata.version("jaxlib").encode(),
@@ -184,6 +190,34 @@ def mlp1_pullback_tangent(w1, b1, w2, b2, v1, vb1, vw2, vb2, x, c, c_dot):
   out = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (w1, b1, w2, b2)]
   return tuple(jax.ffi.ffi_call("scl_mlp1_pullback_tangent", out, vmap_method="sequential")(
       w1, b1, w2, b2, v1, vb1, vw2, vb2, x, c, c_dot))
+
+
+#: Widest output of the flow's velocity MLP the flow kernel takes, and the multiple its hidden width must be.
+FLOW_MAX_OUT, FLOW_WIDTH_MULTIPLE = 4, 16
+
+
+def supports_flow(width: int, out_dim: int, depth: int) -> bool:
+  """Whether the flow's training gradient (:func:`flow_mlp_loss_and_grad`) applies to a residual SiLU velocity
+  MLP of hidden ``width``, ``out_dim`` outputs and ``depth`` residual blocks: ``width`` a multiple of 16,
+  ``1 <= out_dim <= 4``, ``depth >= 1``, the CPU as the default backend, and the kernels available."""
+  return (width % FLOW_WIDTH_MULTIPLE == 0 and 1 <= out_dim <= FLOW_MAX_OUT and depth >= 1
+          and jax.default_backend() == "cpu" and available())
+
+
+def flow_mlp_loss_and_grad(x, u, w0, b0, k, b, wo, bo):
+  """``(loss, (∂/∂w0, ∂/∂b0, ∂/∂k, ∂/∂b, ∂/∂wo, ∂/∂bo))`` of ``loss = mean_i |v(x_i) - u_i|²`` for the residual
+  SiLU MLP ``v(x) = h_L wo + bo``, ``h_0 = silu(x w0 + b0)``, ``h_{l+1} = h_l + silu(h_l k[l] + b[l])``, by one
+  fused pass over the rows (``scl/csrc/flow_mlp.cc``).
+
+  Shapes: ``x [B, D0]``, ``u [B, d]``, ``w0 [D0, W]``, ``b0 [W]``, ``k [L, W, W]``, ``b [L, W]``, ``wo [W, d]``,
+  ``bo [d]``; float32 (:func:`supports_flow` says which sizes). No derivative rules: it serves the flow's
+  optimiser steps only. Under ``vmap`` the kernel runs once per member (``vmap_method="sequential"``).
+  """
+  out = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in ((), w0.shape, b0.shape, k.shape, b.shape, wo.shape,
+                                                                 bo.shape)]
+  call = jax.ffi.ffi_call("scl_flow_mlp_grad", out, vmap_method="sequential")
+  loss, *grads = call(x, u, w0, b0, k, jnp.swapaxes(k, 1, 2), b, wo, wo.T, bo)
+  return loss, tuple(grads)
 
 
 #: Indices into the L-BFGS state's integer vector (``scl/csrc/lbfgs.cc``, ``enum IntState``): iterations,

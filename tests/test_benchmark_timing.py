@@ -87,3 +87,24 @@ def test_core_roundtrip_measures_two_cpus_and_leaves_the_affinity_alone(monkeypa
     assert ns is None
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
   assert _machine.core_roundtrip_ns() is None
+
+
+def test_the_fits_flops_count_the_gradients_products_whatever_path_runs_it():
+  """A training step's FLOPs (``loop.fit_step_flops``) are at least the closed form of its matrix products,
+  forward and backward, ``6 B (D0 W + L W² + W d)``, and at most 1.5× it, though the flow's gradient may run on the
+  native kernel, whose custom call XLA's cost analysis cannot see into."""
+  import jax
+  import jax.numpy as jnp
+
+  from scl.hyper import Hyper
+  from scl.models.flow import N_FREQ, make_flow
+
+  batch, width, depth, d = 256, 64, 2, 2
+  one_step = make_flow(train_steps=1, init_steps=1, width=width, depth=depth, batch_size=batch)
+  x = jax.random.normal(jax.random.key(0), (500, d))
+  w = jnp.full((500,), 1 / 500)
+  key = jax.random.key(1)
+  params = one_step.init(key, x, w)
+  flops = loop.fit_step_flops(one_step, params, key, x, w, Hyper.defaults().arrays())
+  products = 6 * batch * ((d + 2 * N_FREQ + 1) * width + depth * width * width + width * d)
+  assert products <= flops <= 1.5 * products

@@ -1,6 +1,7 @@
 """Tests of scl's fused Bradley–Terry CPU kernel (scl/_native.py, scl/csrc/bt_mlp1.cc) against float64 autodiff
 of the flax reward, which shares no code with it."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import pytest
 
 from scl import _native
 from scl import reward_model as rm
+from scl.hyper import Hyper
+from scl.models import flow
 
 pytestmark = pytest.mark.skipif(not _native.available(), reason="no C++ compiler: the fused kernel is not built")
 
@@ -432,3 +435,83 @@ def test_native_lbfgs_under_vmap_and_at_its_limits():
     x, k, _, evals = jax.jit(lambda x0: loop(cliff, x0, **kw, max_backtracks=5))(x0)
     np.testing.assert_array_equal(x, x0)
     assert int(k) == 0 and int(evals) == 6  # the start, then 5 rejected trials
+
+
+def _flow_problem(batch, width, depth, d, seed):
+  """A :class:`~scl.models.flow.VelocityMLP` with perturbed parameters (biases non-zero) and a minibatch."""
+  net = flow.VelocityMLP(width=width, depth=depth, out_dim=d)
+  k = jax.random.split(jax.random.key(seed), 5)
+  params = net.init(k[0], jnp.zeros((1, d)), jnp.zeros((1,)))
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(k[1], len(leaves))
+  params = jax.tree_util.tree_unflatten(tree, [a + 0.3 * jax.random.normal(e, a.shape) for a, e in zip(leaves, keys)])
+  z1 = 2.0 * jax.random.normal(k[2], (batch, d))
+  z0 = jax.random.normal(k[3], (batch, d))
+  t = jax.random.uniform(k[4], (batch,))
+  return net, params, z1, z0, t
+
+
+def _flow_float64_grad(net, params, z1, z0, t):
+  """``jax.grad`` in float64 of the flow's training loss through the flax module (shares no code with the kernel)."""
+  with jax.enable_x64():
+    p64, z1, z0, t = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), (params, z1, z0, t))
+
+    def loss(p):
+      zt = (1.0 - t)[:, None] * z0 + t[:, None] * z1
+      v = net.apply(p, zt, t)
+      return jnp.mean(jnp.sum(jnp.square(v - (z1 - z0)), axis=-1))
+
+    return jax.tree_util.tree_map(np.asarray, jax.grad(loss)(p64))
+
+
+@pytest.mark.parametrize("batch,width,depth,d", [(1, 16, 1, 1), (37, 32, 2, 3), (1000, 128, 3, 2), (161, 48, 1, 4),
+                                                 (300, 64, 4, 2)])
+def test_flow_gradient_matches_float64_autodiff(batch, width, depth, d):
+  """Sizes cross the kernel's 6-row tiles, 32-row chunks and 128-row groups; every parameter is compared."""
+  assert _native.supports_flow(width, d, depth)
+  net, params, z1, z0, t = _flow_problem(batch, width, depth, d, seed=batch + width)
+  got = jax.jit(functools.partial(flow._native_grad, depth=depth))(params, z1, z0, t)
+  want = _flow_float64_grad(net, params, z1, z0, t)
+  assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+  for path, g in jax.tree_util.tree_leaves_with_path(got):
+    w = want
+    for key in path:
+      w = w[key.key]
+    np.testing.assert_allclose(np.asarray(g), w, rtol=1e-4, atol=1e-5 * max(1.0, float(np.max(np.abs(w)))),
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def _flow_fit_text(**kwargs):
+  model = flow.make_flow(train_steps=4, init_steps=4, batch_size=64, **kwargs)
+  x = jax.random.normal(jax.random.key(0), (200,) + kwargs.get("event_shape", (2,)))
+  w = jnp.ones((200,)) / 200
+  return jax.jit(model.init).lower(jax.random.key(1), x, w).as_text()
+
+
+def test_the_flow_fit_uses_its_kernel_exactly_where_it_applies():
+  assert "scl_flow_mlp_grad" in _flow_fit_text(width=32, depth=2)
+  assert "scl_flow_mlp_grad" in _flow_fit_text(width=32, depth=2, event_shape=(2, 2))  # d = 4, flattened
+  assert "scl_flow_mlp_grad" not in _flow_fit_text(width=24, depth=2)  # width not a multiple of 16
+  assert "scl_flow_mlp_grad" not in _flow_fit_text(width=32, depth=2, event_shape=(5,))  # more than 4 outputs
+  assert "scl_flow_mlp_grad" not in _flow_fit_text(width=32, depth=0)  # no residual block
+
+
+def test_the_flow_fit_on_the_kernel_follows_the_jnp_path(monkeypatch):
+  """Whole fits (warm-up, 60 Adam steps, vmapped over two learning rates) on either path end within float
+  rounding of each other, so the kernel's gradient is wired into the right parameters."""
+  model = flow.make_flow(train_steps=60, init_steps=20, width=32, depth=2, batch_size=100)
+  x = jax.random.normal(jax.random.key(0), (500, 2)) * jnp.array([2.0, 0.5])
+  w = jnp.ones((500,)) / 500
+  hyper = Hyper.defaults().arrays()
+  hypers = jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), hyper).replace(lr=jnp.array([1e-3, 3e-3]))
+
+  def fits():
+    params = model.init(jax.random.key(1), x, w)
+    return jax.vmap(lambda h: model.fit(params, jax.random.key(2), x, w, h))(hypers)
+
+  native = jax.jit(fits)()
+  assert "scl_flow_mlp_grad" in jax.jit(fits).lower().as_text()
+  monkeypatch.setattr(_native, "supports_flow", lambda *a: False)
+  plain = jax.jit(fits)()
+  for a, b in zip(jax.tree_util.tree_leaves(native), jax.tree_util.tree_leaves(plain)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4)
