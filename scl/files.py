@@ -6,9 +6,32 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from typing import Any, Iterator, Mapping
 
 import numpy as np
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+  """The process's umask, read without changing it where Linux reports it (``/proc/self/status``, since 4.7).
+
+  Elsewhere it is read by setting ``0o077`` and restoring it, under a lock: a file another thread creates in that
+  instant gets the stricter mode, never a wider one.
+  """
+  try:
+    with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  with _UMASK_LOCK:
+    mask = os.umask(0o077)
+    os.umask(mask)
+  return mask
 
 
 @contextlib.contextmanager
@@ -21,9 +44,7 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[Any]:
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
   try:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~current_umask())
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()

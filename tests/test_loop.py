@@ -211,3 +211,24 @@ def test_result_files_get_the_permissions_open_gives(tmp_path):
   files.write_json(str(tmp_path / "atomic.json"), {"a": 1})
   assert os.stat(tmp_path / "atomic.json").st_mode & 0o777 == os.stat(tmp_path / "plain.txt").st_mode & 0o777
   assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("proc", [True, False])
+def test_the_umask_is_read_without_being_widened(monkeypatch, proc):
+  """``files.current_umask`` returns the umask set, whether read from ``/proc/self/status`` or (where that is
+  missing) by setting and restoring it, and leaves it as it was."""
+  if not proc:
+    real_open = open
+
+    def no_proc(path, *args, **kwargs):
+      if str(path).startswith("/proc/"):
+        raise FileNotFoundError(path)
+      return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+  before = os.umask(0o027)
+  try:
+    assert files.current_umask() == 0o027
+    assert os.umask(0o027) == 0o027  # unchanged by the read
+  finally:
+    os.umask(before)
