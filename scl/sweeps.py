@@ -209,10 +209,12 @@ def _spec(inputs: Mapping[str, np.ndarray], shared) -> tuple:
 
 
 def _execute(point: Callable, inputs: dict[str, np.ndarray], shared, devices, max_chunk, memory_budget,
-             batch_size, on_chunk: Callable | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+             batch_size, on_chunk: Callable | None = None,
+             keep_outputs: bool = True) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
   """Run ``point`` on every row of ``inputs`` (name -> ``[N, ...]``); returns (outputs ``[N, ...]``, info).
 
-  ``on_chunk(rows, outputs)`` is called after each chunk with the indices of its rows and their outputs."""
+  ``on_chunk(rows, outputs)`` is called after each chunk with the indices of its rows and their outputs. With
+  ``keep_outputs=False`` (``on_chunk`` keeps them) the chunks' outputs are not gathered and None is returned."""
   devices = list(jax.devices() if devices is None else devices)
   n_dev, n = len(devices), len(next(iter(inputs.values())))
   if isinstance(batch_size, str) and batch_size == "auto":
@@ -264,7 +266,9 @@ def _execute(point: Callable, inputs: dict[str, np.ndarray], shared, devices, ma
     if on_chunk is not None:
       rows = np.arange(c * chunk, min((c + 1) * chunk, n))
       on_chunk(rows, {k: v[:len(rows)] for k, v in pieces[-1].items()})
-  outputs = {k: np.concatenate([p[k] for p in pieces], 0)[:n] for k in pieces[0]}
+    if not keep_outputs:
+      pieces.clear()
+  outputs = {k: np.concatenate([p[k] for p in pieces], 0)[:n] for k in pieces[0]} if keep_outputs else None
   info = dict(devices=n_dev, points=n, chunk=chunk, chunks=n_chunks, batch_size=batch, bytes_per_device=used)
   return outputs, info
 
@@ -371,7 +375,7 @@ def sweep(cfg: config_lib.Config, *, seeds: int | Iterable[int] = (0,), keep_sam
   try:
     if len(todo):
       outputs, info = _execute(point, {k: v[todo] for k, v in inputs.items()}, data, devices, max_chunk,
-                               memory_budget, batch_size, on_chunk)
+                               memory_budget, batch_size, on_chunk, keep_outputs=store is None)
   finally:
     if bar is not None:
       bar.close()
