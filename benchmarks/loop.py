@@ -21,9 +21,10 @@ kernels, split over both threads, slow down with it where the large product does
 FLOPs: XLA's ``compiled.cost_analysis()["flops"]`` counts the body of a ``while`` loop (a ``lax.scan``)
 once, not times its trip count, so the FLOPs of a whole fit/sample are taken as those of the same program
 compiled with one training step (resp. one midpoint step = 2 NFE) times the number of steps. Where the fit's
-gradient runs on scl's fused CPU kernel (``fit.native_kernel``; :func:`scl._native.supports_flow`), a custom
-call whose arithmetic the cost analysis cannot see, its FLOPs are counted on the ``jax.numpy`` path
-(``supports_flow`` patched to False while the counting program is traced), which computes the same products.
+gradient and the draw's velocity run on scl's fused CPU kernels (``native_kernel``;
+:func:`scl._native.supports_flow`), custom calls whose arithmetic the cost analysis cannot see, the FLOPs are
+counted on the ``jax.numpy`` path (``supports_flow`` patched to False while the counting program is traced),
+which computes the same products.
 
 (b) ``loop``: seconds per iteration of the whole jitted loop (``scl.loop.make_run_fn``) at paper scale (50,000
 candidates, 25,000 kept, 10 iterations) for each model family; the per-iteration time is
@@ -98,11 +99,12 @@ def _flops(compiled) -> float:
   return float(ca.get("flops", float("nan")))
 
 
-def fit_step_flops(one_step, params, key, x, w, hyper) -> float:
-  """FLOPs of ``one_step.fit`` (a flow with ``train_steps=1``) as XLA counts them on the ``jax.numpy`` path: the
-  fused gradient kernel, a custom call, is opaque to the cost analysis and does the same products."""
+def jnp_path_flops(fn, *args, static_argnums=()) -> float:
+  """FLOPs of ``jax.jit(fn)(*args)`` as XLA counts them on the ``jax.numpy`` path: the flow's fused kernels (its
+  training gradient and its velocity) are custom calls, opaque to the cost analysis, that do the same products.
+  ``fn`` must be one jit has not traced before (a new model's), or it reuses that trace."""
   with mock.patch.object(_native, "supports_flow", lambda *a: False):
-    return _flops(jax.jit(one_step.fit).lower(params, key, x, w, hyper).compile())
+    return _flops(jax.jit(fn, static_argnums=static_argnums).lower(*args).compile())
 
 
 def _ring(key, n, radius=2.0, std=0.02, modes=8):
@@ -140,9 +142,8 @@ def equal_work(args) -> dict:
   # chunks' lax.map is a while loop too), times the number of steps.
   one_step = make_flow(train_steps=1, init_steps=1, **kw)
   one_midpoint = make_flow(init_steps=1, **{**kw, "sample_steps": 2, "sample_chunk": n_samples})
-  fit_flops = fit_step_flops(one_step, params, key, x, w, hyper) * args.train_steps
-  sample_flops = _flops(jax.jit(one_midpoint.sample, static_argnums=2).lower(
-      params, key, n_samples).compile()) * (args.nfe / 2)
+  fit_flops = jnp_path_flops(one_step.fit, params, key, x, w, hyper) * args.train_steps
+  sample_flops = jnp_path_flops(one_midpoint.sample, params, key, n_samples, static_argnums=2) * (args.nfe / 2)
 
   peak = peak_gflops()
   return dict(
@@ -156,7 +157,8 @@ def equal_work(args) -> dict:
                gflops_per_second_best=fit_flops / fit_t["seconds_best"] / 1e9,
                fraction_of_peak=fit_flops / fit_med / 1e9 / peak["gflops_per_second"],
                **_against_adjacent_peak(fit_flops, fit_t), ms_per_step=1e3 * fit_med / args.train_steps),
-      sample=dict(compile_seconds=sample_compile, **sample_t, gflop=sample_flops / 1e9,
+      sample=dict(native_kernel=_native.supports_flow(args.width, 2, kw["depth"]), compile_seconds=sample_compile,
+                  **sample_t, gflop=sample_flops / 1e9,
                   gflops_per_second=sample_flops / sample_med / 1e9,
                   gflops_per_second_best=sample_flops / sample_t["seconds_best"] / 1e9,
                   fraction_of_peak=sample_flops / sample_med / 1e9 / peak["gflops_per_second"],

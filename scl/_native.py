@@ -1,5 +1,5 @@
 """scl's native CPU kernels: the Bradley–Terry loss and gradient of a one-hidden-layer SiLU reward, fused, the
-bookkeeping of one L-BFGS iteration, and the flow model's training gradient.
+bookkeeping of one L-BFGS iteration, and the flow model's training gradient and velocity.
 
 ``scl/csrc/bt_mlp1.cc`` holds XLA FFI custom calls (``jax.ffi``): one pass over the pairs that computes the summed
 loss and its gradient, where XLA runs the same arithmetic as about eight kernels over ``[2n, H]`` arrays; for pairs
@@ -9,7 +9,8 @@ after the objective's evaluation (the trial's acceptance, the curvature pair, th
 runs as about fifty small kernels. ``scl/csrc/flow_mlp.cc`` holds the loss of :mod:`scl.models.flow`'s residual
 SiLU velocity MLP and its gradient in every parameter, one pass over the minibatch in chunks of rows that stay in
 the core's cache, where XLA runs a training step as about thirty kernels, each split over the threads: on a
-virtual machine whose two vCPUs do not share a cache, every hand-off between them costs, and the step with it.
+virtual machine whose two vCPUs do not share a cache, every hand-off between them costs, and the step with it;
+and the velocity alone at one time, for the sampler's network evaluations, with the activations kept in cache.
 All are compiled on first use with the machine's C++ compiler (``$CXX``, else ``g++``, ``-O3 -march=native``; a
 few seconds) into one library in a cache directory (``$SCL_NATIVE_CACHE``, else ``~/.cache/scl/native``), keyed by
 the sources, the compiler, the flags, jaxlib's version and the CPU, and written atomically (concurrent processes
@@ -23,7 +24,8 @@ differentiable, jittable, and (one member at a time) vmappable. The Hessian of t
 pass over the pairs, or two over a pool's samples) serves the attack's conjugate-gradient solves directly
 (:func:`scl.reward_model.bt_hvp`) and has no derivative rules: nothing differentiates or transposes it. The
 L-BFGS step is not differentiated (the solver's derivatives are implicit) and takes a batch of independent
-problems at once under ``vmap``. The flow's gradient serves its optimiser steps only and has no derivative rules.
+problems at once under ``vmap``. The flow's kernels serve its optimiser steps and its sampler only and have no
+derivative rules.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ _HEADERS = (os.path.join(_CSRC, "simd.h"),)
 _TARGETS = {"scl_bt_mlp1": "SclBtMlp1", "scl_mlp1_values": "SclMlp1Values", "scl_mlp1_pullback": "SclMlp1PullBack",
             "scl_bt_mlp1_hvp": "SclBtMlp1Hvp", "scl_mlp1_tangents": "SclMlp1Tangents",
             "scl_mlp1_pullback_tangent": "SclMlp1PullBackTangent", "scl_lbfgs_step": "SclLbfgsStep",
-            "scl_flow_mlp_grad": "SclFlowMlpGrad"}
+            "scl_flow_mlp_grad": "SclFlowMlpGrad", "scl_flow_mlp_forward": "SclFlowMlpForward"}
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
 #: Widest input the kernel takes (``d`` features) and the multiple its hidden width must be.
 MAX_FEATURES, WIDTH_MULTIPLE = 4, 8
@@ -218,6 +220,15 @@ def flow_mlp_loss_and_grad(x, u, w0, b0, k, b, wo, bo):
   call = jax.ffi.ffi_call("scl_flow_mlp_grad", out, vmap_method="sequential")
   loss, *grads = call(x, u, w0, b0, k, jnp.swapaxes(k, 1, 2), b, wo, wo.T, bo)
   return loss, tuple(grads)
+
+
+def flow_mlp_forward(z, w0, b0, k, b, wo, bo):
+  """The residual SiLU MLP's output ``v [n, d]`` on rows ``z [n, d]`` (:func:`flow_mlp_loss_and_grad`'s network,
+  with the time features folded into the input layer's bias ``b0 [W]``), by one pass over the rows. Shapes: ``w0
+  [d, W]``, ``k [L, W, W]``, ``b [L, W]``, ``wo [W, d]``, ``bo [d]``; float32. No derivative rules."""
+  call = jax.ffi.ffi_call("scl_flow_mlp_forward", jax.ShapeDtypeStruct(z.shape, jnp.float32),
+                          vmap_method="sequential")
+  return call(z, w0, b0, k, b, wo.T, bo)
 
 
 #: Indices into the L-BFGS state's integer vector (``scl/csrc/lbfgs.cc``, ``enum IntState``): iterations,

@@ -89,22 +89,28 @@ def test_core_roundtrip_measures_two_cpus_and_leaves_the_affinity_alone(monkeypa
   assert _machine.core_roundtrip_ns() is None
 
 
-def test_the_fits_flops_count_the_gradients_products_whatever_path_runs_it():
-  """A training step's FLOPs (``loop.fit_step_flops``) are at least the closed form of its matrix products,
-  forward and backward, ``6 B (D0 W + L W² + W d)``, and at most 1.5× it, though the flow's gradient may run on the
-  native kernel, whose custom call XLA's cost analysis cannot see into."""
+def test_the_flows_flops_count_its_products_whatever_path_runs_them():
+  """A training step's and a midpoint step's FLOPs (``loop.jnp_path_flops``) are at least the closed form of their
+  matrix products, ``6 B (D0 W + L W² + W d)`` forward and backward for a step, ``2 · 2 n (d W + L W² + W d)`` for
+  two evaluations, and at most 1.5× it, though the flow's gradient and velocity may run on native kernels, whose
+  custom calls XLA's cost analysis cannot see into."""
   import jax
   import jax.numpy as jnp
 
   from scl.hyper import Hyper
   from scl.models.flow import N_FREQ, make_flow
 
-  batch, width, depth, d = 256, 64, 2, 2
-  one_step = make_flow(train_steps=1, init_steps=1, width=width, depth=depth, batch_size=batch)
+  batch, width, depth, d, n = 256, 64, 2, 2, 300
+  kw = dict(init_steps=1, width=width, depth=depth, batch_size=batch)
+  one_step = make_flow(train_steps=1, **kw)
+  one_midpoint = make_flow(sample_steps=2, sample_chunk=n, **kw)
   x = jax.random.normal(jax.random.key(0), (500, d))
   w = jnp.full((500,), 1 / 500)
   key = jax.random.key(1)
   params = one_step.init(key, x, w)
-  flops = loop.fit_step_flops(one_step, params, key, x, w, Hyper.defaults().arrays())
+  fit = loop.jnp_path_flops(one_step.fit, params, key, x, w, Hyper.defaults().arrays())
   products = 6 * batch * ((d + 2 * N_FREQ + 1) * width + depth * width * width + width * d)
-  assert products <= flops <= 1.5 * products
+  assert products <= fit <= 1.5 * products
+  draw = loop.jnp_path_flops(one_midpoint.sample, params, key, n, static_argnums=2)
+  products = 2 * 2 * n * (d * width + depth * width * width + width * d)
+  assert products <= draw <= 1.5 * products

@@ -496,25 +496,49 @@ def test_the_flow_fit_uses_its_kernel_exactly_where_it_applies():
   assert "scl_flow_mlp_grad" not in _flow_fit_text(width=32, depth=0)  # no residual block
 
 
-def test_the_flow_fit_on_the_kernel_follows_the_jnp_path(monkeypatch):
-  """Whole fits (warm-up, 60 Adam steps, vmapped over two learning rates) on either path end within float
-  rounding of each other, so the kernel's gradient is wired into the right parameters."""
-  model = flow.make_flow(train_steps=60, init_steps=20, width=32, depth=2, batch_size=100)
+def _flow_runs(monkeypatch, native: bool):
+  """Init, a fit vmapped over two learning rates and a draw of 300 samples, compiled afresh (a new model: jit
+  reuses the trace of a function it has seen) with the native kernels on or off; and the compiled text."""
+  model = flow.make_flow(train_steps=60, init_steps=20, width=32, depth=2, batch_size=100, sample_steps=8)
   x = jax.random.normal(jax.random.key(0), (500, 2)) * jnp.array([2.0, 0.5])
   w = jnp.ones((500,)) / 500
   hyper = Hyper.defaults().arrays()
   hypers = jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), hyper).replace(lr=jnp.array([1e-3, 3e-3]))
 
-  def fits():
+  def runs():
     params = model.init(jax.random.key(1), x, w)
-    return jax.vmap(lambda h: model.fit(params, jax.random.key(2), x, w, h))(hypers)
+    fitted = jax.vmap(lambda h: model.fit(params, jax.random.key(2), x, w, h))(hypers)
+    return fitted, model.sample(params, jax.random.key(3), 300)
 
-  native = jax.jit(fits)()
-  assert "scl_flow_mlp_grad" in jax.jit(fits).lower().as_text()
-  monkeypatch.setattr(_native, "supports_flow", lambda *a: False)
-  plain = jax.jit(fits)()
+  with monkeypatch.context() as m:
+    if not native:
+      m.setattr(_native, "supports_flow", lambda *a: False)
+    compiled = jax.jit(runs).lower().compile()
+  return compiled(), compiled.as_text()
+
+
+def test_the_flow_on_the_kernels_follows_the_jnp_path(monkeypatch):
+  """Whole fits (warm-up, 60 Adam steps, vmapped over two learning rates) and draws on either path end within
+  float rounding of each other, so the kernels' gradient and velocity are wired into the right parameters."""
+  native, native_text = _flow_runs(monkeypatch, True)
+  plain, plain_text = _flow_runs(monkeypatch, False)
+  assert "scl_flow_mlp_grad" in native_text and "scl_flow_mlp_forward" in native_text
+  assert "scl_flow_mlp" not in plain_text
   for a, b in zip(jax.tree_util.tree_leaves(native), jax.tree_util.tree_leaves(plain)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,width,depth,d", [(1, 16, 1, 1), (37, 32, 2, 3), (1000, 128, 3, 2), (300, 48, 4, 4)])
+def test_flow_velocity_matches_float64_flax(n, width, depth, d):
+  """The fused velocity at one time t against the flax module in float64; sizes cross the 6-row tiles, 32-row
+  chunks and 256-row units."""
+  net, params, z, _, _ = _flow_problem(n, width, depth, d, seed=n + 3 * width)
+  for t in (0.0, 0.37, 1.0):
+    got = jax.jit(functools.partial(flow._native_velocity, depth=depth))(params, z, jnp.float32(t))
+    with jax.enable_x64():
+      p64, z64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), (params, z))
+      want = np.asarray(net.apply(p64, z64, np.float64(t)))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.max(np.abs(want)))))
 
 
 def test_flow_gradient_is_the_same_on_every_call():

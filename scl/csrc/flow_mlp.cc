@@ -1,8 +1,10 @@
-// The flow model's training gradient as one XLA FFI custom call for the CPU (scl/_native.py builds, loads and
-// registers it; scl/models/flow.py calls it in every training step of the residual SiLU velocity MLP).
+// The flow model's training gradient and its velocity as XLA FFI custom calls for the CPU (scl/_native.py builds,
+// loads and registers them; scl/models/flow.py calls the first in every training step of the residual SiLU
+// velocity MLP and the second in every network evaluation of its sampler).
 //
-//   SclFlowMlpGrad   rows X [B, D0] (the point on the path and its time features) and targets U [B, d]:
-//                    the loss mean_b |v(X_b) - U_b|^2 and its gradient in every parameter of v
+//   SclFlowMlpGrad     rows X [B, D0] (the point on the path and its time features) and targets U [B, d]:
+//                      the loss mean_b |v(X_b) - U_b|^2 and its gradient in every parameter of v
+//   SclFlowMlpForward  rows Z [n, d] at one time t: the velocity v(Z) [n, d] (the sampler's network evaluations)
 //
 // with v(X) = h_L Wo + bo, h_0 = silu(a_0), a_0 = X W0 + b0, h_{l+1} = h_l + silu(a_{l+1}), a_{l+1} = h_l K_l + b_l.
 // The backward pass: gv = 2 (v - U) / B, dWo = h_L^T gv, dbo = sum gv, gh = gv Wo^T; for l = L-1, ..., 0:
@@ -279,6 +281,70 @@ ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::
   return ffi::Error::Success();
 }
 
+// The velocity alone, v(Z) for Z [n, d] at one time t, whose time features the caller has folded into the input
+// layer's bias (b0 + features(t) W_t): rows in units of kForwardRows, each walked in chunks of kChunkRows whose
+// activations stay in L1/L2, on the pool's threads; each row's arithmetic does not depend on the threads.
+constexpr int64_t kForwardRows = 256;
+
+void ForwardRows(const Args& A, int64_t r0, int64_t m, float* V, float* scratch) {
+  const int64_t W = A.W, L = A.L, d = A.d, slab = kChunkRows * W;
+  float *h = scratch, *g = scratch + slab;
+  const float* X = A.X + r0 * A.D0;
+  Gemm<false>(m, W, A.D0, X, A.D0, 1, A.W0, W, h, W);
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t v = 0; v < W; v += kW) {
+      const vf a = load(h + r * W + v) + load(A.b0 + v);
+      store(h + r * W + v, a / (1.0f + vexp(-a)));
+    }
+  for (int64_t l = 0; l < L; ++l) {
+    Gemm<false>(m, W, W, h, W, 1, A.K + l * W * W, W, g, W);
+    const float* bias = A.b + l * W;
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t v = 0; v < W; v += kW) {
+        const vf a = load(g + r * W + v) + load(bias + v);
+        store(h + r * W + v, load(h + r * W + v) + a / (1.0f + vexp(-a)));
+      }
+  }
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < d; ++j) {
+      vf acc{};
+      for (int64_t v = 0; v < W; v += kW) acc = fmadd(load(h + r * W + v), load(A.WoT + j * W + v), acc);
+      V[(r0 + r) * d + j] = hsum(acc) + A.bo[j];
+    }
+}
+
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> w0,
+                       ffi::Buffer<ffi::F32> b0, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> b,
+                       ffi::Buffer<ffi::F32> wot, ffi::Buffer<ffi::F32> bo, ffi::ResultBuffer<ffi::F32> v) {
+  if (z.dimensions().size() != 2 || w0.dimensions().size() != 2 || k.dimensions().size() != 3 ||
+      wot.dimensions().size() != 2)
+    return ffi::Error::InvalidArgument("scl_flow_mlp_forward: Z, W0, Wo^T must be 2-D and K 3-D");
+  Args A{};
+  A.B = z.dimensions()[0];
+  A.D0 = z.dimensions()[1];
+  A.W = w0.dimensions()[1];
+  A.L = k.dimensions()[0];
+  A.d = wot.dimensions()[0];
+  if (A.W % kCols != 0 || A.d < 1 || A.d > kMaxOut || w0.dimensions()[0] != A.D0 || b0.element_count() != A.W ||
+      k.element_count() != A.L * A.W * A.W || b.element_count() != A.L * A.W || wot.dimensions()[1] != A.W ||
+      bo.element_count() != A.d || v->element_count() != A.B * A.d)
+    return ffi::Error::InvalidArgument("scl_flow_mlp_forward: inconsistent shapes");
+  A.X = z.typed_data();
+  A.W0 = w0.typed_data();
+  A.b0 = b0.typed_data();
+  A.K = k.typed_data();
+  A.b = b.typed_data();
+  A.WoT = wot.typed_data();
+  A.bo = bo.typed_data();
+  float* V = v->typed_data();
+  const int64_t units = (A.B + kForwardRows - 1) / kForwardRows;
+  ParallelChunks(pool, units, 2 * kChunkRows * A.W, [A, V](int64_t u, float* scratch) {
+    for (int64_t r0 = u * kForwardRows, end = std::min(A.B, r0 + kForwardRows); r0 < end; r0 += kChunkRows)
+      ForwardRows(A, r0, std::min(kChunkRows, end - r0), V, scratch);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SclFlowMlpGrad, Impl,
@@ -301,3 +367,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SclFlowMlpGrad, Impl,
                                   .Ret<ffi::Buffer<ffi::F32>>()    // db
                                   .Ret<ffi::Buffer<ffi::F32>>()    // dWo
                                   .Ret<ffi::Buffer<ffi::F32>>());  // dbo
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SclFlowMlpForward, ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()    // Z [n, d]
+                                  .Arg<ffi::Buffer<ffi::F32>>()    // W0 [d, W] (the input layer on z)
+                                  .Arg<ffi::Buffer<ffi::F32>>()    // b0 + features(t) W_t [W]
+                                  .Arg<ffi::Buffer<ffi::F32>>()    // K [L, W, W]
+                                  .Arg<ffi::Buffer<ffi::F32>>()    // b [L, W]
+                                  .Arg<ffi::Buffer<ffi::F32>>()    // Wo^T [d, W]
+                                  .Arg<ffi::Buffer<ffi::F32>>()    // bo [d]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // V [n, d]

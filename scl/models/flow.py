@@ -9,8 +9,9 @@ regressed onto it (Lipman et al. 2023, "Flow matching for generative modelling")
 and samples are drawn by integrating ``dx/dt = v_θ(x, t)`` from ``t = 0`` to ``t = 1``. The velocity field
 is a residual MLP on flattened samples (:class:`VelocityMLP`, ``velocity="mlp"``) or, for images, a small
 convolutional U-Net (:class:`scl.models.unet.VelocityUNet`, ``velocity="unet"``). On the CPU, the MLP's training
-gradient runs as one fused native call where it applies (:func:`scl._native.supports_flow`: width a multiple of
-16, at most 4 outputs), the same values as ``jax.grad`` to float rounding.
+gradient and the sampler's evaluations of it run as fused native calls where they apply
+(:func:`scl._native.supports_flow`: width a multiple of 16, at most 4 outputs), the same values as ``jax.grad``
+and ``apply`` to float rounding.
 
 Everything lives in a standardised space ``z = (x - loc) / scale``; ``loc`` and ``scale`` are the weighted
 per-coordinate mean and standard deviation of the data given to :func:`init` (that of ``p_0``), kept in the
@@ -144,6 +145,16 @@ def _native_grad(p, z1: Array, z0: Array, t: Array, *, depth: int):
   grads = {"in_x": {"kernel": g0[:d], "bias": gb0}, "in_t": {"kernel": g0[d:]}, "out": {"kernel": go, "bias": gbo}}
   grads.update({f"block_{i}": {"kernel": gk[i], "bias": gb[i]} for i in range(depth)})
   return {"params": grads}
+
+
+def _native_velocity(p, z: Array, t: Array, *, depth: int) -> Array:
+  """:class:`VelocityMLP`'s output on ``z [m, d]`` at one time ``t []`` by the fused CPU kernel
+  (:func:`scl._native.flow_mlp_forward`): the time features enter as part of the input layer's bias."""
+  q = p["params"]
+  bias = q["in_x"]["bias"] + time_features(t) @ q["in_t"]["kernel"]
+  blocks = [q[f"block_{i}"] for i in range(depth)]
+  return _native.flow_mlp_forward(z, q["in_x"]["kernel"], bias, jnp.stack([blk["kernel"] for blk in blocks]),
+                                  jnp.stack([blk["bias"] for blk in blocks]), q["out"]["kernel"], q["out"]["bias"])
 
 
 #: Random numbers (floats) drawn at once for a block of training steps (16 MiB), at most DRAW_BLOCK_STEPS steps.
@@ -306,13 +317,16 @@ def make_flow(
 
   def integrate(net_params, z: Array) -> Array:
     """Push ``z [m, d]`` at t=0 through the ODE to t=1 with ``sample_steps`` NFE."""
-    velocity = functools.partial(net.apply, net_params)
+    if velocity == "mlp" and _native.supports_flow(width, d, depth):
+      v = functools.partial(_native_velocity, net_params, depth=depth)
+    else:
+      v = functools.partial(net.apply, net_params)
     if solver == "euler":
       h = 1.0 / sample_steps
 
       def euler(z, i):
         t = i.astype(jnp.float32) * h
-        return z + h * velocity(z, t), None
+        return z + h * v(z, t), None
 
       z, _ = jax.lax.scan(euler, z, jnp.arange(sample_steps))
     else:
@@ -320,8 +334,8 @@ def make_flow(
 
       def midpoint(z, i):
         t = i.astype(jnp.float32) * h
-        z_half = z + 0.5 * h * velocity(z, t)
-        return z + h * velocity(z_half, t + 0.5 * h), None
+        z_half = z + 0.5 * h * v(z, t)
+        return z + h * v(z_half, t + 0.5 * h), None
 
       z, _ = jax.lax.scan(midpoint, z, jnp.arange(sample_steps // 2))
     return z
