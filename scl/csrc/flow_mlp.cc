@@ -247,6 +247,17 @@ void Run(ffi::ThreadPool& pool, const Args& A, float* loss, float* gw0, float* g
   std::memcpy(gbo, part + P.bo, sizeof(float) * A.d);
 }
 
+// The weights both calls take (their shapes checked by the caller).
+void SetWeights(Args& A, ffi::Buffer<ffi::F32> w0, ffi::Buffer<ffi::F32> b0, ffi::Buffer<ffi::F32> k,
+                ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi::F32> wot, ffi::Buffer<ffi::F32> bo) {
+  A.W0 = w0.typed_data();
+  A.b0 = b0.typed_data();
+  A.K = k.typed_data();
+  A.b = b.typed_data();
+  A.WoT = wot.typed_data();
+  A.bo = bo.typed_data();
+}
+
 ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> u, ffi::Buffer<ffi::F32> w0,
                 ffi::Buffer<ffi::F32> b0, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> kt, ffi::Buffer<ffi::F32> b,
                 ffi::Buffer<ffi::F32> wo, ffi::Buffer<ffi::F32> wot, ffi::Buffer<ffi::F32> bo,
@@ -267,15 +278,10 @@ ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::
       b.element_count() != A.L * A.W || wo.dimensions()[0] != A.W || wot.element_count() != wo.element_count() ||
       bo.element_count() != A.d || u.element_count() != A.B * A.d)
     return ffi::Error::InvalidArgument("scl_flow_mlp_grad: inconsistent shapes");
+  SetWeights(A, w0, b0, k, b, wot, bo);
   A.X = x.typed_data();
   A.U = u.typed_data();
-  A.W0 = w0.typed_data();
-  A.b0 = b0.typed_data();
-  A.K = k.typed_data();
-  A.b = b.typed_data();
-  A.bo = bo.typed_data();
   A.KT = kt.typed_data();
-  A.WoT = wot.typed_data();
   Run(pool, A, loss->typed_data(), gw0->typed_data(), gb0->typed_data(), gk->typed_data(), gb->typed_data(),
       gwo->typed_data(), gbo->typed_data());
   return ffi::Error::Success();
@@ -329,13 +335,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffe
       k.element_count() != A.L * A.W * A.W || b.element_count() != A.L * A.W || wot.dimensions()[1] != A.W ||
       bo.element_count() != A.d || v->element_count() != A.B * A.d)
     return ffi::Error::InvalidArgument("scl_flow_mlp_forward: inconsistent shapes");
+  SetWeights(A, w0, b0, k, b, wot, bo);
   A.X = z.typed_data();
-  A.W0 = w0.typed_data();
-  A.b0 = b0.typed_data();
-  A.K = k.typed_data();
-  A.b = b.typed_data();
-  A.WoT = wot.typed_data();
-  A.bo = bo.typed_data();
   float* V = v->typed_data();
   const int64_t units = (A.B + kForwardRows - 1) / kForwardRows;
   ParallelChunks(pool, units, 2 * kChunkRows * A.W, [A, V](int64_t u, float* scratch) {
