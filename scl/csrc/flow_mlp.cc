@@ -292,24 +292,24 @@ ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::
 // activations stay in L1/L2, on the pool's threads; each row's arithmetic does not depend on the threads.
 constexpr int64_t kForwardRows = 256;
 
+// h = (h if residual) + silu(a + bias) over rows x W: Activate without the derivative, for the velocity alone.
+void AddSilu(int64_t rows, int64_t W, const float* bias, const float* a, float* h, bool residual) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t v = 0; v < W; v += kW) {
+      const vf x = load(a + r * W + v) + load(bias + v);
+      const vf y = x / (1.0f + vexp(-x));
+      store(h + r * W + v, residual ? load(h + r * W + v) + y : y);
+    }
+}
+
 void ForwardRows(const Args& A, int64_t r0, int64_t m, float* V, float* scratch) {
   const int64_t W = A.W, L = A.L, d = A.d, slab = kChunkRows * W;
   float *h = scratch, *g = scratch + slab;
-  const float* X = A.X + r0 * A.D0;
-  Gemm<false>(m, W, A.D0, X, A.D0, 1, A.W0, W, h, W);
-  for (int64_t r = 0; r < m; ++r)
-    for (int64_t v = 0; v < W; v += kW) {
-      const vf a = load(h + r * W + v) + load(A.b0 + v);
-      store(h + r * W + v, a / (1.0f + vexp(-a)));
-    }
+  Gemm<false>(m, W, A.D0, A.X + r0 * A.D0, A.D0, 1, A.W0, W, g, W);
+  AddSilu(m, W, A.b0, g, h, false);
   for (int64_t l = 0; l < L; ++l) {
     Gemm<false>(m, W, W, h, W, 1, A.K + l * W * W, W, g, W);
-    const float* bias = A.b + l * W;
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t v = 0; v < W; v += kW) {
-        const vf a = load(g + r * W + v) + load(bias + v);
-        store(h + r * W + v, load(h + r * W + v) + a / (1.0f + vexp(-a)));
-      }
+    AddSilu(m, W, A.b + l * W, g, h, true);
   }
   for (int64_t r = 0; r < m; ++r)
     for (int64_t j = 0; j < d; ++j) {
