@@ -146,19 +146,18 @@ def equal_work(args) -> dict:
   sample_flops = jnp_path_flops(one_midpoint.sample, params, key, n_samples, static_argnums=2) * (args.nfe / 2)
 
   peak = peak_gflops()
+  native = _native.supports_flow(args.width, 2, kw["depth"])
   return dict(
       size=dict(width=args.width, depth=3, train_steps=args.train_steps, batch_size=args.batch_size,
                 n_data=n_data, n_samples=n_samples, nfe=args.nfe, solver="midpoint", dtype="float32"),
       peak=peak,
       init=dict(steps=args.init_steps, compile_seconds=init_compile, seconds=init_seconds),
-      fit=dict(native_kernel=_native.supports_flow(args.width, 2, kw["depth"]), compile_seconds=fit_compile, **fit_t,
-               gflop=fit_flops / 1e9,
+      fit=dict(native_kernel=native, compile_seconds=fit_compile, **fit_t, gflop=fit_flops / 1e9,
                gflops_per_second=fit_flops / fit_med / 1e9,
                gflops_per_second_best=fit_flops / fit_t["seconds_best"] / 1e9,
                fraction_of_peak=fit_flops / fit_med / 1e9 / peak["gflops_per_second"],
                **_against_adjacent_peak(fit_flops, fit_t), ms_per_step=1e3 * fit_med / args.train_steps),
-      sample=dict(native_kernel=_native.supports_flow(args.width, 2, kw["depth"]), compile_seconds=sample_compile,
-                  **sample_t, gflop=sample_flops / 1e9,
+      sample=dict(native_kernel=native, compile_seconds=sample_compile, **sample_t, gflop=sample_flops / 1e9,
                   gflops_per_second=sample_flops / sample_med / 1e9,
                   gflops_per_second_best=sample_flops / sample_t["seconds_best"] / 1e9,
                   fraction_of_peak=sample_flops / sample_med / 1e9 / peak["gflops_per_second"],

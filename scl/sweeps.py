@@ -260,14 +260,14 @@ def _execute(point: Callable, inputs: dict[str, np.ndarray], shared, devices, ma
     out = compiled(args, shared)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
-      pieces.append(multihost_utils.process_allgather(out, tiled=True))
+      out = multihost_utils.process_allgather(out, tiled=True)
     else:
-      pieces.append(jax.device_get(out))
+      out = jax.device_get(out)
     if on_chunk is not None:
       rows = np.arange(c * chunk, min((c + 1) * chunk, n))
-      on_chunk(rows, {k: v[:len(rows)] for k, v in pieces[-1].items()})
-    if not keep_outputs:
-      pieces.clear()
+      on_chunk(rows, {k: v[:len(rows)] for k, v in out.items()})
+    if keep_outputs:
+      pieces.append(out)
   outputs = {k: np.concatenate([p[k] for p in pieces], 0)[:n] for k in pieces[0]} if keep_outputs else None
   info = dict(devices=n_dev, points=n, chunk=chunk, chunks=n_chunks, batch_size=batch, bytes_per_device=used)
   return outputs, info
