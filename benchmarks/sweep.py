@@ -13,9 +13,13 @@ it, less sensitive to other jobs on a shared machine; ``load_average`` before an
                             and for ``batch_size=None`` (the whole shard in one vmap, the old behaviour);
   ``sweep[<batch>].warm``   a second ``sweep`` with other values of the same shape (cached program), best of
                             ``--repeats``;
-and the speed-ups over sequential (> 1: the sweep is faster). ``devices``: where more than one device exists,
-the warm sweep on 1 device against all of them, per batch size; on a CPU-only machine this runs in a
-subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` (each core a device).
+and the speed-ups over sequential (> 1: the sweep is faster). ``workdir``: the warm default sweep again with a
+``workdir`` (each repeat a fresh one: every point saved, in about 8 chunks on CPU) against the same sweep without;
+``store``: the point store alone (:class:`scl.checkpoint.PointStore`), saving 256 one-point chunks of 40 kB
+outputs (the first and the second half timed apart) and reading them back, the worst case of ``max_chunk=1``.
+``devices``: where more than one device exists, the warm sweep on 1 device against all of them, per batch size;
+on a CPU-only machine this runs in a subprocess with
+``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` (each core a device).
 
     python benchmarks/sweep.py [--quick] [--model gmm] [--skip_devices]
 """
@@ -25,8 +29,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Run from a checkout.
@@ -35,6 +41,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import scl  # noqa: E402
+from scl import checkpoint  # noqa: E402
 from scl import sweeps  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +71,49 @@ def best(fn, repeats: int) -> tuple[float, float]:
   """(wall, cpu) seconds of the fastest of ``repeats`` calls."""
   runs = [timed(fn)[:2] for _ in range(repeats)]
   return min(runs)
+
+
+def workdir_cost(cfg, repeats: int) -> dict:
+  """The warm default sweep with a fresh workdir each time (every point saved) against the same without."""
+  root = tempfile.mkdtemp(prefix="scl-bench-sweep-")
+  try:
+    fresh = iter(range(1_000_000))
+    sweep = lambda **kw: sweeps.sweep(cfg, seeds=SEEDS_WARM, **GRID_WARM, **kw)
+    with_store = lambda: sweep(workdir=os.path.join(root, str(next(fresh))))
+    grid = with_store()  # compiles the chunked program
+    wall, cpu = best(with_store, repeats)
+    plain_wall, plain_cpu = best(sweep, repeats)
+    return dict(with_workdir_seconds=wall, with_workdir_cpu_seconds=cpu, without_seconds=plain_wall,
+                without_cpu_seconds=plain_cpu, chunks=grid.info["chunks"],
+                files=len(os.listdir(os.path.join(root, "0", checkpoint.SWEEP_DIRNAME))))
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def store_cost(n_points: int = 256, floats_per_point: int = 10_000) -> dict:
+  """Seconds to save ``n_points`` one-point chunks in a :class:`scl.checkpoint.PointStore` and to reload them."""
+  rng = np.random.default_rng(0)
+  inputs = {"K": np.arange(n_points, dtype=np.float32),
+            "key": rng.integers(0, 2**32, (n_points, 2), dtype=np.uint32)}
+  out = rng.standard_normal((n_points, floats_per_point)).astype(np.float32)
+  root = tempfile.mkdtemp(prefix="scl-bench-store-")
+  try:
+    store = checkpoint.PointStore(root, "bench", inputs)
+    halves = []
+    for half in np.array_split(np.arange(n_points), 2):
+      t0 = time.perf_counter()
+      for i in half:
+        store.add(np.array([i]), {"samples": out[i:i + 1]})
+      halves.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    loaded = checkpoint.PointStore(root, "bench", inputs).outputs()["samples"]
+    load = time.perf_counter() - t0
+    assert np.array_equal(loaded, out)
+    # A store that rewrote what it had saved would take about 3x as long over its second half as its first.
+    return dict(points=n_points, bytes_per_point=out[0].nbytes, save_seconds=sum(halves),
+                save_seconds_first_half=halves[0], save_seconds_second_half=halves[1], load_seconds=load)
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def device_scaling(cfg, repeats: int) -> dict:
@@ -135,7 +185,8 @@ def main():
       backend=jax.default_backend(), device=str(jax.devices()[0]), device_count=jax.device_count(),
       machine=_machine.machine(),
       config=cfg.describe(),
-      grid=dict(points=64, **GRID, seeds=SEEDS), sequential=sequential_times, sweep=sweep_times)
+      grid=dict(points=64, **GRID, seeds=SEEDS), sequential=sequential_times, sweep=sweep_times,
+      workdir=workdir_cost(cfg, args.repeats), store=store_cost())
 
   if not args.skip_devices:
     if jax.device_count() > 1:

@@ -14,7 +14,7 @@ Writes into ``--workdir``:
   heatmap_K_lam.png, heatmap_kappa_phi.png   final expected reward over K × λ and κ × φ (mean over seeds
                    and over any other swept axis), when both axes of a pair are swept
   curves.png       expected reward against iteration, one line per grid point, seed confidence bands
-  sweep_points.npz every finished grid point (Monte Carlo engine), saved after each chunk: a stopped sweep
+  sweep_points/    every finished grid point (Monte Carlo engine), a file per chunk: a stopped sweep
                    rerun with the same --workdir runs only the points it had not finished, and a grid grown
                    by new values runs only the new points (scl.sweep's workdir); points saved by other
                    scl source code are run again.

@@ -9,16 +9,18 @@ over an object that cannot be digested) is refused, with a message, rather than 
 function may carry its own identity as a string attribute ``scl_fingerprint``.
 
 A sweep with a ``workdir`` (:func:`scl.sweep`) keeps its finished grid points in a :class:`PointStore`
-(``<workdir>/sweep_points.npz``), rewritten atomically after every chunk.
+(``<workdir>/sweep_points/``): each finished chunk is written atomically to a file of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import json
 import os
+import time
 import types
 from typing import Any
 
@@ -35,7 +37,8 @@ from scl import loop
 #: Version of the checkpoint layout; a checkpoint of another version is refused with a message.
 FORMAT = 2
 FILENAME = "checkpoint.msgpack"
-SWEEP_FILENAME = "sweep_points.npz"
+SWEEP_FILENAME = "sweep_points.npz"  # before 2026-12-05: one file, rewritten per chunk
+SWEEP_DIRNAME = "sweep_points"
 
 
 class Untrusted(Exception):
@@ -194,66 +197,92 @@ def code_digest(root: str | None = None) -> str:
 
 
 class PointStore:
-  """The finished points of a sweep, in ``<workdir>/sweep_points.npz``.
+  """The finished points of a sweep, in ``<workdir>/sweep_points/``: one file per finished chunk, written once.
 
   A point is known by the bytes of its inputs (its traced hyper-parameters and PRNG key) under ``shared``, a
   digest of what every point shares (static config, input layout, outputs kept, scl's code). So a rerun finds
-  the points a stopped run finished, and a grown grid finds those of the smaller one. A file written under
-  another ``shared`` digest, or one that cannot be read, is replaced (with a warning).
+  the points a stopped run finished, and a grown grid finds those of the smaller one. Each :meth:`add` writes
+  its chunk's points to a new file atomically: saving costs the chunk's bytes, not the sweep's so far. Files
+  written under another ``shared`` digest, and files that cannot be read, are not used (with a warning), and
+  are deleted when this sweep saves its first chunk.
 
-  Only the ``writer`` (process 0 of several) writes. The others read the same file, so the workdir must be on
+  Only the ``writer`` (process 0 of several) writes. The others read the same files, so the workdir must be on
   a file system every process sees.
   """
 
   def __init__(self, workdir: str, shared: str, inputs: dict[str, np.ndarray], writer: bool = True):
-    self.path = os.path.join(workdir, SWEEP_FILENAME)
+    self.path = os.path.join(workdir, SWEEP_DIRNAME)
     self.writer = writer
     self.digest = hashlib.sha256(shared.encode()).hexdigest()
     n = len(next(iter(inputs.values())))
     self.rows = np.concatenate([np.ascontiguousarray(inputs[k]).reshape(n, -1).view(np.uint8)
                                 for k in sorted(inputs)], 1)
-    self.saved_rows, self.saved = self.rows[:0], {}
-    if os.path.exists(self.path):
-      self._load()
-    index = {row.tobytes(): i for i, row in enumerate(self.saved_rows)}
+    self._parts: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []  # (rows, outputs) of each saved chunk
+    self._stale: list[str] = []  # files to delete when this sweep first saves
+    self._written = 0
+    legacy = os.path.join(workdir, SWEEP_FILENAME)  # one rewritten file, before 2026-12-05
+    if os.path.exists(legacy):
+      logging.warning("%s is in an older layout; it will be replaced by %s/", legacy, self.path)
+      self._stale.append(legacy)
+    reasons: dict[str, list[str]] = {}
+    if os.path.isdir(self.path):
+      for name in sorted(os.listdir(self.path)):
+        if name.endswith(".npz") and not name.startswith("."):
+          reason = self._load(os.path.join(self.path, name))
+          if reason:
+            reasons.setdefault(reason, []).append(name)
+    for reason, names in reasons.items():
+      logging.warning("%d file(s) in %s (%s) %s; they will be replaced", len(names), self.path,
+                      ", ".join(names[:3]) + (", ..." if len(names) > 3 else ""), reason)
+      self._stale += [os.path.join(self.path, name) for name in names]
+    index = {}
+    for offset, row in enumerate(row for rows, _ in self._parts for row in rows):
+      index[row.tobytes()] = offset
     # Bookkeeping over grid points (not samples): one dictionary lookup per point.
     self.found = np.array([index.get(row.tobytes(), -1) for row in self.rows], np.int64)
+    self._saved = sum(len(rows) for rows, _ in self._parts)
 
-  def _load(self) -> None:
+  def _load(self, path: str) -> str | None:
+    """Keep the chunk at ``path`` if it is this sweep's and reads whole; else say why not."""
     try:
-      with np.load(self.path, allow_pickle=False) as f:
+      with np.load(path, allow_pickle=False) as f:
         if str(f["digest"]) != self.digest:
-          logging.warning("%s holds the points of another sweep setting (static config, outputs kept or scl's "
-                          "code); it will be replaced", self.path)
-          return
+          return "hold the points of another sweep setting (static config, outputs kept or scl's code)"
         rows = f["rows"]
         saved = {k[len("out/"):]: f[k] for k in f.files if k.startswith("out/")}
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file is replaced, not trusted
-      logging.warning("%s cannot be read (%s: %s); it will be replaced", self.path, type(e).__name__, e)
-      return
-    if rows.shape[1:] != self.rows.shape[1:] or any(len(v) != len(rows) for v in saved.values()):
-      logging.warning("%s has another layout; it will be replaced", self.path)
-      return
-    self.saved_rows, self.saved = rows, saved
+      return f"cannot be read ({type(e).__name__}: {e})"
+    if (rows.shape[1:] != self.rows.shape[1:] or any(len(v) != len(rows) for v in saved.values())
+        or (self._parts and set(saved) != set(self._parts[0][1]))):
+      return "have another layout"
+    self._parts.append((rows, saved))
+    return None
 
   def todo(self) -> np.ndarray:
     """Indices of the points not saved yet."""
     return np.flatnonzero(self.found < 0)
 
   def add(self, points: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
-    """Record ``outputs`` (name -> ``[len(points), ...]``) of ``points`` (indices) and rewrite the file."""
-    m = len(self.saved_rows)
-    self.saved_rows = np.concatenate([self.saved_rows, self.rows[points]], 0)
-    self.saved = {k: np.concatenate([self.saved[k], v], 0) if self.saved else np.asarray(v)
-                  for k, v in outputs.items()}
-    self.found[points] = m + np.arange(len(points))
+    """Record ``outputs`` (name -> ``[len(points), ...]``) of ``points`` (indices), in a new file of their own."""
+    outputs = {k: np.asarray(v) for k, v in outputs.items()}
+    rows = self.rows[points]
+    self._parts.append((rows, outputs))
+    self.found[points] = self._saved + np.arange(len(points))
+    self._saved += len(points)
     if self.writer:
       buffer = io.BytesIO()
-      np.savez(buffer, digest=np.asarray(self.digest), rows=self.saved_rows,
-               **{f"out/{k}": v for k, v in self.saved.items()})
-      files.write_bytes(self.path, buffer.getvalue())
+      np.savez(buffer, digest=np.asarray(self.digest), rows=rows, **{f"out/{k}": v for k, v in outputs.items()})
+      # The name is unique to this store's digest, process and chunk: no earlier chunk file is overwritten.
+      name = f"{self.digest[:16]}-{os.getpid()}-{time.time_ns():x}-{self._written:06d}.npz"
+      files.write_bytes(os.path.join(self.path, name), buffer.getvalue())
+      self._written += 1
+      for path in self._stale:
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(path)
+      self._stale = []
 
   def outputs(self) -> dict[str, np.ndarray]:
     """name -> ``[N, ...]`` outputs of every point, in grid order (all must be saved)."""
     assert np.all(self.found >= 0), "outputs() before every point is saved"
-    return {k: v[self.found] for k, v in self.saved.items()}
+    names = self._parts[0][1] if self._parts else {}
+    return {k: np.concatenate([saved[k] for _, saved in self._parts], 0)[self.found] for k in names}

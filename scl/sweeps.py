@@ -322,11 +322,12 @@ def sweep(cfg: config_lib.Config, *, seeds: int | Iterable[int] = (0,), keep_sam
     memory_budget: bytes per device a compiled chunk may use (default: see the module docstring).
     batch_size: grid points per device under one ``vmap`` (``"auto"``: :func:`default_batch_size`; None:
       the whole shard). Results do not depend on it.
-    workdir: keep every finished point in ``<workdir>/sweep_points.npz`` (:class:`scl.checkpoint.PointStore`,
-      rewritten atomically after each chunk) and run only the points not found there: a stopped sweep resumes,
-      and a grown grid runs only its new points (points saved under another static config or other scl source
-      code, :func:`scl.checkpoint.code_digest`, are run again). Without ``max_chunk``, and with one or a few points per
-      device at a time (the CPU default), the grid then runs in about 8 chunks, which costs nothing there.
+    workdir: keep every finished point under ``<workdir>/sweep_points/`` (:class:`scl.checkpoint.PointStore`,
+      each chunk in a file of its own, written atomically once) and run only the points not found there: a
+      stopped sweep resumes, and a grown grid runs only its new points (points saved under another static config
+      or other scl source code, :func:`scl.checkpoint.code_digest`, are run again). Without ``max_chunk``, and
+      with one or a few points per device at a time (the CPU default), the grid then runs in about 8 chunks,
+      which costs nothing there.
     progress: show a progress bar over the grid points (updated after each chunk).
     **grid: traced hyper-parameters (:data:`scl.hyper.TRACED`: ``K``, ``lam`` (λ), ``phi`` (φ), ``kappa``
       (κ), ``alpha`` (α), ``beta``, ``lr``, ``l2``, ``eps`` (ε)): a sequence is an axis, a scalar a fixed value.

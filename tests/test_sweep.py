@@ -209,7 +209,7 @@ def _assert_same_result(got, want):
     np.testing.assert_array_equal(got.metrics[name], want.metrics[name], err_msg=name)
 
 
-def test_stopped_sweep_resumes_and_a_grown_grid_runs_only_its_new_points(tmp_path, monkeypatch):
+def test_stopped_sweep_resumes_and_a_grown_grid_runs_only_its_new_points(tmp_path, monkeypatch, caplog):
   from scl import checkpoint
   cfg = small("categorical", iterations=2)
   workdir = str(tmp_path / "w")
@@ -227,9 +227,13 @@ def test_stopped_sweep_resumes_and_a_grown_grid_runs_only_its_new_points(tmp_pat
     sweeps.sweep(cfg, workdir=workdir, **grid)
   monkeypatch.setattr(checkpoint.PointStore, "add", add)
   assert calls == [[0, 1], [2, 3]]
-  assert os.listdir(workdir) == [checkpoint.SWEEP_FILENAME]  # no temporary file left behind
-  with np.load(os.path.join(workdir, checkpoint.SWEEP_FILENAME)) as saved:
-    assert len(saved["rows"]) == 4
+  store = os.path.join(workdir, checkpoint.SWEEP_DIRNAME)
+  assert os.listdir(workdir) == [checkpoint.SWEEP_DIRNAME]
+  chunks = sorted(os.listdir(store))
+  assert len(chunks) == 2 and all(name.endswith(".npz") for name in chunks)  # no temporary file left behind
+  for name in chunks:  # each chunk's file holds that chunk's points only: saving never rewrites earlier ones
+    with np.load(os.path.join(store, name)) as saved:
+      assert len(saved["rows"]) == 2
 
   resumed = sweeps.sweep(cfg, workdir=workdir, **grid)
   assert resumed.info["resumed"] == 4 and resumed.info["points"] == 4, resumed.info
@@ -246,10 +250,25 @@ def test_stopped_sweep_resumes_and_a_grown_grid_runs_only_its_new_points(tmp_pat
   assert again.info["resumed"] == 18 and again.info["points"] == 0, again.info
   _assert_same_result(again, more)
 
-  # Another static setting: the saved points are not this sweep's, so every point runs.
+  # A truncated chunk file is not trusted: its points run again, and the file is replaced.
+  first = os.path.join(store, sorted(os.listdir(store))[0])
+  with open(first, "rb") as f:
+    head = f.read(100)
+  with open(first, "wb") as f:
+    f.write(head)
+  with caplog.at_level("WARNING"):
+    mended = sweeps.sweep(cfg, workdir=workdir, **grown)
+  assert f"1 file(s) in {store} ({os.path.basename(first)}) cannot be read" in caplog.text, caplog.text
+  assert mended.info["resumed"] == 16 and mended.info["points"] == 2, mended.info
+  _assert_same_result(mended, more)
+  assert not os.path.exists(first)
+
+  # Another static setting: the saved points are not this sweep's, so every point runs, and its first saved
+  # chunk replaces the other setting's files.
   other = sweeps.sweep(cfg.replace(pool_size=800), workdir=workdir, **grid)
   assert other.info["resumed"] == 0 and other.info["points"] == 8, other.info
   _assert_same_result(other, sweeps.sweep(cfg.replace(pool_size=800), **grid))
+  assert len(os.listdir(store)) == 4  # its 4 chunks of 2 points
 
 
 def test_sweep_workdir_refuses_a_config_it_cannot_fingerprint(tmp_path, monkeypatch):
