@@ -79,19 +79,20 @@ def _build() -> str | None:
   if compiler is None:
     _log.info("scl native kernel: no C++ compiler found (set CXX); using the jax.numpy path")
     return None
-  version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-  sources = []
-  for name in _SOURCES + _HEADERS:
-    with open(name, "rb") as f:
-      sources.append(f.read())
-  parts = [*sources, version.encode(), " ".join(_FLAGS).encode(), importlib.metadata.version("jaxlib").encode(),
-           _cpu_description().encode()]
-  key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-  path = os.path.join(_cache_dir(), f"scl_native-{key}.so")
-  if os.path.exists(path):
-    return path
-  cmd = [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), *_SOURCES, "-o", path]
-  try:
+  cmd = [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), *_SOURCES, "-o"]
+  try:  # any failure (a source file missing from an install, a compiler that fails) falls back, with a warning
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    sources = []
+    for name in _SOURCES + _HEADERS:
+      with open(name, "rb") as f:
+        sources.append(f.read())
+    parts = [*sources, version.encode(), " ".join(_FLAGS).encode(), importlib.metadata.version("jaxlib").encode(),
+             _cpu_description().encode()]
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+    path = os.path.join(_cache_dir(), f"scl_native-{key}.so")
+    cmd.append(path)
+    if os.path.exists(path):
+      return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".scl_native-", suffix=".so")
     os.close(fd)
@@ -100,7 +101,7 @@ def _build() -> str | None:
       os.unlink(tmp)
       raise RuntimeError(f"compiler output (end): {result.stderr[-2000:]}")
     os.replace(tmp, path)  # atomic: another process sees the whole library or none
-  except (OSError, RuntimeError) as e:
+  except (OSError, RuntimeError, importlib.metadata.PackageNotFoundError) as e:
     warnings.warn(f"scl native kernel: building {' '.join(_SOURCES)} failed ({' '.join(cmd)}): {e}; using the "
                   "jax.numpy path", RuntimeWarning, stacklevel=3)
     return None

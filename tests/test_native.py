@@ -249,6 +249,30 @@ def test_a_failed_build_warns_and_falls_back(tmp_path):
   assert out.stdout.split() == ["False", "True", "True"], out.stderr[-2000:]
 
 
+def test_a_missing_source_file_warns_and_falls_back(monkeypatch, tmp_path):
+  """A kernel source missing from an install (here a header): a RuntimeWarning and no library, not a crash."""
+  monkeypatch.setenv("SCL_NATIVE_CACHE", str(tmp_path))
+  monkeypatch.setattr(_native, "_HEADERS", (str(tmp_path / "missing.h"),))
+  with pytest.warns(RuntimeWarning, match="building .* failed .*missing.h"):
+    assert _native._build() is None
+
+
+def test_the_package_ships_every_kernel_source():
+  """pyproject's package data matches every file the build reads and every file in scl/csrc (an install
+  without one would fall back to the jax.numpy path)."""
+  import fnmatch
+  import tomllib
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+    patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["scl"]
+  package = os.path.join(root, "scl")
+  csrc = os.path.join(package, "csrc")
+  needed = {os.path.relpath(p, package) for p in _native._SOURCES + _native._HEADERS}
+  needed |= {os.path.join("csrc", name) for name in os.listdir(csrc) if not name.startswith(".")}
+  missing = sorted(p for p in needed if not any(fnmatch.fnmatch(p, pattern) for pattern in patterns))
+  assert not missing, f"not in pyproject's package data {patterns}: {missing}"
+
+
 def _indexed_problem(d, hidden, n_points, n_pairs, seed):
   net, params, points, _, o, _ = _problem(d, hidden, n_points, seed)
   k = jax.random.split(jax.random.key(seed + 1), 3)
