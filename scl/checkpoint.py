@@ -1,12 +1,13 @@
 """Checkpointed runs and sweeps: work saved atomically as it finishes, resumed exactly after a stop.
 
 A checkpoint (``<workdir>/checkpoint.msgpack``, written atomically) holds the model after the last finished
-chunk, the outputs so far and a **fingerprint** of the run: every config setting under its flat keyword and
-the seed, with arrays by a SHA-256 digest of their bytes and functions (``reward_fn``, ``r_tilde_fn``) by
-their module, name, byte code, constants, defaults, closure contents and the module-level values they read.
-A checkpoint is only resumed by the same run; a run whose fingerprint cannot be trusted (a function closing
-over an object that cannot be digested) is refused, with a message, rather than resumed on a guess. A
-function may carry its own identity as a string attribute ``scl_fingerprint``.
+chunk, the outputs so far and a **fingerprint** of the run: every config setting under its flat keyword, the
+seed and scl's source code (:func:`code_digest`), with arrays by a SHA-256 digest of their bytes and functions
+(``reward_fn``, ``r_tilde_fn``) by their module, name, byte code, constants, defaults, closure contents and the
+module-level values they read (modules and classes by name and the bytes of their module's source file).
+A checkpoint is only resumed by the same run of the same code; a run whose fingerprint cannot be trusted (a
+function closing over an object that cannot be digested) is refused, with a message, rather than resumed on a
+guess. A function may carry its own identity as a string attribute ``scl_fingerprint``.
 
 A sweep with a ``workdir`` (:func:`scl.sweep`) keeps its finished grid points in a :class:`PointStore`
 (``<workdir>/sweep_points/``): each finished chunk is written atomically to a file of its own.
@@ -20,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 import types
 from typing import Any
@@ -39,6 +41,8 @@ FORMAT = 2
 FILENAME = "checkpoint.msgpack"
 SWEEP_FILENAME = "sweep_points.npz"  # before 2026-12-05: one file, rewritten per chunk
 SWEEP_DIRNAME = "sweep_points"
+#: The fingerprint field of a run checkpoint that holds :func:`code_digest`.
+CODE_FIELD = "scl_code"
 
 
 class Untrusted(Exception):
@@ -70,17 +74,33 @@ def _digest(value: Any, depth: int = 0) -> str:
             if name in value.__globals__ and value.__globals__[name] is not value}
     code = _code_digest(value.__code__)
     return (f"fn:{value.__module__}.{value.__qualname__}:{code}:{_digest(value.__defaults__, depth + 1)}:"
-            f"{_digest(closure, depth + 1)}:{_digest(used, depth + 1)}")
-  if isinstance(value, type):
-    return f"class:{value.__module__}.{value.__qualname__}"
+            f"{_digest(value.__kwdefaults__, depth + 1)}:{_digest(closure, depth + 1)}:{_digest(used, depth + 1)}")
+  if isinstance(value, type):  # by name and the source file of its module (a class's methods live there)
+    return f"class:{value.__module__}.{value.__qualname__}:{_module_file_digest(sys.modules.get(value.__module__))}"
   if isinstance(value, types.BuiltinFunctionType) or isinstance(value, np.ufunc):
     return f"builtin:{getattr(value, '__module__', '')}.{value.__name__}"
-  if isinstance(value, types.ModuleType):
-    return f"module:{value.__name__}"
+  if isinstance(value, types.ModuleType):  # a helper module's functions and constants live in its file
+    return f"module:{value.__name__}:{_module_file_digest(value)}"
   wrapped = getattr(value, "__wrapped__", None)  # jax.jit and functools.wraps keep the function here
   if wrapped is not None:
     return "wrapped:" + _digest(wrapped, depth + 1)
   raise Untrusted(f"cannot digest a {type(value).__name__}")
+
+
+def _module_file_digest(module: types.ModuleType | None) -> str:
+  """SHA-256 of a module's source file (``""`` for a module without one, as ``builtins``)."""
+  path = getattr(module, "__file__", None)
+  if not path or not os.path.isfile(path):
+    return ""
+  stat = os.stat(path)
+  return _file_digest(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1024)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:  # keyed by the file's stat: an edit reads it anew
+  del mtime_ns, size
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def _global_names(code: types.CodeType) -> set[str]:
@@ -125,7 +145,8 @@ def _load(path: str, fp: dict, workdir: str) -> dict:
   saved = json.loads(state["fingerprint"])
   if saved != fp:
     diff = sorted(k for k in set(saved) | set(fp) if saved.get(k) != fp.get(k))
-    raise ValueError(f"workdir {workdir!r} holds a checkpoint of a different run (fields {diff} differ); "
+    why = f" ({CODE_FIELD}: scl's source code changed since it was written)" if CODE_FIELD in diff else ""
+    raise ValueError(f"workdir {workdir!r} holds a checkpoint of a different run (fields {diff} differ{why}); "
                      f"use a new workdir or delete {FILENAME}")
   return state
 
@@ -138,6 +159,7 @@ def run_with_checkpoints(cfg: config_lib.Config, seed: int, workdir: str, every:
   except Untrusted as e:
     raise ValueError(f"cannot checkpoint this run: its fingerprint cannot be trusted ({e}); give the function "
                      "a string attribute scl_fingerprint that names it, or run without a workdir") from None
+  fp[CODE_FIELD] = code_digest()  # a run is not continued by other code: its iterations would mix two versions
   os.makedirs(workdir, exist_ok=True)
   init, chunk, final, data = loop.jitted_pieces(cfg.static())
   hyper, key = cfg.hyper.arrays(), jax.random.PRNGKey(seed)
@@ -188,8 +210,9 @@ def code_digest(root: str | None = None) -> str:
   for directory, subdirs, names in sorted(os.walk(root)):
     subdirs.sort()
     for name in sorted(names):
-      if name.endswith(CODE_SUFFIXES):
-        path = os.path.join(directory, name)
+      path = os.path.join(directory, name)
+      # Regular files only: an editor's lock file (``.#loop.py``, a dangling link) is not source.
+      if name.endswith(CODE_SUFFIXES) and os.path.isfile(path) and not os.path.islink(path):
         h.update(os.path.relpath(path, root).encode() + b"\0")
         with open(path, "rb") as f:
           h.update(hashlib.sha256(f.read()).digest())
@@ -217,6 +240,13 @@ class PointStore:
     n = len(next(iter(inputs.values())))
     self.rows = np.concatenate([np.ascontiguousarray(inputs[k]).reshape(n, -1).view(np.uint8)
                                 for k in sorted(inputs)], 1)
+    if writer:  # before any compute: a workdir it cannot write to would lose the first chunk's work
+      try:
+        os.makedirs(self.path, exist_ok=True)
+        if not os.access(self.path, os.W_OK | os.X_OK):
+          raise PermissionError(f"{self.path} is not writable")
+      except OSError as e:
+        raise ValueError(f"cannot keep this sweep's points in workdir {workdir!r}: {e}") from None
     self._parts: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []  # (rows, outputs) of each saved chunk
     self._stale: list[str] = []  # files to delete when this sweep first saves
     self._written = 0

@@ -99,8 +99,8 @@ class DataConfig(_Group):
       if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0 or (positive and value == 0):
         raise ValueError(f"invalid config: {name}={value!r}: must be a finite number "
                          f"{'> 0' if positive else '>= 0'}")
-    if isinstance(self.data_seed, bool) or not isinstance(self.data_seed, int) or self.data_seed < 0:
-      raise ValueError(f"invalid config: data_seed={self.data_seed!r}: must be an integer >= 0")
+    if isinstance(self.data_seed, bool) or not isinstance(self.data_seed, int) or not 0 <= self.data_seed < 2**32:
+      raise ValueError(f"invalid config: data_seed={self.data_seed!r}: must be an integer in [0, 2**32)")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

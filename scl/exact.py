@@ -38,15 +38,16 @@ float32. The output is renormalised to sum to 1 (the exact ``Σ_x p_x H_K(x)`` i
 Cost: ``O(n * num_nodes)`` exponentials per curation step, done in node chunks so memory is ``O(n * 32)``.
 
 Validation: :func:`curate`, :func:`step` and :func:`run` check their concrete arguments with :func:`validate`
-(probability vectors, finite rewards, shapes, ``K >= 1``, ``λ >= 0``, ``φ ∈ [0, 1]``, ``iterations >= 0``) and
-raise ``ValueError`` before computing; traced arguments (under ``jit``/``vmap``) are passed through. The
-private ``_curate`` and ``_run`` are the unchecked kernels for internal callers.
+(probability vectors, finite rewards, shapes, ``K >= 1``, ``λ >= 0``, ``φ ∈ [0, 1]``, ``iterations >= 0``,
+``num_nodes >= 2``) and raise ``ValueError`` before computing; traced arguments (under ``jit``/``vmap``) are
+passed through. The private ``_curate`` and ``_run`` are the unchecked kernels for internal callers.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any
 
 import chex
@@ -73,6 +74,11 @@ _SINGLE_BLOCK_ELEMENTS = 1 << 21
 
 def _dtype(*xs) -> Any:
   return jnp.result_type(*[jnp.asarray(x) for x in xs], jnp.float32)
+
+
+def _nodes_spread_cap(num_nodes: int, log_K: Any) -> Any:
+  """The reward spread ``num_nodes`` trapezoid nodes resolve at ``h <= 0.45`` (at least 1; see the docstring)."""
+  return jnp.maximum(_H_MAX * (num_nodes - 1) - _L - math.log(_L) - log_K, 1.0)
 
 
 def _curation_weight(p: Array, r: Array, K: Array, num_nodes: int) -> Array:
@@ -104,7 +110,7 @@ def _curation_weight(p: Array, r: Array, K: Array, num_nodes: int) -> Array:
 
   # Integration range in s = log u (see module docstring), with the spread clamped to what fits.
   spread = -jnp.min(jnp.where(support, rho, 0.0))
-  delta_cap = jnp.maximum(_H_MAX * (num_nodes - 1) - _L - math.log(_L) - log_K, 1.0)
+  delta_cap = _nodes_spread_cap(num_nodes, log_K)
   # Keep e^{-Δ} normal and u = e^{s_hi} finite in the working precision.
   delta_cap = jnp.minimum(delta_cap, 75.0 if dtype == jnp.float32 else 650.0)
   delta = jnp.minimum(spread, delta_cap)
@@ -180,7 +186,8 @@ def _first_bad(name: str, x: np.ndarray, bad: np.ndarray) -> str:
 
 
 def validate(*, p: Any = None, p0: Any = None, p_data: Any = None, r: Any = None, r_tilde: Any = None,
-             K: Any = None, lam: Any = None, phi: Any = None, iterations: Any = None) -> None:
+             K: Any = None, lam: Any = None, phi: Any = None, iterations: Any = None,
+             num_nodes: Any = None) -> None:
   """Check the arguments of :func:`curate`, :func:`step`, :func:`run` (and of an exact sweep) before compute.
 
   Any subset of keywords may be given; ``None`` means "not given". Checks that need values are skipped for
@@ -195,6 +202,9 @@ def validate(*, p: Any = None, p0: Any = None, p_data: Any = None, r: Any = None
   * ``lam`` (``λ``): ``λ >= 0`` (``inf`` allowed: fully synthetic); not NaN.
   * ``phi`` (``φ``, fraction of malicious users): in ``[0, 1]``.
   * ``iterations``: a Python or numpy integer ``>= 0`` (not a bool).
+  * ``num_nodes`` (quadrature nodes): a Python or numpy integer ``>= 2``. Where the rewards on the support of
+    the given probability vectors spread further than the nodes resolve (``Δ_cap`` of the module docstring,
+    at the largest finite ``K``), a ``RuntimeWarning`` says so: lower atoms are clamped, so raise ``num_nodes``.
 
   ``K``, ``lam`` and ``phi`` may be scalars or 1-D sequences of grid values (as an exact sweep passes them);
   every value must be valid.
@@ -254,6 +264,35 @@ def validate(*, p: Any = None, p0: Any = None, p_data: Any = None, r: Any = None
       raise ValueError(f"invalid argument: iterations={iterations!r}: the number of iterations must be an "
                        "integer >= 0")
 
+  if num_nodes is not None:
+    if (isinstance(num_nodes, (bool, np.bool_)) or not isinstance(num_nodes, (int, np.integer))
+        or num_nodes < 2):
+      raise ValueError(f"invalid argument: num_nodes={num_nodes!r}: the number of quadrature nodes must be an "
+                       "integer >= 2")
+    _warn_if_spread_exceeds_nodes(int(num_nodes), [x for name, x in vectors if name.startswith("p")],
+                                  [(name, x) for name, x in vectors if name.startswith("r")], K)
+
+
+def _warn_if_spread_exceeds_nodes(num_nodes: int, probs: list, rewards: list, K: Any) -> None:
+  """A RuntimeWarning where concrete rewards spread, on the probabilities' support, beyond ``num_nodes``'s reach."""
+  if not probs or not rewards or any(_is_tracer(x) for x in [*probs, K] + [x for _, x in rewards]):
+    return
+  support = np.any([np.asarray(q, np.float64) > 0 for q in probs], axis=0)
+  ks = np.asarray(2.0 if K is None else K, np.float64).ravel()
+  finite = ks[np.isfinite(ks)]
+  log_K = math.log(max(float(finite.max()) if finite.size else 2.0, 1.0))
+  cap = float(_nodes_spread_cap(num_nodes, log_K))
+  if cap >= 75.0:  # float32's range, not the nodes, bounds the spread then (module docstring)
+    return
+  for name, x in rewards:
+    v = np.asarray(x, np.float64)[support]
+    spread = float(v.max() - v.min())
+    if spread > cap:
+      warnings.warn(f"num_nodes={num_nodes} resolves a reward spread of {cap:.3g} at K={math.exp(log_K):g}, but "
+                    f"{name} spreads {spread:.3g} on the support: atoms further below its maximum are clamped "
+                    "(their curation weights are not exact); raise num_nodes", RuntimeWarning, stacklevel=4)
+      return
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Curation and the loop.
@@ -299,7 +338,7 @@ def curate(p: Array, r: Array, K: Any, r_tilde: Array | None = None, phi: Any = 
   Raises:
     ValueError: for invalid concrete inputs (see :func:`validate`).
   """
-  validate(p=p, r=r, K=K, r_tilde=r_tilde, phi=phi)
+  validate(p=p, r=r, K=K, r_tilde=r_tilde, phi=phi, num_nodes=num_nodes)
   return _curate(p, r, K, r_tilde, phi, num_nodes=num_nodes)
 
 
@@ -315,7 +354,7 @@ def step(p: Array, r: Array, K: Any, real_share: Any, p_data: Array, r_tilde: Ar
 
   Concrete ``p``, ``r``, ``K``, ``p_data``, ``r_tilde`` (``r~``), ``phi`` are checked by :func:`validate`.
   """
-  validate(p=p, r=r, K=K, p_data=p_data, r_tilde=r_tilde, phi=phi)
+  validate(p=p, r=r, K=K, p_data=p_data, r_tilde=r_tilde, phi=phi, num_nodes=num_nodes)
   return _step(p, r, K, real_share, p_data, r_tilde, phi, num_nodes)
 
 
@@ -413,5 +452,6 @@ def run(p0: Array, r: Array, K: Any, lam: Any, p_data: Array | None = None, *, i
   Raises:
     ValueError: for invalid concrete inputs (see :func:`validate`).
   """
-  validate(p0=p0, r=r, K=K, lam=lam, phi=phi, p_data=p_data, r_tilde=r_tilde, iterations=iterations)
+  validate(p0=p0, r=r, K=K, lam=lam, phi=phi, p_data=p_data, r_tilde=r_tilde, iterations=iterations,
+           num_nodes=num_nodes)
   return _run_jit(p0, r, K, lam, p_data, r_tilde, phi, iterations, num_nodes)

@@ -233,11 +233,12 @@ def run(cfg: config_lib.Config, seed: int = 0, *, workdir: str | None = None, ch
 
   Raises:
     ValueError: before any compute, for an invalid config (the message names the field and the value) or a
-      seed that is not an integer >= 0.
+      seed that is not an integer in ``[0, 2**32)``.
   """
   cfg.validate()
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f"invalid seed={seed!r}: must be an integer >= 0")
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+    # jax.random.PRNGKey keeps 32 bits of a seed without 64-bit mode: 2**32 would be seed 0 again
+    raise ValueError(f"invalid seed={seed!r}: must be an integer in [0, 2**32)")
   if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
       or checkpoint_every < 1:
     raise ValueError(f"invalid checkpoint_every={checkpoint_every!r}: must be an integer >= 1")

@@ -84,8 +84,9 @@ def _seed_values(seeds) -> np.ndarray:
   arr = np.asarray(list(seeds))
   if arr.size == 0:
     raise ValueError("invalid sweep: seeds is empty; give at least one seed")
-  if arr.ndim != 1 or arr.dtype.kind not in "iu" or np.any(arr < 0):
-    raise ValueError(f"invalid sweep: seeds={seeds!r}: seeds must be integers >= 0")
+  if arr.ndim != 1 or arr.dtype.kind not in "iu" or np.any(arr < 0) or np.any(arr >= 2**32):
+    # jax.random.PRNGKey keeps 32 bits of a seed without 64-bit mode: 2**32 would be seed 0 again
+    raise ValueError(f"invalid sweep: seeds={seeds!r}: seeds must be integers in [0, 2**32)")
   uniq, counts = np.unique(arr, return_counts=True)
   if np.any(counts > 1):
     raise ValueError(f"invalid sweep: duplicate seeds {uniq[counts > 1].tolist()}")
@@ -445,7 +446,8 @@ def exact_sweep(p0, r, *, iterations: int, K: Any = 2.0, lam: Any = float("inf")
   if "phi" in axes and r_tilde is None:
     raise ValueError("invalid sweep: phi is swept but r_tilde is None (φ only acts through r~)")
   values = {**axes, **fixed}
-  exact_lib.validate(p0=p0, r=r, p_data=p_data, r_tilde=r_tilde, iterations=iterations, **values)
+  exact_lib.validate(p0=p0, r=r, p_data=p_data, r_tilde=r_tilde, iterations=iterations, num_nodes=num_nodes,
+                     **values)
   dtype = jnp.result_type(jnp.asarray(p0), jnp.asarray(r), jnp.float32)
   p0 = np.asarray(p0, dtype)
   vectors = tuple(p0 if v is None else np.asarray(v, dtype) for v in (p0, r, p_data, r_tilde))

@@ -123,6 +123,35 @@ def test_run_iterations(no_compute):
   raises(lambda: run(iterations=True), r"iterations=True: ")
 
 
+def test_num_nodes(no_compute):
+  for bad in (0, 1, 2.5, True):
+    raises(lambda: run(num_nodes=bad), rf"num_nodes={bad!r}: .*integer >= 2")
+    raises(lambda: curate(num_nodes=bad), rf"num_nodes={bad!r}: ")
+  from scl import sweeps
+  with pytest.raises(ValueError, match="num_nodes=1: "):
+    sweeps.exact_sweep(P, R, iterations=1, K=[2.0, 4.0], num_nodes=1)
+
+
+def test_num_nodes_warns_exactly_where_the_spread_is_clamped():
+  """At K = 4, 64 nodes resolve a spread of 0.45 * 63 - 20 - log 20 - log 4 = 3.97: a spread of 3 gives no
+  warning and the 256-node result; a spread of 6 warns, and its result is not the 256-node one."""
+  import warnings
+  p = np.full(4, 0.25)
+  for spread, warned in ((3.0, False), (6.0, True)):
+    r = np.linspace(0.0, spread, 4)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      few = np.asarray(exact.curate(p, r, 4.0, num_nodes=64))
+    hits = [w for w in caught if issubclass(w.category, RuntimeWarning) and "num_nodes=64" in str(w.message)]
+    assert bool(hits) == warned, [str(w.message) for w in caught]
+    with jax.enable_x64():
+      ref = np.asarray(exact.curate(p, r, 4.0, num_nodes=1024))
+    err = np.max(np.abs(few - ref) / ref)
+    assert (err > 1e-3) if warned else (err < 1e-4), (spread, err)
+  with pytest.warns(RuntimeWarning, match="num_nodes=64 .* r spreads 6"):
+    exact.run(p, np.linspace(0.0, 6.0, 4), 4.0, 1.0, iterations=1, num_nodes=64)
+
+
 # ----------------------------------------------------------------------------- validate, grids, valid inputs
 
 

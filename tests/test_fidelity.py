@@ -151,5 +151,44 @@ def test_code_digest_follows_the_source_files_only(tmp_path):
   assert checkpoint.code_digest.__wrapped__(str(pkg)) != first
   (pkg / "csrc" / "k.cc").write_text("int f() { return 1; }\n")
   (pkg / "b.py").write_text("")  # a new, empty module
-  assert checkpoint.code_digest.__wrapped__(str(pkg)) != first
+  second = checkpoint.code_digest.__wrapped__(str(pkg))
+  assert second != first
+  os.symlink(str(tmp_path / "nowhere"), str(pkg / ".#a.py"))  # an editor's lock file: a dangling link
+  assert checkpoint.code_digest.__wrapped__(str(pkg)) == second
   assert len(checkpoint.code_digest()) == 64  # scl's own
+
+
+def test_a_checkpoint_of_other_scl_code_is_refused(tmp_path, monkeypatch):
+  cfg = scl.configs.points(np.array([[0.0, 0.0], [1.0, 0.0]]), iterations=2, pool_size=100, n_keep=50)
+  workdir = str(tmp_path / "w")
+  first = scl.run(cfg, workdir=workdir, progress=False)
+  again = scl.run(cfg, workdir=workdir, progress=False)  # the same code: the saved run is taken as it is
+  np.testing.assert_array_equal(again.metrics["expected_reward"], first.metrics["expected_reward"])
+  monkeypatch.setattr(checkpoint, "code_digest", lambda root=None: "0" * 64)
+  with pytest.raises(ValueError, match=r"\['scl_code'\] differ \(scl_code: scl's source code changed"):
+    scl.run(cfg, workdir=workdir, progress=False)
+
+
+def test_fingerprint_follows_keyword_defaults_helper_modules_and_classes(tmp_path, monkeypatch):
+  import importlib
+  pts = np.array([[0.0, 0.0], [1.0, 0.0]])
+  digest = lambda fn: checkpoint.fingerprint(scl.configs.points(pts, reward="custom", reward_fn=fn), 0)["reward_fn"]
+
+  def scaled(x, *, scale=1.0):
+    return scale * x[:, 0]
+  before = digest(scaled)
+  scaled.__kwdefaults__ = {"scale": -1.0}
+  assert digest(scaled) != before
+
+  # A reward that reads a helper module (and a class of it): editing the module changes the fingerprint.
+  (tmp_path / "scl_test_helpers.py").write_text("SCALE = 1.0\nclass Sign:\n  s = 1.0\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  helpers = importlib.import_module("scl_test_helpers")
+  by_module = lambda x: helpers.SCALE * x[:, 0]
+  by_class = lambda x, cls=helpers.Sign: cls.s * x[:, 0]
+  before = digest(by_module), digest(by_class)
+  assert (digest(by_module), digest(by_class)) == before
+  (tmp_path / "scl_test_helpers.py").write_text("SCALE = -1.0\nclass Sign:\n  s = -1.0\n")
+  after = digest(by_module), digest(by_class)
+  assert after[0] != before[0] and after[1] != before[1]
+  monkeypatch.delitem(sys.modules, "scl_test_helpers")

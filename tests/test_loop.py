@@ -232,3 +232,14 @@ def test_the_umask_is_read_without_being_widened(monkeypatch, proc):
     assert os.umask(0o027) == 0o027  # unchanged by the read
   finally:
     os.umask(before)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True])
+def test_a_bad_seed_fails_before_compute(seed, monkeypatch):
+  """Seeds are integers in [0, 2**32): without 64-bit mode, PRNGKey(2**32) would be PRNGKey(0) again."""
+  monkeypatch.setattr(loop, "_jitted_run", lambda *a, **k: pytest.fail("compiled before the check"))
+  cfg = scl.configs.points(np.array([[0.0, 0.0], [1.0, 0.0]]), iterations=1, pool_size=100, n_keep=50)
+  with pytest.raises(ValueError, match=rf"invalid seed={seed!r}: must be an integer in \[0, 2\*\*32\)"):
+    scl.run(cfg, seed=seed)
+  with pytest.raises(ValueError, match=r"data_seed=4294967296: must be an integer in \[0, 2\*\*32\)"):
+    scl.configs.points(np.array([[0.0, 0.0]]), data_seed=2**32).validate()

@@ -283,6 +283,13 @@ def test_sweep_workdir_refuses_a_config_it_cannot_fingerprint(tmp_path, monkeypa
   assert not os.listdir(tmp_path)
 
 
+def test_sweep_workdir_it_cannot_write_to_fails_before_compute(tmp_path, monkeypatch):
+  monkeypatch.setattr(sweeps, "_execute", lambda *a, **k: pytest.fail("computed before the check"))
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(ValueError, match="cannot keep this sweep's points in workdir .*a_file"):
+    sweeps.sweep(small("categorical", iterations=1), K=[1, 2], workdir=str(tmp_path / "a_file"))
+
+
 # --------------------------------------------------------------------------------------------------------
 # Bad input fails before compute.
 
@@ -302,6 +309,7 @@ def test_sweep_workdir_refuses_a_config_it_cannot_fingerprint(tmp_path, monkeypa
     (dict(seeds=[]), "seeds is empty"),
     (dict(seeds=[1, 1]), "duplicate seeds"),
     (dict(seeds=[0.5]), "integers"),
+    (dict(seeds=[0, 2**32]), r"\[0, 2\*\*32\)"),  # PRNGKey(2**32) is PRNGKey(0) without 64-bit mode
 ])
 def test_bad_grids_fail_before_compute(grid, message, monkeypatch):
   def no_compile(*args, **kwargs):
