@@ -32,6 +32,12 @@ from scl import plotting  # noqa: F401  (selects the Agg backend before pyplot l
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def check_level(level: float) -> None:
+  """A confidence level in (0, 1), checked before any compute (``--level``)."""
+  if not 0.0 < float(level) < 1.0:
+    raise ValueError(f"invalid flag: level={level!r}: the confidence level must lie in (0, 1)")
+
+
 def fingerprint(cfg: scl.Config, seeds: int) -> str | None:
   """A digest of what a cell's result depends on: its configuration and seeds (:func:`scl.checkpoint.fingerprint`,
   arrays by their bytes, functions by their code) and scl's source code; None if the configuration holds a value whose

@@ -19,7 +19,7 @@ are shown in every recipe's column and panel. Writes into ``--workdir``:
   reward.png     expected true reward per iteration, one line per attack with seed bands, one panel per
                  setting × recipe
   modes.png      final mode proportions (mean over seeds) per attack, one panel per setting × recipe
-                 (penalised modes hatched)
+                 (penalised modes hatched); only for a data set with modes (Gaussian-8)
   covariance.png corr(e^r, e^{R~}) (the platform's learned reward against the users') per iteration, bands
   cells/         each finished cell's metrics, written as it finishes: a rerun with the same workdir loads the
                  unchanged cells instead of running them again (``experiments/_cells.py``)
@@ -141,11 +141,12 @@ def write_outputs(results, seconds, config, workdir: str, level: float = 0.95) -
                                 "alignment of the platform's learned reward with the users'", level))
   first = next(iter(results.values()))
   task, data = task_lib.build(first.config)
-  mode_rewards = np.asarray(task.reward(data.reward, data.modes))
-  rewarded = [j for j in range(mode_rewards.shape[0]) if mode_rewards[j] > -1e-6]
-  means = {name: {a: types.SimpleNamespace(metrics={"mode_props": r.metrics["mode_props"].mean(0)})
-                  for a, r in by.items()} for name, by in panels.items()}
-  files.save_figure(os.path.join(workdir, "modes.png"), plotting.final_mode_bars(means, rewarded))
+  if data.modes is not None:  # a data set without modes (two moons, points) has no mode proportions to show
+    mode_rewards = np.asarray(task.reward(data.reward, data.modes))
+    rewarded = [j for j in range(mode_rewards.shape[0]) if mode_rewards[j] > -1e-6]
+    means = {name: {a: types.SimpleNamespace(metrics={"mode_props": r.metrics["mode_props"].mean(0)})
+                    for a, r in by.items()} for name, by in panels.items()}
+    files.save_figure(os.path.join(workdir, "modes.png"), plotting.final_mode_bars(means, rewarded))
   plt.close("all")
   return out
 
@@ -164,6 +165,7 @@ def print_table(out: dict, recipes) -> None:
 
 def run(config, workdir: str, level: float = 0.95) -> dict:
   """The binary's work: run every cell, write the tables and figures into ``workdir``, return the summary."""
+  _cells.check_level(level)
   results, seconds = run_cells(config, workdir)
   return write_outputs(results, seconds, config, workdir, level)
 

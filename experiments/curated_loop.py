@@ -51,7 +51,12 @@ def build_configs(config) -> dict[str, scl.Config]:
   make = scl.configs.from_flags(config, _BINARY_FIELDS)  # keywords left None keep the builder's defaults
   variants = config.get("variants") or {"run": {}}
   cfgs = {}
+  slugs = {}
   for name, overrides in variants.items():
+    if slug(name) in slugs:  # their checkpoints and sample plots would share a file name
+      raise ValueError(f"invalid config: variants {slugs[slug(name)]!r} and {name!r} have the same file name "
+                       f"{slug(name)!r}; rename one")
+    slugs[slug(name)] = name
     cfg = make(**dict(overrides))
     cfgs[f"{name} (K={cfg.hyper.K}, λ={cfg.hyper.lam:g}, φ={cfg.hyper.phi:g})"] = cfg
   return cfgs

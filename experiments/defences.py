@@ -98,6 +98,11 @@ def cells(config) -> dict[tuple[str, str, str], scl.Config]:
     for defence in config.defences:
       out[(MINORITY, "none", defence)] = make(attack="none", defence=defence, labels=labels, eps=float(eps[defence]),
                                                  lam=float("inf"))
+  if any(cfg.iterations < 1 for cfg in out.values()):
+    raise ValueError("invalid config: iterations must be >= 1 (the table reads the last attacked step)")
+  if out and task_lib.build(next(iter(out.values())))[1].modes is None:
+    raise ValueError(f"invalid config: dataset={config.dataset!r} has no modes; the defences' table measures the "
+                     "mass on the minority's modes (use a data set with modes, such as gaussian8)")
   return out
 
 
@@ -255,6 +260,7 @@ def print_tables(out: dict) -> None:
 
 def run(config, workdir: str, level: float = 0.95) -> dict:
   """The binary's work: run every cell, write the tables and figures into ``workdir``, return the summary."""
+  _cells.check_level(level)
   results, seconds = run_cells(config, workdir)
   return write_outputs(results, seconds, config, workdir, level)
 

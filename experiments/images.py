@@ -73,6 +73,16 @@ def slug(name: str) -> str:
 def build_configs(config) -> dict[str, scl.Config]:
   """Variant name -> validated scl Config (every variant fails before any compute on a bad value)."""
   make = scl.configs.from_flags(config, _BINARY_FIELDS)  # keywords left None keep the builder's defaults
+  for field in ("grid_rows", "save_samples"):
+    value = config.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"invalid config: {field}={value!r}: must be an integer >= 1")
+  slugs = {}
+  for name in config.variants:
+    if slug(name) in slugs:  # their checkpoints and sample files would share a name
+      raise ValueError(f"invalid config: variants {slugs[slug(name)]!r} and {name!r} have the same file name "
+                       f"{slug(name)!r}; rename one")
+    slugs[slug(name)] = name
   return {name: make(**dict(overrides)) for name, overrides in config.variants.items()}
 
 

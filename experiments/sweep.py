@@ -185,6 +185,8 @@ def main(argv):
                                process_id=_PROCESS_ID.value)
   logging.info("process %d of %d, %d devices in all", jax.process_index(), jax.process_count(),
                jax.device_count())
+  if not 0.0 < _LEVEL.value < 1.0:
+    raise app.UsageError(f"--level={_LEVEL.value!r}: the confidence level must lie in (0, 1)")
   result = run_sweep(_CONFIG.value, workdir=_WORKDIR.value, progress=True)
   logging.info("ran %s", result.info)
   if jax.process_index() == 0:

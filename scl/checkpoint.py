@@ -35,6 +35,7 @@ from flax import serialization
 from scl import config as config_lib
 from scl import files
 from scl import loop
+from scl import registry
 
 #: Version of the checkpoint layout; a checkpoint of another version is refused with a message.
 FORMAT = 2
@@ -121,9 +122,14 @@ def _code_digest(code: types.CodeType) -> str:
 
 
 def fingerprint(cfg: config_lib.Config, seed: int) -> dict[str, str]:
-  """flat keyword -> digest of its value, and the seed; raises :class:`Untrusted` naming the field."""
+  """flat keyword -> digest of its value, and the seed, and ``<field>:entry`` -> digest of each selected
+  component registered from outside scl (its code is not in :func:`code_digest`); raises :class:`Untrusted`
+  naming the field."""
+  flat = cfg.flat()
+  values = {**flat, "seed": seed}
+  values.update({f"{field}:entry": entry for field, entry in registry.user_entries(flat).items()})
   out = {}
-  for name, value in {**cfg.flat(), "seed": seed}.items():
+  for name, value in values.items():
     try:
       out[name] = _digest(value)
     except Untrusted as e:

@@ -131,6 +131,13 @@ class RewardConfig(_Group):
         raise ValueError(f"invalid config: {name}={getattr(self, name)!r}: must be a finite number")
     if self.r_tilde_fn is not None and not callable(self.r_tilde_fn):
       raise ValueError(f"invalid config: r_tilde_fn={self.r_tilde_fn!r}: must be a function [n, d] -> [n]")
+    if self.x_star is not None:
+      try:
+        point = np.asarray(self.x_star, np.float64)
+      except (TypeError, ValueError):
+        point = np.full(2, np.nan)
+      if point.ndim != 1 or point.size == 0 or not np.all(np.isfinite(point)):
+        raise ValueError(f"invalid config: x_star={self.x_star!r}: must be a point, a sequence of finite numbers")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

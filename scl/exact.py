@@ -180,6 +180,14 @@ def _fail(name: str, value: np.ndarray, why: str) -> None:
   raise ValueError(f"invalid argument: {name}={_fmt(value)}: {why}")
 
 
+def _require_scalars(**values: Any) -> None:
+  """``K``, ``λ``, ``φ`` (and the real share) of one curation step or run are scalars (grids: ``exact_sweep``)."""
+  for name, x in values.items():
+    if x is not None and _shape(x) != ():
+      raise ValueError(f"invalid argument: {name} has shape {_shape(x)}: expected a scalar (sweep a grid of "
+                       "values with scl.exact_sweep, or jax.vmap)")
+
+
 def _first_bad(name: str, x: np.ndarray, bad: np.ndarray) -> str:
   i = int(np.flatnonzero(bad)[0])
   return f"{name}[{i}]={x[i].item()!r}"
@@ -338,6 +346,7 @@ def curate(p: Array, r: Array, K: Any, r_tilde: Array | None = None, phi: Any = 
   Raises:
     ValueError: for invalid concrete inputs (see :func:`validate`).
   """
+  _require_scalars(K=K, phi=phi)
   validate(p=p, r=r, K=K, r_tilde=r_tilde, phi=phi, num_nodes=num_nodes)
   return _curate(p, r, K, r_tilde, phi, num_nodes=num_nodes)
 
@@ -352,9 +361,15 @@ def step(p: Array, r: Array, K: Any, real_share: Any, p_data: Array, r_tilde: Ar
          phi: Any = 0.0, *, num_nodes: int = NUM_NODES) -> Array:
   """``p_{t+1} = s p_data + (1 - s) curate(p_t)`` with the real share ``s = 1/(1+λ)``; shapes [n].
 
-  Concrete ``p``, ``r``, ``K``, ``p_data``, ``r_tilde`` (``r~``), ``phi`` are checked by :func:`validate`.
+  Concrete ``p``, ``r``, ``K``, ``p_data``, ``r_tilde`` (``r~``), ``phi`` are checked by :func:`validate`, and
+  ``real_share`` must lie in ``[0, 1]``; ``K``, ``real_share`` and ``phi`` are scalars.
   """
+  _require_scalars(K=K, real_share=real_share, phi=phi)
   validate(p=p, r=r, K=K, p_data=p_data, r_tilde=r_tilde, phi=phi, num_nodes=num_nodes)
+  if not _is_tracer(real_share):
+    share = np.asarray(real_share)
+    if share.dtype == bool or not np.issubdtype(share.dtype, np.number) or not 0.0 <= float(share) <= 1.0:
+      _fail("real_share", share, "the share of real data must lie in [0, 1] (1 / (1 + λ))")
   return _step(p, r, K, real_share, p_data, r_tilde, phi, num_nodes)
 
 
@@ -452,6 +467,7 @@ def run(p0: Array, r: Array, K: Any, lam: Any, p_data: Array | None = None, *, i
   Raises:
     ValueError: for invalid concrete inputs (see :func:`validate`).
   """
+  _require_scalars(K=K, lam=lam, phi=phi)
   validate(p0=p0, r=r, K=K, lam=lam, phi=phi, p_data=p_data, r_tilde=r_tilde, iterations=iterations,
            num_nodes=num_nodes)
   return _run_jit(p0, r, K, lam, p_data, r_tilde, phi, iterations, num_nodes)

@@ -57,7 +57,9 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[Any]:
 
 
 def to_jsonable(value: Any) -> Any:
-  """Arrays and numpy scalars to lists and floats (NaN/inf become None, which JSON can hold)."""
+  """Arrays and numpy scalars to lists and floats, in standard JSON: ±inf become the strings ``"inf"`` and
+  ``"-inf"`` (``float()`` reads them back; λ = inf is the fully synthetic loop, not a missing value), NaN
+  becomes None (null)."""
   if isinstance(value, Mapping):
     return {str(k): to_jsonable(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
@@ -68,12 +70,12 @@ def to_jsonable(value: Any) -> Any:
       return to_jsonable(arr.item())
     return to_jsonable(arr.tolist())
   if isinstance(value, float) and not np.isfinite(value):
-    return None
+    return None if np.isnan(value) else ("inf" if value > 0 else "-inf")
   return value
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Write ``obj`` as indented JSON atomically (arrays as lists, NaN and inf as null)."""
+  """Write ``obj`` as indented standard JSON atomically (arrays as lists; :func:`to_jsonable`)."""
   with atomic_open(path) as f:
     json.dump(to_jsonable(obj), f, indent=2)
 

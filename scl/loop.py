@@ -74,11 +74,28 @@ def step(params, hyper: hyper_lib.Hyper, data: task_lib.TaskData, key: chex.PRNG
   w_train = jnp.concatenate([share * data.real_w, (1.0 - share) * w_pool], 0)
   params_next = task.model.fit(params, k_fit, x_train, w_train, hyper)       # refit
   if task.finite:                                                            # theorem monitors
-    out["monitors"] = step_monitors(task, data, hyper, params, params_next)
+    se = sampling_se(r, w_pool, task.reward(data.reward, data.support), share)
+    out["monitors"] = {**step_monitors(task, data, hyper, params, params_next, se), "monitor_se": se}
   return params_next, out
 
 
-def step_monitors(task: task_lib.Task, data: task_lib.TaskData, hyper, params, params_next) -> dict:
+def sampling_se(r_pool: chex.Array, w_pool: chex.Array, r_support: chex.Array, share: chex.Array) -> chex.Array:
+  """Standard error of ``E_{p_{t+1}}[e^{r - r*}]`` over the curated pool's sampling (scaled units).
+
+  On a finite support the refit is the weighted histogram of the real data (``p_data`` itself, no noise) and
+  the curated pool, so ``E_{p_{t+1}}[ā] = s E_{p_data}[ā] + (1 - s) Σ_i w̃_i ā_i`` (``w̃`` the pool's normalised
+  weights). Its standard error is ``(1 - s) sqrt(Var_w̃[ā] Σ_i w̃_i²)`` (Kish's effective sample size).
+  """
+  r_star = jnp.max(r_support)
+  a = jnp.exp(jnp.minimum(r_pool - r_star, 0.0))
+  w = w_pool / jnp.maximum(jnp.sum(w_pool), jnp.finfo(w_pool.dtype).tiny)
+  mean = jnp.sum(w * a)
+  var = jnp.sum(w * (a - mean) ** 2)
+  return (1.0 - share) * jnp.sqrt(var * jnp.sum(w ** 2))
+
+
+def step_monitors(task: task_lib.Task, data: task_lib.TaskData, hyper, params, params_next,
+                  se: chex.Array | float = 0.0) -> dict:
   """Ferbach Lemma 2.2 / Thm 2.3 / Thm 2.4 and Wei Lemma 3.3 for ``p_t -> p_{t+1}`` on a finite support.
 
   They describe K-choice curation by the true reward (``r~`` for the ``φ`` share) with an exact refit, from
@@ -87,12 +104,16 @@ def step_monitors(task: task_lib.Task, data: task_lib.TaskData, hyper, params, p
   bound (``*_rhs``, ``*_slack``, ``*_holds``, ``g_*``) is NaN; the measured quantities (covariances,
   ``exp_reward_prev``) are still reported. Lemma 3.4 (``lemma34_*``, an asymptotic bound on the running
   minimum covariance) is monitored by :func:`scl.exact.run` only, and is NaN here.
+
+  ``p_{t+1}`` is fitted to a sample, so its ``E[e^r]`` is off the exact step's by sampling noise of standard error
+  ``se`` (:func:`sampling_se`, reported as ``monitor_se``): the ``*_holds`` comparisons of expectations allow
+  ``4 se`` (a false violation about once in 30,000 steps); the ``*_slack`` values are the margins as measured.
   """
   cfg = task.cfg
   p, p_next = task.model.probs(params), task.model.probs(params_next)
   out = theory.monitors(p, p_next, task.reward(data.reward, data.support), hyper.K.astype(jnp.float32),
                         hyper_lib.real_share(hyper.lam), data.p_data,
-                        task.r_tilde(data.r_tilde, data.support), hyper.phi, rtol=1e-5)
+                        task.r_tilde(data.r_tilde, data.support), hyper.phi, rtol=1e-5, atol=4.0 * se)
   applies = registry.CURATIONS.meta(cfg.curation.name, "k_choice", False) and not cfg.platform.active
   bound = lambda name: name.endswith(("_rhs", "_slack", "_holds")) or name.startswith("g_")
   # Lemma 3.4 needs the running minimum covariance over the iterations: scl.exact.run carries it.
@@ -157,12 +178,14 @@ def make_run_fn(cfg: config_lib.Config) -> tuple[Callable, task_lib.TaskData]:
   return run_fn, data
 
 
+@registry.on_replace
 @functools.lru_cache(maxsize=16)
 def _jitted_run(static_cfg: config_lib.Config) -> tuple[Callable, task_lib.TaskData]:
   run_fn, data = make_run_fn(static_cfg)
   return jax.jit(run_fn), data
 
 
+@registry.on_replace
 @functools.lru_cache(maxsize=16)
 def jitted_pieces(static_cfg: config_lib.Config):
   """``(init, chunk, final, data)`` jitted separately, for runs checkpointed between chunks of steps."""

@@ -51,8 +51,12 @@ class Registry:
         raise TypeError(f"{self.kind} {name!r} must be callable ({self.signature}), got {entry!r}")
       if name in self._entries and not replace:
         raise ValueError(f"{self.kind} {name!r} is already registered; pass replace=True to override it")
+      replaced = name in self._entries and (self._entries[name] is not entry or self._meta[name] != meta)
       self._entries[name] = entry
       self._meta[name] = dict(meta)
+      if replaced:  # programs built from the old entry are cached under the same config: drop them
+        for clear in _ON_REPLACE:
+          clear()
       return entry
 
     return add if entry is None else add(entry)
@@ -109,10 +113,36 @@ KINDS: dict[str, Registry] = {
 }
 
 
+#: Called after an entry is replaced by another (``replace=True``): ``cache_clear`` of the caches of programs
+#: built from configs, which name their components and so would keep the old one (:func:`on_replace`).
+_ON_REPLACE: list[Callable[[], None]] = []
+
+
+def on_replace(cached: Callable) -> Callable:
+  """Decorator of a ``functools.lru_cache`` function: its cache is cleared whenever an entry is replaced."""
+  _ON_REPLACE.append(cached.cache_clear)
+  return cached
+
+
+def user_entries(flat: dict[str, Any]) -> dict[str, Any]:
+  """``{field: entry}`` of the components a config (``cfg.flat()``) selects that are defined outside scl: their
+  code is not in scl's source digest, so a saved result's fingerprint must cover them."""
+  out = {}
+  for registry in KINDS.values():
+    name = flat.get(registry.field)
+    if isinstance(name, str) and name in registry:
+      entry = registry[name]
+      if not str(getattr(entry, "__module__", "") or "").startswith("scl."):
+        out[registry.field] = (entry, registry._meta[name])
+  return out
+
+
 def register(kind: str, name: str, entry: Callable | None = None, *, replace: bool = False, **meta):
   """Register a component of ``kind`` (one of :data:`KINDS`) under ``name``; a decorator without ``entry``.
 
   Example: ``scl.register("model", "my_flow", build_my_flow)`` then ``scl.configs.gaussian8(model="my_flow")``.
+  Replacing an entry (``replace=True``) drops the programs compiled with the old one; results saved in a workdir
+  (checkpoints, sweep points, cells) record the code of entries defined outside scl, so they are not reused.
   """
   if kind not in KINDS:
     raise ValueError(f"unknown component kind {kind!r}; choose one of {tuple(KINDS)}")

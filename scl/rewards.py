@@ -11,6 +11,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import chex
 import jax.numpy as jnp
+import numpy as np
 
 from scl import registry
 
@@ -55,6 +56,9 @@ def _build_clipped_distance(cfg, dataset) -> Reward:
   x_star = cfg.reward.x_star if cfg.reward.x_star is not None else dataset.anchor
   if x_star is None:
     raise ValueError(f"invalid config: x_star=None: data set {cfg.data.name!r} has no default x*; set x_star")
+  if dataset.anchor is not None and np.shape(x_star) != np.shape(dataset.anchor):
+    raise ValueError(f"invalid config: x_star={cfg.reward.x_star!r}: data set {cfg.data.name!r} has points of "
+                     f"dimension {len(dataset.anchor)}, so x* needs {len(dataset.anchor)} coordinates")
   return clipped_distance(x_star, cfg.reward.gamma, cfg.reward.r_min)
 
 

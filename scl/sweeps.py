@@ -43,6 +43,7 @@ from scl import config as config_lib
 from scl import hyper as hyper_lib
 from scl import exact as exact_lib
 from scl import loop
+from scl import registry
 from scl.results import SweepResult
 
 #: Keywords of :func:`exact_sweep` that may be swept (the traced arguments of :func:`scl.exact.run`).
@@ -301,6 +302,7 @@ def _loop_point(run_fn: Callable, keep_samples: bool, inputs, data):
   return {name: v for name, v in outs.items() if name != "samples" or keep_samples}
 
 
+@registry.on_replace
 @functools.lru_cache(maxsize=16)
 def _loop_program(static_cfg: config_lib.Config, keep_samples: bool):
   run_fn, data = loop.make_run_fn(static_cfg)

@@ -152,6 +152,7 @@ def support_arrays(cfg: config_lib.Config) -> tuple[np.ndarray, np.ndarray, np.n
           np.asarray(task.r_tilde(data.r_tilde, data.support)))
 
 
+@registry.on_replace
 @functools.lru_cache(maxsize=32)
 def build(cfg: config_lib.Config) -> tuple[Task, TaskData]:
   """Validate ``cfg`` and build its :class:`Task` and :class:`TaskData` (cached on the static config)."""

@@ -80,15 +80,15 @@ def _cov(p: Array, x: Array, y: Array) -> Array:
   return jnp.sum(p * (x - _mean(p, x)) * (y - _mean(p, y)))
 
 
-def _holds(lhs_minus_rhs: Array, scale: Array, rtol: float, applies: Array) -> Array:
-  """1.0 if ``lhs >= rhs`` up to ``rtol * scale`` (the numerical accuracy of the inputs), NaN if not applicable."""
-  ok = (lhs_minus_rhs >= -rtol * scale).astype(lhs_minus_rhs.dtype)
+def _holds(lhs_minus_rhs: Array, scale: Array, rtol: float, applies: Array, atol: Any = 0.0) -> Array:
+  """1.0 if ``lhs >= rhs`` up to ``rtol * scale + atol`` (the accuracy of the inputs), NaN if not applicable."""
+  ok = (lhs_minus_rhs >= -(rtol * scale + atol)).astype(lhs_minus_rhs.dtype)
   return jnp.where(applies, ok, jnp.nan)
 
 
 def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_data: Array,
              r_tilde: Array | None = None, phi: Any = 0.0, *, p0_is_data: bool | Array = True,
-             cov_min_prev: Array | None = None, rtol: float = 1e-6) -> dict[str, Array]:
+             cov_min_prev: Array | None = None, rtol: float = 1e-6, atol: Any = 0.0) -> dict[str, Array]:
   """The papers' bounds for one step ``p_{t-1} -> p_t`` of the loop, each with whether it holds.
 
   Args:
@@ -109,6 +109,9 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
     rtol: relative tolerance of the ``*_holds`` comparisons: the numerical accuracy of ``p_next`` (e.g. 2e-4
       for the float32 exact engine, 0 for an exact comparison). It is never used to weaken a bound: the
       ``*_slack`` values report the exact margins.
+    atol: absolute tolerance of the comparisons of ``E_{p_t}[e^{r - r*}]`` (Lemmas 2.2, 3.3, 3.4, Theorem 2.3;
+      scaled units), for a ``p_next`` fitted to samples: a multiple of its standard error (the Monte Carlo
+      loop passes 4 of them, :func:`scl.loop.step_monitors`). Not applied to Theorem 2.4's KL.
   Returns:
     Scalars (dtype of ``p_prev``): ``exp_reward_prev`` (E_{p_{t-1}}[e^r]); ``lemma22_rhs``,
     ``lemma22_slack``, ``lemma22_holds``; ``thm23_rhs``, ``thm23_slack``, ``thm23_holds``; ``thm24_rhs``,
@@ -143,14 +146,14 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
   rhs = e_prev + c_K * var_prev
   out["lemma22_rhs"] = jnp.where(applies, _natural(scale, rhs), nan)
   out["lemma22_slack"] = jnp.where(applies, e_next - rhs, nan)
-  out["lemma22_holds"] = _holds(e_next - rhs, e_next, rtol, applies)
+  out["lemma22_holds"] = _holds(e_next - rhs, e_next, rtol, applies, atol)
 
   # Ferbach Theorem 2.3 (real data, benign users, p_0 = p_data).
   applies = (phi == 0) & from_data
   rhs = e_data + (1.0 - s) * s ** 2 * c_K * var_data
   out["thm23_rhs"] = jnp.where(applies, _natural(scale, rhs), nan)
   out["thm23_slack"] = jnp.where(applies, e_next - rhs, nan)
-  out["thm23_holds"] = _holds(e_next - rhs, e_next, rtol, applies)
+  out["thm23_holds"] = _holds(e_next - rhs, e_next, rtol, applies, atol)
 
   # Ferbach Theorem 2.4: λ(K-1) < 1  <=>  (1-s)(K-1) < s; bound -log(1 - λ(K-1)); p_0 = p_data.
   Km1 = jnp.where(jnp.isinf(K), 0.0, K - 1.0)
@@ -188,7 +191,7 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
     rhs = e_prev + g_var + g
     out[f"{name}_rhs"] = jnp.where(applies, _natural(scale, rhs), nan)
     out[f"{name}_slack"] = jnp.where(applies, e_next - rhs, nan)
-    out[f"{name}_holds"] = _holds(e_next - rhs, e_next, rtol, applies)
+    out[f"{name}_holds"] = _holds(e_next - rhs, e_next, rtol, applies, atol)
 
   # Wei Lemma 3.4 (mixed data, constant φ; asymptotic in t):
   # E_{p_t}[e^r] >= E_{p_data}[e^r] + φ (λ+1) Cov_min / e^{r~max}, with λ + 1 = 1/s.
@@ -200,5 +203,5 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
   out["lemma34_cov_min_scaled"] = cov_min
   out["lemma34_rhs"] = jnp.where(applies, _natural(scale, rhs), nan)
   out["lemma34_slack"] = jnp.where(applies, e_next - rhs, nan)
-  out["lemma34_holds"] = _holds(e_next - rhs, e_next, rtol, applies)
+  out["lemma34_holds"] = _holds(e_next - rhs, e_next, rtol, applies, atol)
   return {k: jnp.asarray(v, dtype) for k, v in out.items()}

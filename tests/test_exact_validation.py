@@ -123,6 +123,14 @@ def test_run_iterations(no_compute):
   raises(lambda: run(iterations=True), r"iterations=True: ")
 
 
+def test_one_step_or_run_takes_scalars_and_a_real_share_in_0_1(no_compute):
+  raises(lambda: run(lam=[1.0, np.inf]), r"lam has shape \(2,\): expected a scalar")
+  raises(lambda: curate(K=[2.0, 4.0]), r"K has shape \(2,\): expected a scalar")
+  for share in (1.5, -0.1, np.nan):
+    raises(lambda: exact.step(P, R, 2.0, share, P), r"real_share=.*must lie in \[0, 1\]")
+  raises(lambda: exact.step(P, R, 2.0, np.array([0.5, 0.5]), P), r"real_share has shape \(2,\)")
+
+
 def test_num_nodes(no_compute):
   for bad in (0, 1, 2.5, True):
     raises(lambda: run(num_nodes=bad), rf"num_nodes={bad!r}: .*integer >= 2")

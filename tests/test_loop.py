@@ -243,3 +243,21 @@ def test_a_bad_seed_fails_before_compute(seed, monkeypatch):
     scl.run(cfg, seed=seed)
   with pytest.raises(ValueError, match=r"data_seed=4294967296: must be an integer in \[0, 2\*\*32\)"):
     scl.configs.points(np.array([[0.0, 0.0]]), data_seed=2**32).validate()
+
+
+def test_an_x_star_of_another_dimension_or_not_finite_fails_before_compute():
+  with pytest.raises(ValueError, match=r"x_star=\(2.0,\): data set 'gaussian8' has points of dimension 2"):
+    scl.run(scl.configs.gaussian8(x_star=(2.0,), iterations=1, pool_size=100, n_keep=50))
+  with pytest.raises(ValueError, match=r"x_star=\(nan, 0.0\): must be a point"):
+    scl.configs.gaussian8(x_star=(float("nan"), 0.0))
+
+
+def test_json_keeps_infinity_apart_from_nan(tmp_path):
+  import json
+  files.write_json(str(tmp_path / "x.json"), {"lam": [0.25, float("inf")], "low": -np.inf, "missing": np.nan,
+                                               "grid": np.array([1.0, np.inf], np.float32)})
+  text = (tmp_path / "x.json").read_text()
+  assert "Infinity" not in text and "NaN" not in text   # standard JSON
+  back = json.loads(text)
+  assert back == {"lam": [0.25, "inf"], "low": "-inf", "missing": None, "grid": [1.0, "inf"]}
+  assert [float(v) for v in back["lam"]] == [0.25, float("inf")]

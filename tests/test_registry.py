@@ -123,3 +123,37 @@ def test_a_registered_data_set_has_a_builder_for_the_binaries():
   assert cfg == scl.Config().replace(dataset="test_segment", **overrides).validate()
   with pytest.raises(ValueError, match="test_segment"):   # the error lists registered data sets too
     scl.configs.builder("no_such_set")
+
+
+def _keep_first(key, r, r_tilde, hyper, cfg):
+  return jnp.zeros(r.shape).at[0].set(1.0)
+
+
+def _keep_best(key, r, r_tilde, hyper, cfg):
+  return jnp.zeros(r.shape).at[jnp.argmax(r)].set(1.0)
+
+
+def test_replacing_an_entry_drops_its_compiled_programs_and_its_saved_results(tmp_path):
+  from scl import registry
+  names = ("scl_test_replaced", "scl_test_best")
+  try:
+    scl.register("curation", names[0], _keep_first)
+    scl.register("curation", names[1], _keep_best)
+    make = lambda name: scl.configs.gaussian8(model="categorical", n_atoms=64, pool_size=500, n_keep=100,
+                                              n_eval=200, iterations=1, curation=name)
+    first = scl.run(make(names[0]), seed=0).metrics["expected_reward"]
+    best = scl.run(make(names[1]), seed=0).metrics["expected_reward"]   # the same rule under a name never replaced
+    assert not np.allclose(first, best)
+    saved = scl.run(make(names[0]), seed=0, workdir=str(tmp_path / "w"), progress=False)
+    np.testing.assert_array_equal(saved.metrics["expected_reward"], first)
+
+    scl.register("curation", names[0], _keep_best, replace=True)
+    np.testing.assert_array_equal(scl.run(make(names[0]), seed=0).metrics["expected_reward"], best)
+    grid = scl.sweep(make(names[0]), K=[4], seeds=[0])
+    np.testing.assert_allclose(grid.metrics["expected_reward"][0, 0], best, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"different run \(fields \['curation:entry'\] differ"):
+      scl.run(make(names[0]), seed=0, workdir=str(tmp_path / "w"), progress=False)
+  finally:
+    for name in names:
+      registry.CURATIONS._entries.pop(name, None)
+      registry.CURATIONS._meta.pop(name, None)

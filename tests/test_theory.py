@@ -449,3 +449,25 @@ def test_lemma34_fails_at_convergence_as_transcribed():
                             r_tilde=jnp.asarray(r_tilde), phi=phi)
   np.testing.assert_allclose(traj[-1], want[-1], rtol=1e-9)
   assert metrics["lemma34_holds"][-1] == 0.0
+
+
+def test_atol_widens_only_the_expectation_comparisons():
+  """A p_next below Lemma 2.2's bound by a margin m (scaled units): holds iff atol >= m; Theorem 2.4 ignores atol."""
+  p = np.full(4, 0.25)
+  r = np.log(np.array([0.25, 0.5, 0.75, 1.0]))
+  exact_next = np.asarray(exact.curate(p, r, 4.0))
+  a = np.exp(r - r.max())
+  rhs = np.sum(p * a) + 0.75 * (np.sum(p * a ** 2) - np.sum(p * a) ** 2)
+  # Move mass from the best atom to the worst until E[a] is 0.01 below the bound.
+  margin = 0.01
+  shift = (np.sum(exact_next * a) - rhs + margin) / (a[-1] - a[0])
+  low = exact_next + shift * np.array([1.0, 0.0, 0.0, -1.0])
+  np.testing.assert_allclose(np.sum(low * a) - rhs, -margin, atol=1e-12)
+  for atol, holds in ((0.0, 0.0), (0.5 * margin, 0.0), (1.5 * margin, 1.0)):
+    m = theory.monitors(jnp.asarray(p), jnp.asarray(low), jnp.asarray(r), 4.0, 0.0, jnp.asarray(p), rtol=0.0,
+                        atol=atol)
+    assert float(m["lemma22_holds"]) == holds, atol
+    assert float(m["lemma33_holds"]) == holds, atol
+  far = np.array([0.97, 0.01, 0.01, 0.01])   # KL to p_data far above Theorem 2.4's bound at λ (K-1) = 0.3
+  m = theory.monitors(jnp.asarray(p), jnp.asarray(far), jnp.asarray(r), 4.0, 1 / 1.1, jnp.asarray(p), atol=10.0)
+  assert float(m["thm24_holds"]) == 0.0
