@@ -64,6 +64,7 @@ _LEVEL = flags.DEFINE_float("level", 0.95, "Confidence level of the intervals ov
 
 _BINARY_FIELDS = ("seeds", "attacks", "recipes", "settings")
 ANY = "any"   # the recipe label of attacks that do not depend on the recipe
+RECIPE_ATTACKS = ("gradient", "gradient_adaptive")   # the attacks that take an attack_recipe
 COLUMNS = ("setting", "attack", "recipe")   # a cell's key
 
 
@@ -74,7 +75,7 @@ def cells(config) -> dict[tuple[str, str, str], scl.Config]:
   settings = sorted(config.settings.items(), key=lambda kv: -float(kv[1]))   # fully synthetic first
   for setting, lam in settings:
     for attack in config.attacks:
-      recipes = tuple(config.recipes) if attack == "gradient" else (ANY,)
+      recipes = tuple(config.recipes) if attack in RECIPE_ATTACKS else (ANY,)
       for recipe in recipes:
         extra = {} if recipe == ANY else {"attack_recipe": recipe}
         out[(setting, attack, recipe)] = make(attack=attack, lam=float(lam), **extra)
@@ -157,9 +158,9 @@ def print_table(out: dict, recipes) -> None:
     rows = {a: {r: f"{v[r]['mean']:.3f} [{v[r]['low']:.3f}, {v[r]['high']:.3f}]" for r in recipes}
             for a, v in by_attack.items()}
     print(pd.DataFrame(rows).T.to_string())
-  kept = [c for c in out["cells"] if c["attack"] == "gradient"]
+  kept = [c for c in out["cells"] if c["attack"] in RECIPE_ATTACKS]
   for c in kept:
-    print(f"{c['setting']} gradient/{c['recipe']}: kept dist's flips in {c['kept_dist_fraction']:.0%} of "
+    print(f"{c['setting']} {c['attack']}/{c['recipe']}: kept dist's flips in {c['kept_dist_fraction']:.0%} of "
           f"attack steps")
 
 

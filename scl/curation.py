@@ -150,13 +150,13 @@ def _choice(key, r, r_tilde, hyper, cfg):
                         r_tilde_pool=r_tilde, phi=hyper.phi)
 
 
-@registry.CURATIONS.register("topk")
+@registry.CURATIONS.register("topk", keeps_fraction=True)
 def _topk(key, r, r_tilde, hyper, cfg):
   del cfg
   return topk_weights(key, r, hyper.beta, r_tilde_pool=r_tilde, phi=hyper.phi)
 
 
-@registry.CURATIONS.register("luce_pool")
+@registry.CURATIONS.register("luce_pool", keeps_fraction=True)
 def _luce_pool(key, r, r_tilde, hyper, cfg):
   del cfg
   return luce_pool_weights(key, r, hyper.beta, r_tilde_pool=r_tilde, phi=hyper.phi)

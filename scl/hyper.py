@@ -182,6 +182,14 @@ def validate_traced(cfg, **values) -> None:
   if "alpha" in values and weighting == "code" and np.any(np.asarray(values["alpha"], np.float64) > 1.0):
     raise ValueError(f"invalid config: alpha={values['alpha']!r}: attack_weighting='code' weighs "
                      "α Cov + (1 − α) dist, so α must be in [0, 1]")
+  curation = getattr(getattr(cfg, "curation", None), "name", None)
+  if ("beta" in values and curation in registry.CURATIONS
+      and registry.CURATIONS.meta(curation, "keeps_fraction", False)):
+    pool = cfg.curation.pool_size
+    beta = np.asarray(values["beta"], np.float64)
+    if np.any(beta * pool < 1.0 - 1e-6):  # keep_count's floor(β · P), float32 rounding forgiven
+      raise ValueError(f"invalid config: beta={beta.tolist()!r}: curation={curation!r} keeps floor(β · pool_size) "
+                       f"samples, none of pool_size={pool}; β must be at least {1 / pool:.3g}")
   if "K" in values and np.any(np.asarray(values["K"], np.float64) > cfg.curation.K_max):
     raise ValueError(f"invalid config: K={values['K']!r}: exceeds K_max={cfg.curation.K_max}; K_max is static "
                      "(it fixes the candidate shapes and so the random draws): raise it to sweep larger K")

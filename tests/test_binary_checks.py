@@ -62,3 +62,14 @@ def test_variants_whose_file_names_collide_and_bad_image_fields_fail_before_comp
   config.variants = {first: dict(config.variants[first]), first.upper(): dict(config.variants[first])}
   with pytest.raises(ValueError, match="have the same file name"):
     images.build_configs(config)
+
+
+def test_the_adaptive_gradient_attack_has_a_cell_per_recipe():
+  configs = _binaries.load("adversarial_config_recipes", "experiments", "configs", "adversarial.py")
+  binary = _binaries.load("adversarial_binary_recipes", "experiments", "adversarial.py")
+  config = _binaries.tiny(configs.get_config("quick"), attacks=("random", "gradient_adaptive"),
+                          recipes=("paper", "robust"), settings={"synthetic": float("inf")})
+  cells = binary.cells(config)
+  assert set(cells) == {("synthetic", "random", "any"), ("synthetic", "gradient_adaptive", "paper"),
+                        ("synthetic", "gradient_adaptive", "robust")}
+  assert cells[("synthetic", "gradient_adaptive", "robust")].platform.attack_recipe == "robust"

@@ -261,3 +261,13 @@ def test_json_keeps_infinity_apart_from_nan(tmp_path):
   back = json.loads(text)
   assert back == {"lam": [0.25, "inf"], "low": "-inf", "missing": None, "grid": [1.0, "inf"]}
   assert [float(v) for v in back["lam"]] == [0.25, float("inf")]
+
+
+def test_a_pool_filter_that_would_keep_nothing_fails_before_compute(monkeypatch):
+  message = r"beta=0.001: curation='topk' keeps floor\(β · pool_size\) samples, none of pool_size=500"
+  with pytest.raises(ValueError, match=message):
+    scl.run(scl.configs.gaussian8(curation="topk", beta=0.001, pool_size=500, n_keep=100, iterations=1))
+  cfg = scl.configs.gaussian8(curation="topk", pool_size=500, n_keep=100, iterations=1)
+  with pytest.raises(ValueError, match=r"beta=\[0.5, 0.001\]: curation='topk'"):
+    scl.sweep(cfg, beta=[0.5, 0.001])
+  scl.configs.gaussian8(curation="topk", beta=0.002, pool_size=500, n_keep=100).validate()  # keeps 1
