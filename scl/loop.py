@@ -108,6 +108,8 @@ def step_monitors(task: task_lib.Task, data: task_lib.TaskData, hyper, params, p
   ``p_{t+1}`` is fitted to a sample, so its ``E[e^r]`` is off the exact step's by sampling noise of standard error
   ``se`` (:func:`sampling_se`, reported as ``monitor_se``): the ``*_holds`` comparisons of expectations allow
   ``4 se`` (a false violation about once in 30,000 steps); the ``*_slack`` values are the margins as measured.
+  Theorem 2.4's KL comparison has no such allowance: a sampled refit's ``KL(p_{t+1} || p_data)`` is biased
+  upward by about ``(1 - s)^2 (atoms - 1) / (2 n_eff)``, so read ``thm24_slack`` against that size.
   """
   cfg = task.cfg
   p, p_next = task.model.probs(params), task.model.probs(params_next)
