@@ -248,6 +248,8 @@ def _check(config) -> None:
   if isinstance(config.n_phi, bool) or not isinstance(config.n_phi, int) or config.n_phi < 1:
     raise ValueError(f"invalid config: n_phi={config.n_phi!r}: must be an integer >= 1")
   scl.exact.validate(iterations=config.iterations, K=_values(config.K), lam=_values(config.lam))
+  if config.iterations < 1:  # the summary compares the first step with p_0
+    raise ValueError(f"invalid config: iterations={config.iterations!r}: must be >= 1")
   try:
     scl.exact.validate(K=config.phi_K)
   except ValueError as e:

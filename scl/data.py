@@ -78,7 +78,8 @@ def gaussian8(cfg) -> "task.Dataset":
   """The Gaussian ring of both papers (``n_modes`` modes of radius ``ring_radius``, std ``ring_std``)."""
   d = cfg.data
   sample = lambda key, n: sample_gaussian8(key, n, d.n_modes, d.ring_radius, d.ring_std, d.ring_scale)
-  spacing = 2 * d.ring_radius * math.sin(math.pi / d.n_modes) / d.ring_scale
+  # One mode has no neighbour: its radius is then bounded by the ring's spread alone.
+  spacing = 2 * d.ring_radius * math.sin(math.pi / d.n_modes) / d.ring_scale if d.n_modes > 1 else math.inf
   # x* = (radius, 0) is not divided by ring_scale: the second paper's code scales its data, not x*.
   return task.Dataset(sample=sample, anchor=(d.ring_radius, 0.0),
                       modes=ring_modes(d.n_modes, d.ring_radius) / d.ring_scale,

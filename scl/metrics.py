@@ -11,7 +11,7 @@ Names (each a scalar per iteration, or ``[m]`` for ``mode_props``):
                        by logsumexp, finite even where ``exp_reward`` overflows.
   ``mode_props``       fraction of samples within ``mode_radius`` of each mode (Gaussian-8 only).
   ``off_mode``         fraction of samples near no mode (Gaussian-8 only).
-  ``energy_distance``  energy distance between model samples and a fixed sample of ``p_data`` (2,000 points).
+  ``energy_distance``  energy distance between model samples and a fixed sample of ``p_data`` (1,000 points, ``N_ENERGY``).
   ``kl_to_data``       KL(p_t || p_data), exact, for the categorical model only.
 
 On image data sets (a classifier is part of the task), measured in the classifier's space:

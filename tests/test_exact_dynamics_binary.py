@@ -56,7 +56,8 @@ def test_quick_run_writes_tables_and_figures(tmp_path):
 
 @pytest.mark.parametrize("field,value,match", [("K", (0.0, 2.0), r"K=\[0\.0, 2\.0\]"),
                                                ("lam", (-1.0,), r"lam=\[-1\.0\]"),
-                                               ("phi_K", 0.5, "phi_K=0.5"), ("n_phi", 0, "n_phi=0")])
+                                               ("phi_K", 0.5, "phi_K=0.5"), ("n_phi", 0, "n_phi=0"),
+                                               ("iterations", 0, "iterations=0: must be >= 1")])
 def test_invalid_config_fails_before_compute(tmp_path, field, value, match):
   config = configs.get_config("quick")
   config[field] = value

@@ -271,3 +271,9 @@ def test_a_pool_filter_that_would_keep_nothing_fails_before_compute(monkeypatch)
   with pytest.raises(ValueError, match=r"beta=\[0.5, 0.001\]: curation='topk'"):
     scl.sweep(cfg, beta=[0.5, 0.001])
   scl.configs.gaussian8(curation="topk", beta=0.002, pool_size=500, n_keep=100).validate()  # keeps 1
+
+
+def test_a_ring_of_one_mode_counts_its_samples_on_the_mode():
+  cfg = scl.configs.gaussian8(n_modes=1, iterations=0, pool_size=1000, n_keep=500, n_eval=1000)
+  props = scl.run(cfg).metrics["mode_props"]
+  assert float(np.asarray(props)[0, 0]) > 0.99, props   # 10 std around the one mode: all but ~0 samples
