@@ -70,6 +70,8 @@ _L = 20.0
 #: Nodes per chunk when ``n * num_nodes`` is large (bounds memory at ``n * _CHUNK`` floats).
 _CHUNK = 32
 _SINGLE_BLOCK_ELEMENTS = 1 << 21
+#: Largest reward spread kept in float32 / float64 (``e^{-Δ}`` normal, ``e^{s_hi}`` finite).
+_SPREAD_MAX_F32, _SPREAD_MAX_F64 = 75.0, 650.0
 
 
 def _dtype(*xs) -> Any:
@@ -112,7 +114,7 @@ def _curation_weight(p: Array, r: Array, K: Array, num_nodes: int) -> Array:
   spread = -jnp.min(jnp.where(support, rho, 0.0))
   delta_cap = _nodes_spread_cap(num_nodes, log_K)
   # Keep e^{-Δ} normal and u = e^{s_hi} finite in the working precision.
-  delta_cap = jnp.minimum(delta_cap, 75.0 if dtype == jnp.float32 else 650.0)
+  delta_cap = jnp.minimum(delta_cap, _SPREAD_MAX_F32 if dtype == jnp.float32 else _SPREAD_MAX_F64)
   delta = jnp.minimum(spread, delta_cap)
   # clipped above too: an atom off the support may have any reward above r*; its weight is 0 anyway, but
   # e^{rho} would overflow and make E_p[a] = 0 * inf = NaN
@@ -195,7 +197,7 @@ def _first_bad(name: str, x: np.ndarray, bad: np.ndarray) -> str:
 
 def validate(*, p: Any = None, p0: Any = None, p_data: Any = None, r: Any = None, r_tilde: Any = None,
              K: Any = None, lam: Any = None, phi: Any = None, iterations: Any = None,
-             num_nodes: Any = None) -> None:
+             real_share: Any = None, num_nodes: Any = None) -> None:
   """Check the arguments of :func:`curate`, :func:`step`, :func:`run` (and of an exact sweep) before compute.
 
   Any subset of keywords may be given; ``None`` means "not given". Checks that need values are skipped for
@@ -209,6 +211,7 @@ def validate(*, p: Any = None, p0: Any = None, p_data: Any = None, r: Any = None
   * ``K`` (candidates per choice): ``K >= 1`` or ``+inf``; not NaN.
   * ``lam`` (``λ``): ``λ >= 0`` (``inf`` allowed: fully synthetic); not NaN.
   * ``phi`` (``φ``, fraction of malicious users): in ``[0, 1]``.
+  * ``real_share`` (``s = 1/(1+λ)``, :func:`step`): in ``[0, 1]``.
   * ``iterations``: a Python or numpy integer ``>= 0`` (not a bool).
   * ``num_nodes`` (quadrature nodes): a Python or numpy integer ``>= 2``. Where the rewards on the support of
     the given probability vectors spread further than the nodes resolve (``Δ_cap`` of the module docstring,
@@ -251,7 +254,9 @@ def validate(*, p: Any = None, p0: Any = None, p_data: Any = None, r: Any = None
 
   grids = (("K", K, lambda v: ~(v >= 1), "the number of candidates must be >= 1 (or inf)"),
            ("lam", lam, lambda v: ~(v >= 0), "λ must be >= 0 (inf: fully synthetic)"),
-           ("phi", phi, lambda v: ~((v >= 0) & (v <= 1)), "the fraction φ of malicious users must lie in [0, 1]"))
+           ("phi", phi, lambda v: ~((v >= 0) & (v <= 1)), "the fraction φ of malicious users must lie in [0, 1]"),
+           ("real_share", real_share, lambda v: ~((v >= 0) & (v <= 1)),
+            "the share of real data must lie in [0, 1] (1 / (1 + λ))"))
   for name, x, bad, why in grids:
     if x is None:
       continue
@@ -290,7 +295,7 @@ def _warn_if_spread_exceeds_nodes(num_nodes: int, probs: list, rewards: list, K:
   finite = ks[np.isfinite(ks)]
   log_K = math.log(max(float(finite.max()) if finite.size else 2.0, 1.0))
   cap = float(_nodes_spread_cap(num_nodes, log_K))
-  if cap >= 75.0:  # float32's range, not the nodes, bounds the spread then (module docstring)
+  if cap >= _SPREAD_MAX_F32:  # float32's range, not the nodes, bounds the spread then (module docstring)
     return
   for name, x in rewards:
     v = np.asarray(x, np.float64)[support]
@@ -365,11 +370,7 @@ def step(p: Array, r: Array, K: Any, real_share: Any, p_data: Array, r_tilde: Ar
   ``real_share`` must lie in ``[0, 1]``; ``K``, ``real_share`` and ``phi`` are scalars.
   """
   _require_scalars(K=K, real_share=real_share, phi=phi)
-  validate(p=p, r=r, K=K, p_data=p_data, r_tilde=r_tilde, phi=phi, num_nodes=num_nodes)
-  if not _is_tracer(real_share):
-    share = np.asarray(real_share)
-    if share.dtype == bool or not np.issubdtype(share.dtype, np.number) or not 0.0 <= float(share) <= 1.0:
-      _fail("real_share", share, "the share of real data must lie in [0, 1] (1 / (1 + λ))")
+  validate(p=p, r=r, K=K, p_data=p_data, r_tilde=r_tilde, phi=phi, real_share=real_share, num_nodes=num_nodes)
   return _step(p, r, K, real_share, p_data, r_tilde, phi, num_nodes)
 
 
