@@ -92,7 +92,13 @@ def write_csv(path: str, frame) -> None:
     frame.to_csv(f, index=False)
 
 
-def save_figure(path: str, fig) -> None:
-  """Save a matplotlib figure atomically as PNG."""
-  with atomic_open(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+def save_figure(path: str, fig, close: bool = True) -> None:
+  """Save a matplotlib figure atomically as PNG, then close it (unless ``close=False``): pyplot keeps every
+  figure it made open until closed, so a binary that saves many would hold them all in memory."""
+  try:
+    with atomic_open(path, "wb") as f:
+      fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+  finally:
+    if close:
+      import matplotlib.pyplot as plt  # noqa: PLC0415 (only where figures are saved)
+      plt.close(fig)
