@@ -10,9 +10,11 @@ attacks at κ = 0.2 on the platform's learned ``10 − class`` reward; each full
 
   metrics.csv, metrics.json   one row per (variant, iteration): expected_reward, class_props_<c>,
                               frechet_distance, precision, recall, the platform's statistics, ...
-  summary.csv, summary.json   one row per variant: the class-0 share, the expected reward and both rewards
-                              (``5 P(class 0)`` and ``10 − class``, measured on every variant's samples)
-                              first -> last, the final Fréchet distance, precision and recall, seconds
+  summary.csv, summary.json   one row per variant: the rewarded class's share (``target_share``; class
+                              ``target_class``), the expected reward and both rewards (``γ P(class c)``
+                              and ``10 − class``, measured on every variant's samples with its own
+                              classifier) first -> last, the final Fréchet distance, precision and recall,
+                              seconds
   reward.png                  expected true reward per iteration, every variant (one panel per reward)
   rewards_both.png            both rewards for every variant, on the saved samples
   classes.png                 class proportions as stacked areas, one panel per variant
@@ -28,6 +30,7 @@ run. Any field of the config can be set as a flag: ``--config.iterations=4``, ``
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 import re
 import sys
@@ -62,8 +65,20 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/images", "Where to write metrics
 
 _BINARY_FIELDS = ("seed", "checkpoint_every", "variants", "save_samples", "grid_rows", "parallel")
 
-#: The rewards every variant is also scored by (on its saved samples): name -> label.
-REWARDS = {"class_prob": "5 P(class 0)", "class_index": "10 - class"}
+#: The rewards every variant is also scored by (on its saved samples), by name.
+REWARDS = ("class_prob", "class_index")
+
+
+def reward_label(cfg: scl.Config, name: str | None = None) -> str:
+  """How the reward ``name`` (default: ``cfg``'s own) reads in titles and legends, with ``cfg``'s ``gamma``,
+  ``target_class`` and number of classes (``5 P(class 0)``, ``10 - class``, ``10 - floor(class / 10)``)."""
+  name = name or cfg.reward.name
+  if name == "class_prob":
+    return f"{cfg.reward.gamma:g} P(class {cfg.reward.target_class})"
+  if name == "class_index":
+    classes = task_lib.build(cfg)[0].classifier.num_classes
+    return "10 - class" if classes == 10 else f"10 - floor(10 class / {classes})"
+  return name
 
 
 def slug(name: str) -> str:
@@ -92,6 +107,18 @@ def reward_of(cfg: scl.Config, name: str):
   task, data = task_lib.build(cfg.replace(reward=name, attack="none", learned_reward=False))
   fn = jax.jit(task.reward)
   return lambda x: np.asarray(fn(data.reward, x))
+
+
+def classes_of(cfg: scl.Config):
+  """The classifier's predicted class of images ``[n, H, W, C] -> [n]`` for ``cfg``'s data set."""
+  task, data = task_lib.build(cfg)
+  fn = _predict(task.classifier.apply)
+  return lambda x: np.asarray(fn(data.images["classifier"], x))
+
+
+@functools.lru_cache(maxsize=None)
+def _predict(apply):  # the classifier's weights an argument of the jitted program, not a constant baked into it
+  return jax.jit(lambda params, x: apply(params, x)[0].argmax(-1))
 
 
 def lanes(cfgs: dict[str, scl.Config], n: int) -> list[list[str]]:
@@ -160,14 +187,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, scl.Result]:
 
 
 def scored_rewards(results: dict[str, scl.Result]) -> dict[str, dict[str, np.ndarray]]:
-  """variant -> reward name -> ``[T+1]`` mean of that reward over the variant's saved samples."""
-  first = next(iter(results.values())).config
-  fns = {name: reward_of(first, name) for name in REWARDS}
+  """variant -> reward name -> ``[T+1]`` mean of that reward over the variant's saved samples, each reward
+  with the variant's own data set, classifier, ``gamma`` and ``target_class``."""
+  fns: dict = {}
   out = {}
   for variant, res in results.items():
-    n = min(res.config.data.n_eval, res.samples.shape[1])
+    cfg = res.config
+    key = (cfg.data, cfg.reward.gamma, cfg.reward.target_class)  # variants that share these share the rewards
+    if key not in fns:
+      fns[key] = {name: reward_of(cfg, name) for name in REWARDS}
+    n = min(cfg.data.n_eval, res.samples.shape[1])
     out[variant] = {name: np.array([fn(res.samples[t, :n]).mean() for t in range(res.samples.shape[0])])
-                    for name, fn in fns.items()}
+                    for name, fn in fns[key].items()}
   return out
 
 
@@ -177,7 +208,9 @@ def summary_frame(results, seconds, scored) -> pd.DataFrame:
     m = res.metrics
     row = dict(variant=name, reward=res.config.reward.name, attack=res.config.platform.attack,
                kappa=res.config.hyper.kappa, lam=res.config.hyper.lam,
-               class0_first=float(m["class_props"][0, 0]), class0_last=float(m["class_props"][-1, 0]),
+               target_class=res.config.reward.target_class,
+               target_share_first=float(m["class_props"][0, res.config.reward.target_class]),
+               target_share_last=float(m["class_props"][-1, res.config.reward.target_class]),
                expected_reward_first=float(m["expected_reward"][0]),
                expected_reward_last=float(m["expected_reward"][-1]))
     for reward, values in scored[name].items():
@@ -213,25 +246,28 @@ def write_outputs(results: dict[str, scl.Result], seconds: dict[str, float], con
 
   by_reward: dict[str, dict[str, scl.Result]] = {}
   for name, res in results.items():
-    by_reward.setdefault(f"reward = {REWARDS.get(res.config.reward.name, res.config.reward.name)}", {})[name] = res
+    by_reward.setdefault(f"reward = {reward_label(res.config)}", {})[name] = res
   # Runs with real data mixed in are dashed.
   styles = {name: "-" if np.isinf(res.config.hyper.lam) else "--" for name, res in results.items()}
   files.save_figure(os.path.join(workdir, "reward.png"),
                     plotting.curve_panels(by_reward, "expected_reward", "E_{p_t}[r] (true reward)",
                                           "expected true reward of the model", sharey=False, linestyles=styles))
+  def panel_title(reward):  # the label with its gamma and target class where every variant shares them
+    labels = {reward_label(res.config, reward) for res in results.values()}
+    return labels.pop() if len(labels) == 1 else reward
   files.save_figure(os.path.join(workdir, "rewards_both.png"),
-                    plotting.array_panels({REWARDS[r]: {v: scored[v][r] for v in results} for r in REWARDS},
+                    plotting.array_panels({panel_title(r): {v: scored[v][r] for v in results} for r in REWARDS},
                                           "mean reward of the saved samples",
                                           "both rewards, measured on every variant's samples", linestyles=styles))
-  files.save_figure(os.path.join(workdir, "classes.png"), plotting.class_proportions(results))
+  targets = {res.config.reward.target_class for res in results.values()}
+  files.save_figure(os.path.join(workdir, "classes.png"),
+                    plotting.class_proportions(results, highlight=targets.pop() if len(targets) == 1 else None))
   quality = {"frechet_distance": "Fréchet distance (classifier features)", "precision": "precision (k = 3)",
              "recall": "recall (k = 3)"}
   files.save_figure(os.path.join(workdir, "quality.png"),
                     plotting.metric_panels(results, quality, linestyles=styles, logy=("frechet_distance",)))
-  first = next(iter(results.values())).config
-  task, data = task_lib.build(first)
-  predict = jax.jit(lambda x: task.classifier.apply(data.images["classifier"], x)[0].argmax(-1))
   for name, res in results.items():
+    predict = classes_of(res.config)
     T = res.samples.shape[0] - 1
     rows = int(config.grid_rows)
     steps = sorted({round(T * k / max(rows - 1, 1)) for k in range(rows)})
@@ -243,7 +279,7 @@ def write_outputs(results: dict[str, scl.Result], seconds: dict[str, float], con
     with files.atomic_open(os.path.join(workdir, f"samples_{slug(name)}.npz"), "wb") as f:
       np.savez_compressed(f, samples=keep.astype(np.float32), classes=labels)
 
-  cols = ["variant", "class0_first", "class0_last", "expected_reward_first", "expected_reward_last",
+  cols = ["variant", "target_share_first", "target_share_last", "expected_reward_first", "expected_reward_last",
           "class_prob_last", "class_index_last", "frechet_distance_last", "precision_last", "recall_last",
           "seconds"]
   print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -27,6 +27,7 @@ def _quick_config():
   # fully synthetic and with real data: two compiled programs instead of four.
   config.variants = configs.variants(("benign_prob", "random"))
   config.iterations = 1
+  config.gamma, config.target_class = 2.0, 3  # not the preset's 5 and 0: labels and scores must follow them
   return config
 
 
@@ -68,6 +69,13 @@ def test_files_tables_and_variants(run):
     summary = json.load(f)
   assert [row["variant"] for row in summary["variants"]] == names
   assert summary["variants"][2]["lam"] == 1.0 and summary["variants"][0]["lam"] == "inf"   # standard JSON
+  for row in summary["variants"]:  # the rewarded class's share, from the metrics table's class proportions
+    rows = table[table.variant == row["variant"]]
+    assert row["target_class"] == 3
+    assert row["target_share_first"] == pytest.approx(rows.class_props_3.iloc[0])
+    assert row["target_share_last"] == pytest.approx(rows.class_props_3.iloc[-1])
+  assert binary.reward_label(results["benign_prob"].config) == "2 P(class 3)"
+  assert binary.reward_label(results["random"].config) == "10 - class"
 
 
 def test_expected_reward_recomputed_from_saved_samples(run):
@@ -92,9 +100,27 @@ def test_expected_reward_recomputed_from_saved_samples(run):
       props = np.bincount(logits.argmax(1), minlength=10) / n_eval
       np.testing.assert_allclose(rows[[f"class_props_{c}" for c in range(10)]].to_numpy()[t], props, atol=1e-6)
       if name.startswith("benign_prob"):
-        assert rows.expected_reward.iloc[t] == pytest.approx(5.0 * p[:, 0].mean(), rel=1e-4, abs=1e-5)
+        assert rows.expected_reward.iloc[t] == pytest.approx(2.0 * p[:, 3].mean(), rel=1e-4, abs=1e-5)
       else:
         assert rows.expected_reward.iloc[t] == pytest.approx(np.mean(10.0 - logits.argmax(1)), rel=1e-5)
+
+
+def test_both_rewards_scored_on_every_variant_with_its_target_class(run):
+  """summary.json's scored rewards: γ P(class c) and 10 − class over each iteration's saved samples (the first
+  n_eval of them), recomputed with the classifier loaded directly."""
+  config, workdir, results = run
+  clf, params, _ = classifier_lib.get(image_data.load("digits"))
+  logits_of = jax.jit(lambda x: clf.apply(params, x)[0])
+  with open(os.path.join(workdir, "summary.json")) as f:
+    scored = json.load(f)["scored_rewards"]
+  for name, res in results.items():
+    n = min(config.n_eval, res.samples.shape[1])
+    for t in range(config.iterations + 1):
+      logits = np.asarray(logits_of(jnp.asarray(res.samples[t, :n])), np.float64)
+      p = np.exp(logits - logits.max(1, keepdims=True))
+      p /= p.sum(1, keepdims=True)
+      assert scored[name]["class_prob"][t] == pytest.approx(2.0 * p[:, 3].mean(), rel=1e-4, abs=1e-5)
+      assert scored[name]["class_index"][t] == pytest.approx(np.mean(10.0 - logits.argmax(1)), rel=1e-5)
 
 
 def test_rerun_resumes_from_checkpoints_with_the_same_table(run):
