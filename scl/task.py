@@ -121,15 +121,33 @@ class Task(NamedTuple):
     return data.support[samples] if self.finite else samples
 
 
-def _check_reward(field: str, values, n: int) -> None:
-  """The reward named by the config ``field`` maps ``[n, d]`` to ``[n]`` finite values on the data."""
-  values = np.asarray(values)
-  if values.shape != (n,):
+#: Rows of one call when a reward is checked on a larger data set (one pass of a classifier over CIFAR's 50,000
+#: training images at once would hold tens of GB of activations).
+CHECK_ROWS = 1024
+
+
+def _check_reward(field: str, apply: Callable, params: Any, x: chex.Array) -> None:
+  """The reward named by the config ``field`` maps ``[n, ...]`` to ``[n]`` finite values on the data ``x``.
+
+  Up to :data:`CHECK_ROWS` rows in one call; a larger ``x`` in chunks of that many (the first called directly,
+  the rest under one jitted ``lax.map``), so the check's memory does not grow with the data set.
+  """
+  n = x.shape[0]
+  rows = min(n, CHECK_ROWS)
+  values = np.asarray(apply(params, x[:rows]))
+  if values.shape != (rows,):
     raise ValueError(f"invalid config: {field}: the reward must map [n, d] to [n]; got shape {values.shape} "
-                     f"for n={n}")
+                     f"for n={rows}")
+  if n > rows:
+    k = -(-n // rows)
+    rest = jnp.concatenate([x[rows:], jnp.broadcast_to(x[:1], (k * rows - n,) + x.shape[1:])])  # padded: x[0]
+    chunks = rest.reshape((k - 1, rows) + x.shape[1:])
+    more = jax.jit(lambda p, c: jax.lax.map(lambda chunk: apply(p, chunk), c))(params, chunks)
+    values = np.concatenate([values, np.asarray(more).reshape(-1)[:n - rows]])
   if not np.all(np.isfinite(values)):
-    bad = values[~np.isfinite(values)][:3]
-    raise ValueError(f"invalid reward: {field} is not finite on the data (values such as {bad})")
+    bad = np.flatnonzero(~np.isfinite(values))[:3]
+    raise ValueError(f"invalid reward: {field} is not finite on the data (rows {bad.tolist()}: values "
+                     f"{values[bad]})")
 
 
 def reward_functions(cfg: config_lib.Config) -> tuple[Callable, Callable]:
@@ -193,9 +211,9 @@ def build(cfg: config_lib.Config) -> tuple[Task, TaskData]:
     checked = real_x
     model = registry.MODELS[cfg.model.name](cfg, tuple(real_x.shape[1:]), None)
   r_field = "reward_fn" if cfg.reward.name == "custom" else f"reward={cfg.reward.name!r}"
-  _check_reward(r_field, reward.apply(reward.params, checked), checked.shape[0])
+  _check_reward(r_field, reward.apply, reward.params, checked)
   _check_reward("r_tilde_fn" if cfg.reward.r_tilde_fn is not None else f"r~ = -r ({r_field})",
-                r_tilde.apply(r_tilde.params, checked), checked.shape[0])
+                r_tilde.apply, r_tilde.params, checked)
 
   modes = None if dataset.modes is None else jnp.asarray(dataset.modes, jnp.float32)
   classifier, images = None, None

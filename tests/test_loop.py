@@ -166,6 +166,25 @@ def test_unknown_override_and_bad_data_fail_before_compute():
     scl.run(bad_shape)
 
 
+def test_reward_is_checked_on_every_row_of_a_large_data_set_in_bounded_chunks():
+  """The build checks the reward on all 3,000 support points, at most CHECK_ROWS rows per call (a classifier
+  over CIFAR's 50,000 training images in one call would need tens of GB), and names the row that is NaN."""
+  from scl import task as task_lib
+  pts = np.random.default_rng(0).normal(size=(3000, 2)).astype(np.float32)
+  pts[2345] = [9.0, 9.0]
+  seen = []
+
+  def reward(x):
+    seen.append(x.shape[0])
+    return jnp.where(x[:, 0] > 8.0, jnp.nan, x[:, 1])
+
+  with pytest.raises(ValueError, match=r"not finite on the data \(rows \[2345\]"):
+    task_lib.build(scl.configs.points(pts, reward="custom", reward_fn=reward))
+  assert seen and max(seen) <= task_lib.CHECK_ROWS
+  pts[2345] = [0.0, 0.0]
+  task_lib.build(scl.configs.points(pts, reward="custom", reward_fn=lambda x: x[:, 1]))
+
+
 def test_checkpointed_run_resumes_and_matches_uninterrupted(tmp_path, monkeypatch):
   cfg = small("gmm", iterations=4)
   whole = scl.run(cfg, seed=5)
