@@ -23,6 +23,27 @@ def test_gmm_log_prob_matches_scipy_mixture_density():
                              rtol=1e-4, atol=1e-4)
 
 
+def test_gmm_fit_is_finite_and_equivariant_under_a_change_of_units():
+  """Data on a line (a singular covariance) beside a blob, in units 1, 1e3 and 1e-3: every fit is finite, and
+  the mean log density moves by -d log(scale), the change of variables (an absolute jitter of 1e-6 gave NaN
+  at scale 1e3: float32 lost it beside covariances of order 1e6)."""
+  rng = np.random.default_rng(0)
+  t = rng.normal(size=4000)
+  x = np.concatenate([np.stack([t, 2 * t + 1], 1), rng.normal(size=(4000, 2)) + 5]).astype(np.float32)
+  w = jnp.full((x.shape[0],), 1.0 / x.shape[0])
+  model = models.make_gmm((2,), n_components=4, em_steps=30)
+  mean_log_prob = {}
+  for scale in (1.0, 1e3, 1e-3):
+    xs = jnp.asarray(x * np.float32(scale))
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), xs, w)
+    params = jax.jit(model.fit)(params, None, xs, w, None)
+    lp = np.asarray(model.log_prob(params, xs))
+    assert np.all(np.isfinite(lp)) and np.all(np.isfinite(np.asarray(model.sample(params, jax.random.key(1), 100))))
+    mean_log_prob[scale] = lp.mean() + 2 * np.log(scale)
+  np.testing.assert_allclose(mean_log_prob[1e3], mean_log_prob[1.0], atol=0.05)
+  np.testing.assert_allclose(mean_log_prob[1e-3], mean_log_prob[1.0], atol=0.05)
+
+
 def test_categorical_log_prob_is_the_log_of_the_fitted_histogram():
   model = models.make_categorical(4)
   w = jnp.asarray([0.1, 0.2, 0.3, 0.4])

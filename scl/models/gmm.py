@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -29,7 +28,13 @@ def _log_normal(x, means, chol):
   return -0.5 * maha - log_det[None] - 0.5 * d * math.log(2 * math.pi)
 
 
-def _em_step(params, x, w, reg):
+def _data_variance(x, w):
+  """The weighted data's variance, averaged over dimensions (a scale for the covariances' jitter)."""
+  var = jnp.sum(w[:, None] * (x - jnp.sum(w[:, None] * x, 0)) ** 2, 0)
+  return jnp.maximum(jnp.mean(var), 1e-30)  # all points equal: a floor, not a zero covariance
+
+
+def _em_step(params, x, w, jitter):
   log_resp = jax.nn.log_softmax(params["logits"][None] + _log_normal(x, params["means"], params["chol"]), -1)
   resp = jnp.exp(log_resp) * w[:, None]                                     # [N, C]
   mass = jnp.sum(resp, 0)                                                   # [C]
@@ -38,12 +43,16 @@ def _em_step(params, x, w, reg):
   means = jnp.einsum("nc,nd->cd", resp, x) / safe[:, None]
   diff = x[:, None, :] - means[None]
   cov = jnp.einsum("nc,ncd,nce->cde", resp, diff, diff) / safe[:, None, None]
-  cov = cov + reg * jnp.eye(x.shape[-1])
+  cov = cov + jitter * jnp.eye(x.shape[-1])
   chol = jnp.linalg.cholesky(cov)
+  # A covariance that float32 rounding left not positive definite (a component on a line, far from the
+  # origin) gets a NaN factor: keep the previous one, as for a component that lost its mass.
+  ok = jnp.all(jnp.isfinite(chol), axis=(-2, -1)) & jnp.all(jnp.isfinite(means), -1)
+  keep = alive & ok
   return {
       "logits": jnp.log(jnp.maximum(mass, 1e-30)),
-      "means": jnp.where(alive[:, None], means, params["means"]),
-      "chol": jnp.where(alive[:, None, None], chol, params["chol"]),
+      "means": jnp.where(keep[:, None], means, params["means"]),
+      "chol": jnp.where(keep[:, None, None], chol, params["chol"]),
   }
 
 
@@ -68,7 +77,9 @@ def make_gmm(event_shape=(2,), n_components: int = 8, em_steps: int = 30, init_e
 
   Params: ``{"logits": [C], "means": [C, d], "chol": [C, d, d]}`` (Cholesky factors of the covariances).
   ``init`` seeds means by k-means++ and runs ``init_em_steps`` EM steps; ``fit`` runs ``em_steps`` EM steps
-  from the previous params. ``reg`` is added to every covariance's diagonal.
+  from the previous params. ``reg`` times the data's variance (averaged over dimensions) is added to every
+  covariance's diagonal: relative, so that the fit does not depend on the data's units (an absolute ``1e-6``
+  vanished in float32 beside covariances of order ``1e6`` and left singular ones NaN).
   """
   event_shape = tuple(event_shape)
   d = math.prod(event_shape)
@@ -77,13 +88,13 @@ def make_gmm(event_shape=(2,), n_components: int = 8, em_steps: int = 30, init_e
     return x.reshape(x.shape[0], d)
 
   def run_em(params, x, w, steps):
-    return jax.lax.fori_loop(0, steps, lambda _, p: _em_step(p, x, w, reg), params)
+    jitter = reg * _data_variance(x, w)
+    return jax.lax.fori_loop(0, steps, lambda _, p: _em_step(p, x, w, jitter), params)
 
   def init(key, x, w):
     x = flat(x)
     means = _kmeans_pp(key, x, w, n_components)
-    var = jnp.sum(w[:, None] * (x - jnp.sum(w[:, None] * x, 0)) ** 2, 0)
-    scale = jnp.sqrt(jnp.mean(var) / n_components + reg)
+    scale = jnp.sqrt(_data_variance(x, w) * (1.0 / n_components + reg))
     params = {
         "logits": jnp.zeros(n_components),
         "means": means,
