@@ -128,7 +128,9 @@ def image_metrics(task, data, images: chex.Array) -> dict[str, chex.Array]:
 
 
 def gaussian_stats(features: chex.Array) -> tuple[chex.Array, chex.Array]:
-  """Mean ``[F]`` and covariance ``[F, F]`` (``ddof = 1``) of features ``[n, F]``."""
+  """Mean ``[F]`` and covariance ``[F, F]`` (``ddof = 1``) of features ``[n, F]``, ``n >= 2``."""
+  if features.shape[0] < 2:
+    raise ValueError(f"gaussian_stats: a covariance needs at least 2 points; got {features.shape[0]}")
   mu = jnp.mean(features, 0)
   centred = features - mu
   return mu, centred.T @ centred / (features.shape[0] - 1)
@@ -154,7 +156,9 @@ def _sq_distances(a: chex.Array, b: chex.Array) -> chex.Array:
 
 
 def knn_radii(features: chex.Array, k: int = 3) -> chex.Array:
-  """Squared distance of each of ``features [n, F]`` to its ``k``-th nearest other point, ``[n]``."""
+  """Squared distance of each of ``features [n, F]`` to its ``k``-th nearest other point, ``[n]`` (``n > k``)."""
+  if not 1 <= k < features.shape[0]:  # else the index below would be clamped to the farthest point, silently
+    raise ValueError(f"knn_radii: k={k} needs 1 <= k < n (the number of points, {features.shape[0]})")
   d = _sq_distances(features, features)
   return jnp.sort(d, axis=1)[:, k]            # column 0 is the point itself
 

@@ -219,6 +219,12 @@ def build(cfg: config_lib.Config) -> tuple[Task, TaskData]:
   classifier, images = None, None
   if dataset.classifier is not None:
     classifier, params = dataset.classifier
+    n_images = min(cfg.data.n_eval, cfg.curation.pool_size)  # the first n_eval of each iteration's pool
+    if n_images <= metrics_lib.K_NEIGHBOURS or eval_points.shape[0] <= metrics_lib.K_NEIGHBOURS:
+      raise ValueError(f"invalid config: n_eval={cfg.data.n_eval!r}, pool_size={cfg.curation.pool_size!r}: the "
+                       f"image metrics compare {n_images} model images with {eval_points.shape[0]} real ones; "
+                       f"precision and recall need more than k = {metrics_lib.K_NEIGHBOURS} of each (their "
+                       f"k-th nearest neighbour), the Fréchet distance at least 2")
     _, features = jax.jit(classifier.apply)(params, eval_points)
     mu, cov = metrics_lib.gaussian_stats(features)
     images = {"classifier": params, "features": features, "mu": mu, "cov": cov,

@@ -69,6 +69,25 @@ def test_precision_recall_of_identical_and_disjoint_sets():
   assert float(half["precision"]) == pytest.approx(0.5)
 
 
+def test_knn_radii_match_a_brute_force_count_and_too_few_points_fail():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(50, 3))
+  d = ((x[:, None] - x[None]) ** 2).sum(-1)
+  np.fill_diagonal(d, np.inf)
+  np.testing.assert_allclose(metrics.knn_radii(jnp.asarray(x, jnp.float32), 3), np.sort(d, 1)[:, 2], rtol=1e-4)
+  with pytest.raises(ValueError, match=r"k=3 needs 1 <= k < n .*3"):  # the index would clamp, silently
+    metrics.knn_radii(jnp.zeros((3, 2)), 3)
+  with pytest.raises(ValueError, match="at least 2 points; got 1"):
+    metrics.gaussian_stats(jnp.zeros((1, 2)))
+
+
+@pytest.mark.parametrize("field", ["n_eval", "pool_size"])
+def test_image_metrics_on_too_few_images_fail_before_compute(field):
+  overrides = dict(n_eval=3) if field == "n_eval" else dict(pool_size=3, n_keep=1, n_pairs=2)
+  with pytest.raises(ValueError, match=rf"{field}=3.*more than k = 3"):
+    scl.run(scl.configs.digits(**overrides, iterations=1))
+
+
 def test_frechet_distance_of_held_out_digits_is_near_zero_and_noise_is_far():
   splits = image_data.load("digits")
   clf, params, info = classifier_lib.get(splits)
