@@ -217,9 +217,13 @@ def _predict_batch(apply, params, x):
 def predict(classifier: Classifier, params: Any, images: np.ndarray, *, batch_size: int = EVAL_BATCH
             ) -> np.ndarray:
   """Predicted classes ``[n]`` of ``images``, evaluated ``batch_size`` at a time (one compiled shape)."""
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"predict: batch_size={batch_size!r} must be an integer >= 1")
   images = np.asarray(images, np.float32)
   n = images.shape[0]
   out = np.empty((n,), np.int32)
+  if n == 0:
+    return out
   b = min(batch_size, n)
   for start in range(0, n, b):
     chunk = images[start:start + b]
@@ -232,7 +236,10 @@ def predict(classifier: Classifier, params: Any, images: np.ndarray, *, batch_si
 
 def accuracy(classifier: Classifier, params: Any, images: np.ndarray, labels: np.ndarray, *,
              batch_size: int = EVAL_BATCH) -> float:
-  """Fraction of ``images`` whose predicted class is ``labels``."""
+  """Fraction of ``images`` whose predicted class is ``labels`` (at least one image, as many labels)."""
+  if len(images) == 0 or len(images) != len(labels):
+    raise ValueError(f"accuracy: needs at least one image and a label for each; got {len(images)} images and "
+                     f"{len(labels)} labels")
   return float(np.mean(predict(classifier, params, images, batch_size=batch_size) == np.asarray(labels)))
 
 

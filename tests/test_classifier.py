@@ -108,3 +108,18 @@ def test_unknown_arch_and_settings():
     classifier.make_classifier("resnet", (8, 8, 1), 10)
   with pytest.raises(TypeError, match="unknown training settings"):
     classifier.cache_path(image_data.load("digits"), "cnn", "/tmp", epochs=3)
+
+
+def test_predict_in_batches_matches_one_call_and_handles_edge_sizes():
+  """Batched predict (the last batch padded) against the argmax of one jitted call; no images give no classes."""
+  clf = classifier.make_classifier("cnn", (8, 8, 1), 10)
+  params = classifier.init_params(clf, jax.random.PRNGKey(0))
+  x = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (7, 8, 8, 1), minval=-1, maxval=1))
+  whole = np.asarray(jax.jit(clf.apply)(params, x)[0]).argmax(-1)
+  np.testing.assert_array_equal(classifier.predict(clf, params, x, batch_size=3), whole)
+  assert classifier.predict(clf, params, x[:0]).shape == (0,)
+  assert classifier.accuracy(clf, params, x, whole) == 1.0
+  with pytest.raises(ValueError, match="batch_size=0"):
+    classifier.predict(clf, params, x, batch_size=0)
+  with pytest.raises(ValueError, match="0 images and 0 labels"):
+    classifier.accuracy(clf, params, x[:0], whole[:0])
