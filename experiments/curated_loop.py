@@ -16,7 +16,6 @@ Writes into ``--workdir``:
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 from absl import app
@@ -43,7 +42,8 @@ _BINARY_FIELDS = ("seed", "checkpoint_every", "variants")
 
 
 def slug(name: str) -> str:
-  return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+  """The file name of a variant, from its name in the results (``"<variant> (K=..., λ=..., φ=...)"``)."""
+  return files.slug(name.rsplit(" (K=", 1)[0])
 
 
 def build_configs(config) -> dict[str, scl.Config]:
@@ -51,12 +51,8 @@ def build_configs(config) -> dict[str, scl.Config]:
   make = scl.configs.from_flags(config, _BINARY_FIELDS)  # keywords left None keep the builder's defaults
   variants = config.get("variants") or {"run": {}}
   cfgs = {}
-  slugs = {}
+  files.unique_slugs(variants)  # their checkpoints and sample plots would share a file name
   for name, overrides in variants.items():
-    if slug(name) in slugs:  # their checkpoints and sample plots would share a file name
-      raise ValueError(f"invalid config: variants {slugs[slug(name)]!r} and {name!r} have the same file name "
-                       f"{slug(name)!r}; rename one")
-    slugs[slug(name)] = name
     cfg = make(**dict(overrides))
     cfgs[f"{name} (K={cfg.hyper.K}, λ={cfg.hyper.lam:g}, φ={cfg.hyper.phi:g})"] = cfg
   return cfgs
@@ -68,7 +64,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, scl.Result]:
   results = {}
   for name, cfg in cfgs.items():
     logging.info("running %s: model=%s %s", name, cfg.model.name, cfg.hyper)
-    results[name] = scl.run(cfg, seed=config.seed, workdir=os.path.join(workdir, slug(name.split(" (")[0])),
+    results[name] = scl.run(cfg, seed=config.seed, workdir=os.path.join(workdir, slug(name)),
                             checkpoint_every=config.checkpoint_every)
   write_outputs(results, workdir)
   return results
@@ -106,7 +102,7 @@ def write_outputs(results: dict[str, scl.Result], workdir: str) -> None:
     steps = sorted({0, T // 4, T // 2, (3 * T) // 4, T})
     r = np.asarray(task.reward(data.reward, res.samples.reshape(-1, res.samples.shape[-1])))
     r = r.reshape(res.samples.shape[:2])
-    files.save_figure(os.path.join(workdir, f"samples_{slug(name.split(' (')[0])}.png"),
+    files.save_figure(os.path.join(workdir, f"samples_{slug(name)}.png"),
                        plotting.sample_scatter(res.samples, r, steps, title=name))
   summary = {name: {"expected_reward_first": float(res.metrics["expected_reward"][0]),
                     "expected_reward_last": float(res.metrics["expected_reward"][-1]),

@@ -32,7 +32,6 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
-import re
 import sys
 import time
 
@@ -81,8 +80,7 @@ def reward_label(cfg: scl.Config, name: str | None = None) -> str:
   return name
 
 
-def slug(name: str) -> str:
-  return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+slug = files.slug  # a variant's file name
 
 
 def build_configs(config) -> dict[str, scl.Config]:
@@ -92,12 +90,7 @@ def build_configs(config) -> dict[str, scl.Config]:
     value = config.get(field)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f"invalid config: {field}={value!r}: must be an integer >= 1")
-  slugs = {}
-  for name in config.variants:
-    if slug(name) in slugs:  # their checkpoints and sample files would share a name
-      raise ValueError(f"invalid config: variants {slugs[slug(name)]!r} and {name!r} have the same file name "
-                       f"{slug(name)!r}; rename one")
-    slugs[slug(name)] = name
+  files.unique_slugs(config.variants)  # their checkpoints and sample files would share a name
   return {name: make(**dict(overrides)) for name, overrides in config.variants.items()}
 
 

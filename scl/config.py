@@ -36,6 +36,11 @@ from scl.hyper import TRACED_BY_NAME, Hyper, traced_names, validate_traced
 # Static settings, one group per component.
 
 
+#: Seeds (``seed``, ``data_seed``, a sweep's ``seeds``) lie in ``[0, SEED_LIMIT)``: ``jax.random.PRNGKey`` keeps 32
+#: bits of a seed without 64-bit mode, so ``2**32`` would be seed 0 again.
+SEED_LIMIT = 2**32
+
+
 def _positive_ints(group, names: Iterable[str]) -> None:
   for name in names:
     value = getattr(group, name)
@@ -99,7 +104,7 @@ class DataConfig(_Group):
       if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0 or (positive and value == 0):
         raise ValueError(f"invalid config: {name}={value!r}: must be a finite number "
                          f"{'> 0' if positive else '>= 0'}")
-    if isinstance(self.data_seed, bool) or not isinstance(self.data_seed, int) or not 0 <= self.data_seed < 2**32:
+    if isinstance(self.data_seed, bool) or not isinstance(self.data_seed, int) or not 0 <= self.data_seed < SEED_LIMIT:
       raise ValueError(f"invalid config: data_seed={self.data_seed!r}: must be an integer in [0, 2**32)")
 
 

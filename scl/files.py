@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import threading
 from typing import Any, Iterator, Mapping
@@ -13,6 +14,23 @@ import numpy as np
 
 
 _UMASK_LOCK = threading.Lock()
+
+
+def slug(name: str) -> str:
+  """``name`` as a file name: runs of characters other than ASCII letters and digits as ``_``, lower case."""
+  return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+
+
+def unique_slugs(names, what: str = "variants") -> dict[str, str]:
+  """name -> :func:`slug` for each of ``names``; a ``ValueError`` naming both when two share one (their files,
+  checkpoints among them, would overwrite each other)."""
+  out, seen = {}, {}
+  for name in names:
+    s = slug(name)
+    if s in seen:
+      raise ValueError(f"invalid config: {what} {seen[s]!r} and {name!r} have the same file name {s!r}; rename one")
+    out[name], seen[s] = s, name
+  return out
 
 
 def current_umask() -> int:

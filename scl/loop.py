@@ -261,8 +261,7 @@ def run(cfg: config_lib.Config, seed: int = 0, *, workdir: str | None = None, ch
       seed that is not an integer in ``[0, 2**32)``.
   """
   cfg.validate()
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-    # jax.random.PRNGKey keeps 32 bits of a seed without 64-bit mode: 2**32 would be seed 0 again
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < config_lib.SEED_LIMIT:
     raise ValueError(f"invalid seed={seed!r}: must be an integer in [0, 2**32)")
   if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
       or checkpoint_every < 1:

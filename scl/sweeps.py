@@ -85,8 +85,7 @@ def _seed_values(seeds) -> np.ndarray:
   arr = np.asarray(list(seeds))
   if arr.size == 0:
     raise ValueError("invalid sweep: seeds is empty; give at least one seed")
-  if arr.ndim != 1 or arr.dtype.kind not in "iu" or np.any(arr < 0) or np.any(arr >= 2**32):
-    # jax.random.PRNGKey keeps 32 bits of a seed without 64-bit mode: 2**32 would be seed 0 again
+  if arr.ndim != 1 or arr.dtype.kind not in "iu" or np.any(arr < 0) or np.any(arr >= config_lib.SEED_LIMIT):
     raise ValueError(f"invalid sweep: seeds={seeds!r}: seeds must be integers in [0, 2**32)")
   uniq, counts = np.unique(arr, return_counts=True)
   if np.any(counts > 1):

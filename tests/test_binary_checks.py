@@ -49,6 +49,8 @@ def test_variants_whose_file_names_collide_and_bad_image_fields_fail_before_comp
   config.variants = {"Mixed run": {"lam": 0.25}, "mixed-run": {"lam": 1.0}}
   with pytest.raises(ValueError, match="variants 'Mixed run' and 'mixed-run' have the same file name 'mixed_run'"):
     loop_binary.build_configs(config)
+  config.variants = {"a (x)": {"lam": 0.25}, "a (y)": {"lam": 1.0}}  # files named by the whole variant name
+  assert sorted(loop_binary.slug(name) for name in loop_binary.build_configs(config)) == ["a_x", "a_y"]
 
   configs = _binaries.load("images_config_checks", "experiments", "configs", "images.py")
   images = _binaries.load("images_binary_checks", "experiments", "images.py")

@@ -15,7 +15,7 @@ from ml_collections import config_flags
 import pytest
 
 import scl
-from tests import _binaries
+import _binaries
 
 CONFIGS = ("gaussian8.py", "adversarial.py:quick", "defences.py:quick", "images.py:quick", "sweep.py:tiny")
 BINARIES = dict(zip(CONFIGS, ("curated_loop.py", "adversarial.py", "defences.py", "images.py", "sweep.py")))
