@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scl import curation as curation_lib
 from scl import registry
 
 
@@ -187,7 +188,7 @@ def validate_traced(cfg, **values) -> None:
       and registry.CURATIONS.meta(curation, "keeps_fraction", False)):
     pool = cfg.curation.pool_size
     beta = np.asarray(values["beta"], np.float64)
-    if np.any(beta * pool < 1.0 - 1e-6):  # keep_count's floor(β · P), float32 rounding forgiven
+    if np.any(np.asarray(curation_lib.keep_count(beta, pool)) < 1):  # the count the filter keeps
       raise ValueError(f"invalid config: beta={beta.tolist()!r}: curation={curation!r} keeps floor(β · pool_size) "
                        f"samples, none of pool_size={pool}; β must be at least {1 / pool:.3g}")
   if "K" in values and np.any(np.asarray(values["K"], np.float64) > cfg.curation.K_max):
