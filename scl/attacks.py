@@ -556,6 +556,7 @@ def attack(name: str, key: chex.PRNGKey, x: chex.Array, z: chex.Array, o: chex.A
     steps: outer steps of the gradient attack (static).
   """
   chex.assert_rank(o, 1)
+  cfg = config.Config().replace(attack=name, attack_steps=steps).validate()
+  hyper_lib.validate_concrete(cfg, kappa=kappa, alpha=alpha, l2=l2)  # κ in [0, 1], ... (as scl.run checks)
   hyper = hyper_lib.Hyper.defaults(kappa=kappa, alpha=alpha, l2=l2)
-  cfg = config.Config().replace(attack=name, attack_steps=steps)
   return registry.ATTACKS[name](key, x, z, o, AttackerView(params, apply_fn, x_pool), hyper, cfg)[:2]

@@ -217,7 +217,9 @@ class PlatformConfig(_Group):
       ``"top"``, ``"gradient"``).
     n_pairs: preference pairs drawn from ``p_t`` per iteration.
     labels: ``"deterministic"`` or ``"bradley_terry"`` (:data:`scl.registry.LABELS`).
-    learned_reward: curate with the learned reward even without an attack.
+    learned_reward: curate with the learned reward even without an attack. The platform also runs (and the
+      users curate with its learned reward) whenever an attack, a defence or a label mode other than
+      ``"deterministic"`` is set: each acts only on the platform's preference pairs (:attr:`active`).
     reward_hidden: hidden widths of the learned reward MLP (``(64,)``: the papers' 2→64→1 network).
     attack_steps: outer steps of the gradient attack.
     attack_recipe: the gradient attack's recipe (:data:`scl.attacks.RECIPES`): ``"robust"`` (scl's: start
@@ -250,8 +252,11 @@ class PlatformConfig(_Group):
 
   @property
   def active(self) -> bool:
-    """Whether the users curate through the platform's learned reward."""
-    return self.attack != "none" or self.learned_reward
+    """Whether the users curate through the platform's learned reward: asked for (``learned_reward``), or
+    implied by a setting that only the platform reads (an attack, a defence, a label mode): without it such
+    a setting would be ignored silently."""
+    return (self.attack != "none" or self.learned_reward or self.defence != "none"
+            or self.labels != "deterministic")
 
   def validate(self) -> None:
     """Raise ``ValueError`` naming the field and value of an invalid setting of this group."""

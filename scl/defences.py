@@ -223,18 +223,19 @@ def _apply_second(fn, apply_fn, params, *args):
   return fn(params, apply_fn, *args)
 
 
-def refit_for(name: str, eps: chex.Array) -> Callable[..., Params]:
+def refit_for(name: str, eps: chex.Array) -> Callable[..., Params] | None:
   """The re-fit an adaptive attacker differentiates through when the platform runs defence ``name``.
 
   Returns ``(theta_init, apply_fn, x, z, o, l2, **solver) -> θ``: :func:`fit_defended` on the defence's loss
-  (:data:`LOSSES`) with strength ``eps`` for ``"label_smoothing"``, ``"robust_bt"`` and ``"outlier"``; the
-  plain :func:`scl.reward_model.fit_reward` otherwise (``"none"``, and the discrete filters
-  ``"ensemble_filter"`` and ``"knn_relabel"``, which have no gradient: the attacker uses the undefended fit as
-  its surrogate).
+  (:data:`LOSSES`) with strength ``eps`` for ``"label_smoothing"``, ``"robust_bt"`` and ``"outlier"``; None
+  otherwise (``"none"``, and the discrete filters ``"ensemble_filter"`` and ``"knn_relabel"``, which have no
+  gradient: the attacker uses the undefended fit as its surrogate), which :func:`scl.attacks.gradient_attack`
+  reads as the plain Bradley–Terry fit with its own route (the warm-started adjoint solve, the coarse start):
+  the same attack as ``"gradient"``.
   """
   loss = LOSSES.get(name)
   if loss is None:
-    return reward_model.fit_reward
+    return None
 
   def refit(theta_init, apply_fn, x, z, o, l2, **solver):
     return fit_defended(loss, theta_init, apply_fn, x, z, o, eps, l2, **solver)
@@ -375,7 +376,9 @@ def defend(name: str, key: chex.PRNGKey, x: chex.Array, z: chex.Array, o: chex.A
     ensemble_size, knn_k (static): see :class:`scl.config.PlatformConfig`.
   """
   from scl import config  # pylint: disable=import-outside-toplevel  (config imports the registries)
-  hyper = hyper_lib.Hyper.defaults(eps=eps, l2=l2)
+  chex.assert_rank(o, 1)
   cfg = config.Config().replace(defence=name, ensemble_size=ensemble_size, knn_k=knn_k,
-                                n_pairs=max(int(o.shape[0]), 1))
+                                n_pairs=max(int(o.shape[0]), 1)).validate()  # the name, knn_k against n
+  hyper_lib.validate_concrete(cfg, eps=eps, l2=l2)  # ε in the defence's domain (as scl.run checks it)
+  hyper = hyper_lib.Hyper.defaults(eps=eps, l2=l2)
   return tuple(registry.DEFENCES[name](key, x, z, o, theta0, net, hyper, cfg)[:2])

@@ -163,6 +163,12 @@ def real_share(lam) -> jax.Array:
   return jnp.where(jnp.isinf(lam), 0.0, 1.0 / (1.0 + jnp.where(jnp.isinf(lam), 0.0, lam)))
 
 
+def validate_concrete(cfg, **values) -> None:
+  """:func:`validate_traced` on those of ``values`` that are concrete (numbers, arrays): a function called
+  under ``jit`` or ``vmap`` gets tracers, which its caller checked (``scl.run``, ``scl.sweep``) or cannot be."""
+  validate_traced(cfg, **{k: v for k, v in values.items() if not isinstance(v, jax.core.Tracer)})
+
+
 def validate_traced(cfg, **values) -> None:
   """Check traced values (scalars or sequences of grid values) against their domains and ``K_max``.
 

@@ -36,7 +36,8 @@ def _true_reward(x):
 
 
 @pytest.mark.parametrize("n,kappa", [(50, 0.2), (10, 0.7), (10, 0.3), (37, 0.5), (50, 0.93),
-                                     (1000, 0.001), (7, 1.0), (50, 0.0)])
+                                     (1000, 0.001), (7, 1.0), (50, 0.0), (50_000, 0.2), (100_000, 0.7),
+                                     (30_000, 0.333333), (50_000, 0.1999995)])  # the last two: 9,999 flips
 def test_flip_budget_is_exact_floor(n, kappa):
   assert int(attacks.flip_budget(jnp.float32(kappa), n)) == _expected_budget(kappa, n)
 
@@ -82,6 +83,16 @@ def test_none_attack_changes_nothing(small_instance):
   o_flip, mask = attacks.attack("none", jax.random.key(0), x, z, o, kappa=0.5)
   np.testing.assert_array_equal(o_flip, o)
   assert not mask.any()
+
+
+@pytest.mark.parametrize("kappa", [1.7, -0.5, float("nan")])
+def test_attack_outside_the_loop_checks_kappa_as_run_does(small_instance, kappa):
+  """κ = 1.7 flipped every pair, NaN and -0.5 none: refused, naming the value, as scl.run refuses them."""
+  x, z, o, _, _ = small_instance
+  with pytest.raises(ValueError, match=rf"kappa={kappa!r}"):
+    attacks.attack("random", jax.random.key(0), x, z, o, kappa=kappa)
+  with pytest.raises(ValueError, match="attack"):
+    attacks.attack("no_such_attack", jax.random.key(0), x, z, o, kappa=0.2)
 
 
 def test_project_flips_matches_scipy_projection():
