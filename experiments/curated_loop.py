@@ -86,16 +86,21 @@ def write_outputs(results: dict[str, scl.Result], workdir: str) -> None:
                      plotting.metric_curves(results, "expected_reward", "E_{p_t}[r]",
                                             "expected true reward of the model"))
   task_of = {name: task_lib.build(res.config) for name, res in results.items()}
-  first_name, first = next(iter(results.items()))
+  first = next(iter(results.values()))
   distance = "kl_to_data" if "kl_to_data" in first.metrics else "energy_distance"
   files.save_figure(os.path.join(workdir, "distance.png"),
                      plotting.metric_curves(results, distance, distance.replace("_", " "),
                                             "distance of p_t to p_data"))
-  if "mode_props" in first.metrics:
-    task, data = task_of[first_name]
-    rewards = np.asarray(task.reward(data.reward, data.modes))
-    rewarded = [j for j in range(rewards.shape[0]) if rewards[j] > -1e-6]
-    files.save_figure(os.path.join(workdir, "modes.png"), plotting.mode_proportions(results, rewarded))
+  with_modes = {name: res for name, res in results.items() if "mode_props" in res.metrics}
+  if with_modes:
+    rewarded = {}
+    for name in with_modes:  # each variant's own reward (variants may set another x_star or reward)
+      task, data = task_of[name]
+      rewards = np.asarray(task.reward(data.reward, data.modes))
+      rewarded[name] = [j for j in range(rewards.shape[0]) if rewards[j] > -1e-6]
+    same = all(r == next(iter(rewarded.values())) for r in rewarded.values())
+    files.save_figure(os.path.join(workdir, "modes.png"),
+                      plotting.mode_proportions(with_modes, next(iter(rewarded.values())) if same else rewarded))
   for name, res in results.items():
     task, data = task_of[name]
     T = res.samples.shape[0] - 1

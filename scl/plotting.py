@@ -59,18 +59,27 @@ def sample_scatter(samples: np.ndarray, rewards: np.ndarray, iterations: Sequenc
   return fig
 
 
-def mode_proportions(results: Mapping[str, "scl.Result"], rewarded: Sequence[int] | None = None):
-  """Stacked area of the mode proportions over iterations, one panel per result."""
+def mode_proportions(results: Mapping[str, "scl.Result"],
+                     rewarded: Sequence[int] | Mapping[str, Sequence[int]] | None = None):
+  """Stacked area of the mode proportions over iterations, one panel per result.
+
+  ``rewarded``: the modes where the reward is about its maximum, marked ``(r≈0)`` in the legend; or a mapping
+  result name -> such modes, for results whose rewards differ (then named in each panel's title).
+  """
   names = list(results)
+  per_result = isinstance(rewarded, Mapping)
   fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
   for ax, name in zip(axes[0], names):
     props = np.asarray(results[name].metrics["mode_props"])
     t = np.arange(props.shape[0])
-    labels = [f"mode {j}" + (" (r≈0)" if rewarded is not None and j in rewarded else "")
-              for j in range(props.shape[1])]
+    marked = () if rewarded is None or per_result else rewarded
+    labels = [f"mode {j}" + (" (r≈0)" if j in marked else "") for j in range(props.shape[1])]
     ax.stackplot(t, props.T, labels=labels, alpha=0.85)
     ax.set_ylim(0, 1)
-    ax.set_title(name)
+    title = name
+    if per_result and name in rewarded:
+      title += "\nr≈0 on modes " + (", ".join(str(j) for j in rewarded[name]) or "none")
+    ax.set_title(title)
     ax.set_xlabel("iteration t")
   axes[0][0].set_ylabel("fraction of samples")
   axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
