@@ -50,8 +50,8 @@ def validate_points(points, weights=None) -> tuple[np.ndarray, np.ndarray]:
   pts = np.asarray(points, dtype=np.float32)
   if pts.ndim == 1:
     pts = pts[:, None]
-  if pts.ndim != 2 or pts.shape[0] < 1:
-    raise ValueError(f"invalid config: points: must have shape [n, d] with n >= 1, got shape "
+  if pts.ndim != 2 or pts.shape[0] < 1 or pts.shape[1] < 1:
+    raise ValueError(f"invalid config: points: must have shape [n, d] with n, d >= 1, got shape "
                      f"{np.shape(points)}")
   if not np.all(np.isfinite(pts)):
     rows = np.flatnonzero(~np.all(np.isfinite(pts), axis=1))
@@ -63,9 +63,12 @@ def validate_points(points, weights=None) -> tuple[np.ndarray, np.ndarray]:
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (pts.shape[0],):
       raise ValueError(f"invalid config: point_weights: must have shape [{pts.shape[0]}], got {w.shape}")
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
       raise ValueError(f"invalid config: point_weights={w}: must be finite, >= 0 and not all 0")
+    w = w / w.max()  # then the sum cannot overflow (weights of 1e308 summed to inf, and p_data to 0)
     w = (w / w.sum()).astype(np.float32)
+    if not np.any(w > 0):  # a spread beyond float32: every weight but the largest rounds to 0, not all
+      raise ValueError("invalid config: point_weights: no weight survives float32 normalisation")
   return pts, w
 
 

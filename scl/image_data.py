@@ -104,6 +104,19 @@ def _check_splits(name: str, s: ImageSplits) -> None:
                        f"[N]; got {x.dtype}{list(x.shape)} and {y.dtype}{list(y.shape)}")
   if s.train_x.shape[1:] != s.test_x.shape[1:]:
     raise ValueError(f"image data set {name!r}: train and test images differ in shape")
+  C = s.num_classes
+  if isinstance(C, bool) or not isinstance(C, (int, np.integer)) or C < 2:
+    raise ValueError(f"image data set {name!r}: num_classes={C!r} must be an integer >= 2")
+  for field in ("train", "test"):
+    x, y = getattr(s, field + "_x"), getattr(s, field + "_y")
+    if x.shape[0] == 0:
+      raise ValueError(f"image data set {name!r}: the {field} split has no images")
+    if y.min() < 0 or y.max() >= C:  # else a classifier's cross-entropy is NaN (too high) or wrong (negative)
+      raise ValueError(f"image data set {name!r} ({field}): labels must lie in [0, {C}); got labels in "
+                       f"[{y.min()}, {y.max()}]")
+    if not np.all(np.isfinite(x)):
+      raise ValueError(f"image data set {name!r} ({field}): {int(np.sum(~np.isfinite(x)))} non-finite pixel "
+                       "values")
 
 
 # -- digits (scikit-learn) ---------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ Names (each a scalar per iteration, or ``[m]`` for ``mode_props``):
                        by logsumexp, finite even where ``exp_reward`` overflows.
   ``mode_props``       fraction of samples within ``mode_radius`` of each mode (Gaussian-8 only).
   ``off_mode``         fraction of samples near no mode (Gaussian-8 only).
-  ``energy_distance``  energy distance between model samples and a fixed sample of ``p_data`` (1,000 points, ``N_ENERGY``).
+  ``energy_distance``  energy distance between model samples and a fixed sample of ``p_data`` (1,000 points,
+                       ``N_ENERGY``).
   ``kl_to_data``       KL(p_t || p_data), exact, for the categorical model only.
 
 On image data sets (a classifier is part of the task), measured in the classifier's space:
@@ -171,6 +172,7 @@ def precision_recall(real: chex.Array, real_radii: chex.Array, fake: chex.Array,
   (``real_radii``, squared, from :func:`knn_radii`); likewise for the samples. Precision: the share of
   samples inside the real manifold; recall: the share of real points inside the samples' manifold.
   """
+  chex.assert_shape(real_radii, (real.shape[0],))
   d = _sq_distances(fake, real)                                   # [m, n]
   precision = jnp.mean(jnp.any(d <= real_radii[None], axis=1))
   recall = jnp.mean(jnp.any(d <= knn_radii(fake, k)[:, None], axis=0))
@@ -179,6 +181,7 @@ def precision_recall(real: chex.Array, real_radii: chex.Array, fake: chex.Array,
 
 def kl(p: chex.Array, q: chex.Array) -> chex.Array:
   """``KL(p || q) = sum p log(p / q)`` with ``0 log 0 = 0`` (``inf`` where p puts mass outside q)."""
+  chex.assert_equal_shape([p, q])
   ratio = jnp.where(p > 0, p / jnp.where(q > 0, q, 1.0), 1.0)
   terms = jnp.where(p > 0, p * jnp.log(ratio), 0.0)
   return jnp.where(jnp.any((p > 0) & (q <= 0)), math.inf, jnp.sum(terms))

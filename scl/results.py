@@ -37,7 +37,9 @@ def _matches(values: np.ndarray, value) -> np.ndarray:
     value = float(value)
     if math.isinf(value):
       return values == value
-    return np.isclose(values, value, rtol=1e-9, atol=0.0)
+    # at float32 resolution: the sweep runs its hyper-parameters in float32, so np.float32(0.1) taken from a
+    # result must find the grid point 0.1 (the sweep refuses grid values closer than this)
+    return np.isclose(values, value, rtol=4 * np.finfo(np.float32).eps, atol=0.0)
   return values == value
 
 

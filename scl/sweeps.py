@@ -71,9 +71,14 @@ def _axis_values(name: str, values) -> np.ndarray | None:
     raise ValueError(f"invalid sweep: {name}={values!r}: give a flat, non-empty sequence (it is empty or nested)")
   if np.any(np.isnan(arr)):
     raise ValueError(f"invalid sweep: {name}={arr.tolist()} contains NaN")
-  uniq, counts = np.unique(arr, return_counts=True)
-  if np.any(counts > 1):
-    raise ValueError(f"invalid sweep: {name} has duplicate values {uniq[counts > 1].tolist()}")
+  # duplicates at float32 resolution, where the sweep runs them (and where SweepResult.sel matches them)
+  s = np.sort(arr)
+  finite = np.isfinite(s[1:]) & np.isfinite(s[:-1])
+  close = np.where(finite, np.abs(s[1:] - s[:-1]) <= 4 * np.finfo(np.float32).eps * np.abs(s[1:]),
+                   s[1:] == s[:-1])
+  if np.any(close):
+    raise ValueError(f"invalid sweep: {name} has duplicate values (equal in float32, where the sweep runs them): "
+                     f"{sorted(set(s[1:][close].tolist()))}")
   return arr
 
 

@@ -154,3 +154,24 @@ def test_missing_cifar_fails_fast_with_the_prepare_command(name, tmp_path, tfds)
   message = str(err.value)
   assert name in message
   assert f"tfds build {name} --file_format=array_record --data_dir={tmp_path}" in message
+
+
+def _splits(train_y=(0, 1, 2), num_classes=3, train_x=None):
+  x = np.zeros((3, 2, 2, 1), np.float32) if train_x is None else train_x
+  return image_data.ImageSplits(x, np.asarray(train_y, np.int32), np.zeros((2, 2, 2, 1), np.float32),
+                                np.asarray([0, 1], np.int32), num_classes, "mine")
+
+
+@pytest.mark.parametrize("splits, message", [
+    (dict(train_y=(0, 1, 3)), r"\(train\): labels must lie in \[0, 3\); got labels in \[0, 3\]"),  # NaN loss
+    (dict(train_y=(-5, 1, 2)), r"labels in \[-5, 2\]"),                        # a wrong class, silently
+    (dict(num_classes=1), "num_classes=1 must be an integer >= 2"),
+    (dict(train_y=(), train_x=np.zeros((0, 2, 2, 1), np.float32)), "the train split has no images"),
+    (dict(train_x=np.full((3, 2, 2, 1), np.nan, np.float32)), r"\(train\): 12 non-finite pixel values"),
+])
+def test_a_registered_image_set_with_bad_labels_or_pixels_is_refused(splits, message):
+  """What load() checks of any registered set (not only of the tfds loader's): labels a classifier can be
+  trained on, at least one image per split, finite pixels."""
+  image_data._check_splits("mine", _splits())  # the valid baseline passes
+  with pytest.raises(ValueError, match=message):
+    image_data._check_splits("mine", _splits(**splits))

@@ -158,6 +158,11 @@ def test_unknown_override_and_bad_data_fail_before_compute():
     scl.configs.points(np.zeros((3, 2)), weights=[1.0, -1.0, 1.0])
   with pytest.raises(ValueError, match=r"points: row 2 is \[1.0, nan\]"):
     scl.configs.points(np.array([[0.0, 0.0], [1.0, 0.0], [1.0, np.nan]]))
+  with pytest.raises(ValueError, match=r"n, d >= 1, got shape \(3, 0\)"):
+    scl.configs.points(np.zeros((3, 0)))
+  from scl import data as data_lib
+  _, w = data_lib.validate_points(np.eye(2), [1e308, 1e308])  # summed directly: inf, and p_data all 0
+  np.testing.assert_array_equal(w, [0.5, 0.5])
   nan_reward = scl.configs.points(np.eye(3), reward="custom", reward_fn=lambda x: jnp.log(x[:, 0] - 0.5))
   with pytest.raises(ValueError, match="not finite"):
     scl.run(nan_reward)

@@ -50,3 +50,12 @@ def test_categorical_log_prob_is_the_log_of_the_fitted_histogram():
   params = model.init(jax.random.PRNGKey(0), jnp.arange(4), w)
   np.testing.assert_allclose(np.exp(model.log_prob(params, jnp.arange(4))), w, rtol=1e-6)
   np.testing.assert_allclose(model.probs(params), w, rtol=1e-6)
+
+
+def test_categorical_fit_on_weights_without_mass_keeps_the_model_instead_of_nan():
+  model = models.make_categorical(4)
+  w = jnp.asarray([0.1, 0.2, 0.3, 0.4])
+  params = model.init(jax.random.PRNGKey(0), jnp.arange(4), w)
+  kept = model.fit(params, None, jnp.arange(4), jnp.zeros(4), None)
+  np.testing.assert_array_equal(kept["logits"], params["logits"])  # was log(0 / 0) = NaN: every draw atom 3
+  np.testing.assert_allclose(model.probs(model.init(None, jnp.arange(4), jnp.zeros(4))), 0.25, rtol=1e-6)

@@ -175,6 +175,9 @@ def test_exact_grid_points_equal_exact_run():
         point = res.sel(K=K, lam=lam, phi=phi)
         assert_same_metrics(point.metrics, {k: np.asarray(v) for k, v in metrics.items()}, 1e-6, 1e-7)
         np.testing.assert_allclose(point.samples, traj, rtol=1e-6, atol=1e-7)
+  # A float32 coordinate (as the sweep ran it) finds its grid point: phi=np.float32(0.3) is 0.30000001...
+  np.testing.assert_array_equal(res.sel(K=3, lam=np.float32(0.5), phi=np.float32(0.3)).metrics["expected_reward"],
+                                res.sel(K=3, lam=0.5, phi=0.3).metrics["expected_reward"])
   # A scalar is a fixed value, not an axis; chunking changes nothing.
   chunked = sweeps.exact_sweep(p0, r, iterations=4, K=[1, 3, INF], lam=INF, max_chunk=2)
   assert chunked.dims == ("K", "iteration") and chunked.info["chunks"] == 2
@@ -298,6 +301,7 @@ def test_sweep_workdir_it_cannot_write_to_fails_before_compute(tmp_path, monkeyp
     (dict(K=[]), "empty"),
     (dict(lam=[1.0, 1.0]), "duplicate"),
     (dict(K=[2, 2.0]), "duplicate"),
+    (dict(lam=[0.1, 0.1 + 1e-12]), "equal in float32"),  # one point twice, and sel could not tell them apart
     (dict(phi=[0.0, 1.5]), "phi"),
     (dict(kappa=[-0.1]), "kappa"),
     (dict(lam=[-1.0, 1.0]), "lam"),

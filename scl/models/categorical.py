@@ -16,10 +16,14 @@ from scl import registry
 from scl.models.base import Model
 
 
-def _histogram_logits(x: chex.Array, w: chex.Array, n_atoms: int) -> chex.Array:
+def _histogram_logits(x: chex.Array, w: chex.Array, n_atoms: int, fallback: chex.Array) -> chex.Array:
+  """Log of the normalised weighted histogram of atoms ``x``; ``fallback`` where the weights hold no mass (the
+  loop never passes such weights: without the guard the logits would be NaN)."""
   chex.assert_rank([x, w], 1)
   mass = jax.ops.segment_sum(w, x, num_segments=n_atoms)
-  return jnp.log(mass / jnp.sum(mass))  # -inf on atoms with no mass: they can never be sampled again.
+  total = jnp.sum(mass)
+  logits = jnp.log(mass / jnp.where(total > 0, total, 1.0))  # -inf on atoms with no mass: never drawn again
+  return jnp.where(total > 0, logits, fallback)
 
 
 def make_categorical(n_atoms: int) -> Model:
@@ -27,11 +31,11 @@ def make_categorical(n_atoms: int) -> Model:
 
   def init(key, x, w):
     del key
-    return {"logits": _histogram_logits(x, w, n_atoms)}
+    return {"logits": _histogram_logits(x, w, n_atoms, jnp.zeros((n_atoms,)))}  # no mass: uniform
 
   def fit(params, key, x, w, hyper):
-    del params, key, hyper  # Maximum likelihood is closed form: no warm start, no learning rate.
-    return {"logits": _histogram_logits(x, w, n_atoms)}
+    del key, hyper  # Maximum likelihood is closed form: no warm start, no learning rate.
+    return {"logits": _histogram_logits(x, w, n_atoms, params["logits"])}  # no mass: the model stays
 
   def sample(params, key, n):
     # Inverse CDF (O(n log n_atoms)); Gumbel-max would build an [n, n_atoms] matrix.
