@@ -98,9 +98,10 @@ def write_outputs(results: dict[str, scl.Result], workdir: str) -> None:
       task, data = task_of[name]
       rewards = np.asarray(task.reward(data.reward, data.modes))
       rewarded[name] = [j for j in range(rewards.shape[0]) if rewards[j] > -1e-6]
-    same = all(r == next(iter(rewarded.values())) for r in rewarded.values())
+    first_rewarded = next(iter(rewarded.values()))
+    same = all(r == first_rewarded for r in rewarded.values())
     files.save_figure(os.path.join(workdir, "modes.png"),
-                      plotting.mode_proportions(with_modes, next(iter(rewarded.values())) if same else rewarded))
+                      plotting.mode_proportions(with_modes, first_rewarded if same else rewarded))
   for name, res in results.items():
     task, data = task_of[name]
     T = res.samples.shape[0] - 1

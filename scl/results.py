@@ -31,6 +31,10 @@ class MeanCI(NamedTuple):
   level: float
 
 
+#: Relative distance at which two grid values are one point: the sweep runs hyper-parameters in float32.
+FLOAT32_RTOL = 4 * float(np.finfo(np.float32).eps)
+
+
 def _matches(values: np.ndarray, value) -> np.ndarray:
   values = np.asarray(values)
   if values.dtype.kind in "fc":
@@ -39,7 +43,7 @@ def _matches(values: np.ndarray, value) -> np.ndarray:
       return values == value
     # at float32 resolution: the sweep runs its hyper-parameters in float32, so np.float32(0.1) taken from a
     # result must find the grid point 0.1 (the sweep refuses grid values closer than this)
-    return np.isclose(values, value, rtol=4 * np.finfo(np.float32).eps, atol=0.0)
+    return np.isclose(values, value, rtol=FLOAT32_RTOL, atol=0.0)
   return values == value
 
 

@@ -94,7 +94,7 @@ def _split_rows(a: chex.Array, k: int, rows: int) -> chex.Array:
   return a.reshape((k, rows) + a.shape[1:])
 
 
-def _in_chunks(apply: ApplyFn, rows: int) -> ApplyFn:
+def in_chunks(apply: ApplyFn, rows: int) -> ApplyFn:
   """``apply`` evaluated ``rows`` rows at a time (``lax.map`` over rematerialised chunks) when ``x`` has more.
 
   Each chunk's activations are recomputed in the backward pass (``jax.checkpoint``) instead of stored, so the
@@ -128,7 +128,7 @@ def mlp_reward(hidden: tuple[int, ...] = (64,),
   """
   module = MLPReward(hidden=tuple(hidden), activation=activation)
   rows = rows_per_chunk(hidden) if chunk_rows == "auto" else chunk_rows
-  apply = module.apply if rows is None else _in_chunks(module.apply, rows)
+  apply = module.apply if rows is None else in_chunks(module.apply, rows)
   if len(hidden) == 1 and activation is jax.nn.silu:
     apply = _with_value_and_pullback(apply, _silu_mlp1_value_and_pullback, rows)
     apply.silu_mlp1 = True  # the fused Bradley-Terry kernel applies (_nll_sum_and_grad)

@@ -44,6 +44,7 @@ from scl import hyper as hyper_lib
 from scl import exact as exact_lib
 from scl import loop
 from scl import registry
+from scl import results as results_lib
 from scl.results import SweepResult
 
 #: Keywords of :func:`exact_sweep` that may be swept (the traced arguments of :func:`scl.exact.run`).
@@ -74,7 +75,7 @@ def _axis_values(name: str, values) -> np.ndarray | None:
   # duplicates at float32 resolution, where the sweep runs them (and where SweepResult.sel matches them)
   s = np.sort(arr)
   finite = np.isfinite(s[1:]) & np.isfinite(s[:-1])
-  close = np.where(finite, np.abs(s[1:] - s[:-1]) <= 4 * np.finfo(np.float32).eps * np.abs(s[1:]),
+  close = np.where(finite, np.abs(s[1:] - s[:-1]) <= results_lib.FLOAT32_RTOL * np.abs(s[1:]),
                    s[1:] == s[:-1])
   if np.any(close):
     raise ValueError(f"invalid sweep: {name} has duplicate values (equal in float32, where the sweep runs them): "

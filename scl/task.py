@@ -22,6 +22,7 @@ import numpy as np
 from scl import config as config_lib
 from scl import metrics as metrics_lib
 from scl import registry
+from scl import reward_model
 from scl import rewards as rewards_lib
 from scl.models.base import Model
 
@@ -130,7 +131,7 @@ def _check_reward(field: str, apply: Callable, params: Any, x: chex.Array) -> No
   """The reward named by the config ``field`` maps ``[n, ...]`` to ``[n]`` finite values on the data ``x``.
 
   Up to :data:`CHECK_ROWS` rows in one call; a larger ``x`` in chunks of that many (the first called directly,
-  the rest under one jitted ``lax.map``), so the check's memory does not grow with the data set.
+  the rest jitted, :func:`scl.reward_model.in_chunks`), so the check's memory does not grow with the data set.
   """
   n = x.shape[0]
   rows = min(n, CHECK_ROWS)
@@ -139,11 +140,8 @@ def _check_reward(field: str, apply: Callable, params: Any, x: chex.Array) -> No
     raise ValueError(f"invalid config: {field}: the reward must map [n, d] to [n]; got shape {values.shape} "
                      f"for n={rows}")
   if n > rows:
-    k = -(-n // rows)
-    rest = jnp.concatenate([x[rows:], jnp.broadcast_to(x[:1], (k * rows - n,) + x.shape[1:])])  # padded: x[0]
-    chunks = rest.reshape((k - 1, rows) + x.shape[1:])
-    more = jax.jit(lambda p, c: jax.lax.map(lambda chunk: apply(p, chunk), c))(params, chunks)
-    values = np.concatenate([values, np.asarray(more).reshape(-1)[:n - rows]])
+    more = jax.jit(reward_model.in_chunks(apply, rows))(params, x[rows:])
+    values = np.concatenate([values, np.asarray(more)])
   if not np.all(np.isfinite(values)):
     bad = np.flatnonzero(~np.isfinite(values))[:3]
     raise ValueError(f"invalid reward: {field} is not finite on the data (rows {bad.tolist()}: values "
