@@ -27,10 +27,13 @@ discretisation error is below 1e-9). The range ``[s_lo, s_hi]`` is chosen from r
 that ``(K-1) log M`` keeps full relative accuracy for ``K`` up to thousands) and as ``log Σ p_j e^{-u a_j}``
 below. The node count ``num_nodes`` is static; the spread that fits at ``h <= 0.45`` is
 ``Δ_cap ≈ 0.45 (num_nodes - 1) - L - log L - log K`` (about 80 for the default 256 nodes and K = 4096, about 90
-for K = 2). Rewards further than ``Δ_cap`` below the maximum are clamped to ``r* - Δ_cap``: such atoms are
-chosen only when every candidate lies that far below, and the clamp only loses their ordering among
-themselves (the clamp is also at most 75 in float32, 650 in float64, to stay in range; results stay finite
-and normalised for rewards of any magnitude; raise ``num_nodes`` for exact results on wider spreads).
+for K = 2). Rewards further than ``Δ_cap`` below the maximum are clamped to ``r* - Δ_cap`` (``Δ_cap`` is also
+at most 75 in float32, 650 in float64, to stay in range; results stay finite and normalised for rewards of any
+magnitude). Such atoms win a choice only when every candidate lies that far below, so the clamp loses their
+order among themselves, which matters only where they hold mass: a top atom of negligible mass above widely
+spread low atoms is the case to watch (the adversarial ``r~ = -r`` after benign curation). :func:`validate`
+warns (``RuntimeWarning``) where concrete inputs put more mass below the clamp than the engine's accuracy
+allows, and says whether to raise ``num_nodes`` or to work in float64.
 Measured accuracy (tests/test_exact.py): better than 1e-7 relative in float64 against brute-force
 enumeration and adaptive scipy quadrature for spreads up to 50 and K up to 4096, and better than 1e-4 in
 float32. The output is renormalised to sum to 1 (the exact ``Σ_x p_x H_K(x)`` is 1).
@@ -165,6 +168,13 @@ def _is_tracer(x: Any) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
+def _hyper_array(x: Any, *like: Any) -> Any:
+  """A concrete hyper-parameter (``K``, ``λ``, ``φ``, the real share) as an array of the engine's dtype for ``like``,
+  so that the jitted kernels see one type whatever the caller passed (``2``, ``2.5``, ``np.int64(3)``, ``inf``):
+  changing the value never recompiles. Tracers and None pass through."""
+  return x if x is None or _is_tracer(x) else jnp.asarray(x, _dtype(*like))
+
+
 def _shape(x: Any) -> tuple[int, ...]:
   return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
 
@@ -214,8 +224,9 @@ def validate(*, p: Any = None, p0: Any = None, p_data: Any = None, r: Any = None
   * ``real_share`` (``s = 1/(1+λ)``, :func:`step`): in ``[0, 1]``.
   * ``iterations``: a Python or numpy integer ``>= 0`` (not a bool).
   * ``num_nodes`` (quadrature nodes): a Python or numpy integer ``>= 2``. Where the rewards on the support of
-    the given probability vectors spread further than the nodes resolve (``Δ_cap`` of the module docstring,
-    at the largest finite ``K``), a ``RuntimeWarning`` says so: lower atoms are clamped, so raise ``num_nodes``.
+    the given probability vectors spread further than the engine resolves (``Δ_cap`` of the module docstring,
+    at the largest finite ``K``, and the precision's range) and the clamped atoms hold mass that matters at the
+    engine's accuracy, a ``RuntimeWarning`` says so and how to resolve the spread (more nodes, or float64).
 
   ``K``, ``lam`` and ``phi`` may be scalars or 1-D sequences of grid values (as an exact sweep passes them);
   every value must be valid.
@@ -287,24 +298,51 @@ def validate(*, p: Any = None, p0: Any = None, p_data: Any = None, r: Any = None
 
 
 def _warn_if_spread_exceeds_nodes(num_nodes: int, probs: list, rewards: list, K: Any) -> None:
-  """A RuntimeWarning where concrete rewards spread, on the probabilities' support, beyond ``num_nodes``'s reach."""
+  """A RuntimeWarning where concrete rewards spread, on the probabilities' support, beyond what the engine resolves.
+
+  The engine clamps rewards more than ``Δ_cap`` below the support's maximum, ``Δ_cap`` the smaller of the spread
+  ``num_nodes`` resolve at the largest finite ``K`` and the working precision's range (75 in float32, 650 in
+  float64). That loses the clamped atoms' order among themselves (an error of about ``m^K`` at the smallest
+  finite ``K > 1``, ``m`` their mass under the most loaded probability vector) and, where ``Δ_cap`` is small, their
+  odds against the rest (about ``K m e^{-Δ_cap}``). The warning fires where that estimate exceeds the engine's
+  accuracy (1e-4 in float32, 1e-7 in float64); at ``K = 1`` and ``K = inf`` the engine clamps nothing.
+  """
   if not probs or not rewards or any(_is_tracer(x) for x in [*probs, K] + [x for _, x in rewards]):
     return
-  support = np.any([np.asarray(q, np.float64) > 0 for q in probs], axis=0)
+  ps = [np.asarray(q, np.float64) for q in probs]
+  support = np.any([q > 0 for q in ps], axis=0)
   ks = np.asarray(2.0 if K is None else K, np.float64).ravel()
-  finite = ks[np.isfinite(ks)]
-  log_K = math.log(max(float(finite.max()) if finite.size else 2.0, 1.0))
-  cap = float(_nodes_spread_cap(num_nodes, log_K))
-  if cap >= _SPREAD_MAX_F32:  # float32's range, not the nodes, bounds the spread then (module docstring)
+  finite = ks[np.isfinite(ks) & (ks > 1.0)]
+  if not finite.size:
     return
+  k_min, k_max = float(finite.min()), float(finite.max())
+  f64 = _dtype(*probs, *[x for _, x in rewards]) == jnp.float64
+  range_cap = _SPREAD_MAX_F64 if f64 else _SPREAD_MAX_F32
+  nodes_cap = float(_nodes_spread_cap(num_nodes, math.log(k_max)))
+  cap = min(nodes_cap, range_cap)
+  tol = 1e-7 if f64 else 1e-4
   for name, x in rewards:
-    v = np.asarray(x, np.float64)[support]
-    spread = float(v.max() - v.min())
-    if spread > cap:
-      warnings.warn(f"num_nodes={num_nodes} resolves a reward spread of {cap:.3g} at K={math.exp(log_K):g}, but "
-                    f"{name} spreads {spread:.3g} on the support: atoms further below its maximum are clamped "
-                    "(their curation weights are not exact); raise num_nodes", RuntimeWarning, stacklevel=4)
-      return
+    v = np.where(support, np.asarray(x, np.float64), -np.inf)
+    top = float(v.max())
+    clamped = support & (v < top - cap)
+    if not clamped.any():
+      continue
+    mass = max(float(q[clamped].sum()) for q in ps)
+    if mass ** k_min + k_max * mass * math.exp(-cap) <= tol:
+      continue
+    spread = top - float(v[support].min())
+    if nodes_cap <= range_cap:
+      need = math.ceil((spread + _L + math.log(_L) + math.log(k_max)) / _H_MAX) + 1
+      fix = (f"raise num_nodes (to about {need})" if spread <= range_cap else
+             f"no node count resolves a spread beyond {range_cap:g} in this precision")
+    else:
+      fix = ("float32 resolves at most 75: use float64 inputs with jax_enable_x64" if spread <= _SPREAD_MAX_F64
+             else "no node count resolves a spread beyond 650")
+    warnings.warn(f"num_nodes={num_nodes} resolves a reward spread of {cap:.3g} at K={k_max:g} in "
+                  f"{'float64' if f64 else 'float32'}, but {name} spreads {spread:.3g} on the support and the atoms "
+                  f"more than {cap:.3g} below its maximum hold mass {mass:.3g}: they are clamped to that level, so "
+                  f"their curation weights are not exact; {fix}", RuntimeWarning, stacklevel=4)
+    return
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -353,7 +391,7 @@ def curate(p: Array, r: Array, K: Any, r_tilde: Array | None = None, phi: Any = 
   """
   _require_scalars(K=K, phi=phi)
   validate(p=p, r=r, K=K, r_tilde=r_tilde, phi=phi, num_nodes=num_nodes)
-  return _curate(p, r, K, r_tilde, phi, num_nodes=num_nodes)
+  return _curate(p, r, _hyper_array(K, p, r), r_tilde, _hyper_array(phi, p, r), num_nodes=num_nodes)
 
 
 def _step(p: Array, r: Array, K: Any, real_share: Any, p_data: Array, r_tilde: Array | None, phi: Any,
@@ -371,7 +409,8 @@ def step(p: Array, r: Array, K: Any, real_share: Any, p_data: Array, r_tilde: Ar
   """
   _require_scalars(K=K, real_share=real_share, phi=phi)
   validate(p=p, r=r, K=K, p_data=p_data, r_tilde=r_tilde, phi=phi, real_share=real_share, num_nodes=num_nodes)
-  return _step(p, r, K, real_share, p_data, r_tilde, phi, num_nodes)
+  return _step(p, r, _hyper_array(K, p, r), _hyper_array(real_share, p, r), p_data, r_tilde,
+               _hyper_array(phi, p, r), num_nodes)
 
 
 def distribution_metrics(p: Array, r: Array, p_data: Array) -> dict[str, Array]:
@@ -417,12 +456,14 @@ def _run(p0: Array, r: Array, K: Any, lam: Any, p_data: Array | None, r_tilde: A
   share = real_share(jnp.asarray(lam, dtype)).astype(dtype)
   phi = jnp.asarray(phi, dtype)
 
+  support = (p0 > 0) | (p_data > 0)  # every p_t's support lies in it: the monitors' shifts r*, r~max stay fixed
+
   def body(carry, _):
     p, cov_min = carry
     p_next = _step(p, r, K, share, p_data, r_tilde, phi, num_nodes)
     row = distribution_metrics(p_next, r, p_data)
     row.update(theory.monitors(p, p_next, r, K, share, p_data, r_tilde, phi, p0_is_data=p0_is_data,
-                               cov_min_prev=cov_min, rtol=rtol))
+                               cov_min_prev=cov_min, rtol=rtol, support=support))
     return (p_next, row["lemma34_cov_min_scaled"]), (p_next, row)
 
   init = (p0, jnp.full((), jnp.inf, dtype))       # no covariance seen yet: the running minimum is +inf
@@ -471,4 +512,5 @@ def run(p0: Array, r: Array, K: Any, lam: Any, p_data: Array | None = None, *, i
   _require_scalars(K=K, lam=lam, phi=phi)
   validate(p0=p0, r=r, K=K, lam=lam, phi=phi, p_data=p_data, r_tilde=r_tilde, iterations=iterations,
            num_nodes=num_nodes)
-  return _run_jit(p0, r, K, lam, p_data, r_tilde, phi, iterations, num_nodes)
+  return _run_jit(p0, r, _hyper_array(K, p0, r), _hyper_array(lam, p0, r), p_data, r_tilde,
+                  _hyper_array(phi, p0, r), iterations, num_nodes)

@@ -1,8 +1,10 @@
 """Theorem monitors: the papers' bounds, evaluated on one step ``p_{t-1} -> p_t`` of the loop.
 
-Notation: ``r*`` the maximum reward over the atoms, ``ā = e^{r - r*} ∈ (0, 1]`` and, for the adversarial reward,
-``b̄ = e^{r~ - r~max}``, ``r~max``/``r~min`` the largest/smallest ``r~`` over the atoms (Wei & Zhang's Assumption
-3.2 bounds). Every bound is compared in this scaled space (``E[e^r] = e^{r*} E[ā]``), so nothing overflows for
+Notation: ``r*`` the maximum reward over the support (the atoms where ``p_{t-1}``, ``p_t`` or ``p_data`` is
+positive: the bounds' derivations only use ``e^{r(x)} <= e^{r*}`` where the expectations put mass, and an atom
+outside it with a far larger reward would make ``ā`` underflow to 0 on the support), ``ā = e^{r - r*} ∈ (0, 1]``
+there and, for the adversarial reward, ``b̄ = e^{r~ - r~max}``, ``r~max``/``r~min`` the largest/smallest ``r~``
+over the support (Wei & Zhang's Assumption 3.2 bounds). Every bound is compared in this scaled space (``E[e^r] = e^{r*} E[ā]``), so nothing overflows for
 large rewards; ``*_rhs`` is reported in natural units (comparable to ``exp_reward`` / ``kl_to_data``),
 ``*_slack`` = lhs - rhs in scaled units and ``*_holds`` is 1.0 / 0.0 (NaN where the bound does not apply).
 ``c_K = (K-1)/K`` (1 for ``K = inf``), ``s = 1/(1+λ)`` the real-data share.
@@ -59,10 +61,10 @@ from scl import metrics as metrics_lib
 Array = chex.Array
 
 
-def _scaled_exp(r: Array) -> tuple[Array, Array]:
-  """``(e^{r - r*}, r*)`` with ``r* = max r``."""
-  r_star = jnp.max(r)
-  return jnp.exp(r - r_star), r_star
+def _scaled_exp(r: Array, support: Array) -> tuple[Array, Array]:
+  """``(e^{r - r*}, r*)`` with ``r* = max r`` over ``support`` (``[n]`` bool); 0 off the support."""
+  r_star = jnp.max(jnp.where(support, r, -jnp.inf))
+  return jnp.where(support, jnp.exp(jnp.minimum(r - r_star, 0.0)), 0.0), r_star
 
 
 def _natural(scale: Array, x: Array) -> Array:
@@ -88,7 +90,8 @@ def _holds(lhs_minus_rhs: Array, scale: Array, rtol: float, applies: Array, atol
 
 def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_data: Array,
              r_tilde: Array | None = None, phi: Any = 0.0, *, p0_is_data: bool | Array = True,
-             cov_min_prev: Array | None = None, rtol: float = 1e-6, atol: Any = 0.0) -> dict[str, Array]:
+             cov_min_prev: Array | None = None, rtol: float = 1e-6, atol: Any = 0.0,
+             support: Array | None = None) -> dict[str, Array]:
   """The papers' bounds for one step ``p_{t-1} -> p_t`` of the loop, each with whether it holds.
 
   Args:
@@ -112,6 +115,10 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
     atol: absolute tolerance of the comparisons of ``E_{p_t}[e^{r - r*}]`` (Lemmas 2.2, 3.3, 3.4, Theorem 2.3;
       scaled units), for a ``p_next`` fitted to samples: a multiple of its standard error (the Monte Carlo
       loop passes 4 of them, :func:`scl.loop.step_monitors`). Not applied to Theorem 2.4's KL.
+    support: optional ``[n]`` bool, the atoms over which ``r*``, ``r~max`` and ``r~min`` are taken (it must
+      contain the atoms where ``p_prev``, ``p_next`` or ``p_data`` is positive); None: exactly those. A run
+      passes one mask for all its steps (:func:`scl.exact.run`: the supports of ``p_0`` and ``p_data``) so that
+      the scaled ``cov_min_prev`` it carries keeps its units.
   Returns:
     Scalars (dtype of ``p_prev``): ``exp_reward_prev`` (E_{p_{t-1}}[e^r]); ``lemma22_rhs``,
     ``lemma22_slack``, ``lemma22_holds``; ``thm23_rhs``, ``thm23_slack``, ``thm23_holds``; ``thm24_rhs``,
@@ -133,7 +140,10 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
   phi = jnp.zeros((), dtype) if benign else jnp.asarray(phi, dtype)
   from_data = jnp.asarray(p0_is_data, bool)
 
-  a, r_star = _scaled_exp(r)
+  if support is None:
+    support = (p_prev > 0) | (p_next > 0) | (p_data > 0)
+  chex.assert_shape(support, p_prev.shape)
+  a, r_star = _scaled_exp(r, support)
   scale = jnp.exp(r_star)                                    # e^{r*} (may overflow; only for *_rhs)
   c_K = 1.0 - 1.0 / K                                        # (K-1)/K, 1 for K = inf
   e_prev, e_next, e_data = _mean(p_prev, a), _mean(p_next, a), _mean(p_data, a)
@@ -173,12 +183,12 @@ def monitors(p_prev: Array, p_next: Array, r: Array, K: Any, real_share: Any, p_
     g_cov = g_cov_signed = jnp.zeros((), dtype)
     adv_scale = nan
   else:
-    b, r_tilde_star = _scaled_exp(jnp.asarray(r_tilde, dtype))
+    b, r_tilde_star = _scaled_exp(jnp.asarray(r_tilde, dtype), support)
     cov_scaled = _cov(p_prev, a, b)
     g_cov = phi * c_K * cov_scaled
     # Cov < 0: divide by e^{r~min}, i.e. (scaled) by b̄_min = e^{r~min - r~max} (-inf if it underflows:
     # the bound is then vacuous, never wrong).
-    b_min = jnp.min(b)
+    b_min = jnp.min(jnp.where(support, b, jnp.inf))
     g_cov_signed = phi * c_K * jnp.where(cov_scaled >= 0, cov_scaled, cov_scaled / b_min)
     adv_scale = jnp.exp(r_tilde_star)
   applies = s == 0

@@ -2,6 +2,7 @@
 scipy quadrature of the integral form, the closed-form tilt, and a numpy re-implementation of the loop."""
 
 import itertools
+import warnings
 
 import chex
 import jax
@@ -174,11 +175,15 @@ def test_huge_rewards_are_finite_and_match_brute_force_when_spread_is_small(x64)
   p, r = random_instance(rng, 5, 6.0)
   got = exact.curate(jnp.asarray(p), jnp.asarray(r + 1e4), 3)
   assert rel_err(got, brute_force(p, r, 3)) < 1e-6
-  # A spread of 1e4: far-below atoms are clamped, results stay finite, normalised and ordered.
+  # A spread of 1e4: far-below atoms are clamped (a RuntimeWarning says so at finite K: they hold mass), results
+  # stay finite, normalised and ordered.
   r_wide = np.linspace(0.0, 1e4, 20)
   for dtype in (jnp.float32, jnp.float64):
     for K in (2.0, 64.0, jnp.inf):
-      q = np.asarray(exact.curate(jnp.full(20, 0.05, dtype), jnp.asarray(r_wide, dtype), K))
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = np.asarray(exact.curate(jnp.full(20, 0.05, dtype), jnp.asarray(r_wide, dtype), K))
+      assert any("clamped" in str(w.message) for w in caught) == (not np.isinf(K))
       assert np.all(np.isfinite(q)) and abs(q.sum() - 1) < 1e-5
       assert q.argmax() == 19
 
@@ -196,8 +201,9 @@ def test_atoms_off_the_support_with_any_reward_do_not_matter():
       continue
     got = np.asarray(exact.curate(jnp.asarray(p, dtype), jnp.asarray(r, dtype), K))
     np.testing.assert_allclose(got, want, atol=2e-6)
-  traj, metrics = exact.run(jnp.asarray(p, jnp.float32), jnp.asarray(r, jnp.float32), K=K, lam=1.0,
-                            p_data=jnp.full(5, 0.2, jnp.float32), iterations=3)
+  with pytest.warns(RuntimeWarning, match="clamped"):  # p_data puts mass on the 1e6 atom: a spread of 1e6
+    traj, metrics = exact.run(jnp.asarray(p, jnp.float32), jnp.asarray(r, jnp.float32), K=K, lam=1.0,
+                              p_data=jnp.full(5, 0.2, jnp.float32), iterations=3)
   assert np.all(np.isfinite(np.asarray(traj))) and np.all(np.isfinite(np.asarray(metrics["expected_reward"])))
 
 
@@ -255,6 +261,22 @@ def test_k_lam_phi_are_traced_no_recompile():
     traj, _ = fn(p0, r, jnp.float32(K), jnp.float32(lam), None, -r, jnp.float32(phi), 3, 64)
     assert np.all(np.isfinite(traj))
   chex.clear_trace_counter()
+
+
+def test_public_run_and_curate_compile_once_whatever_the_hyper_parameters_python_type():
+  """``scl.exact.run(K=2)`` and ``run(K=2.5)`` (a weak int and a weak float), numpy scalars and jnp arrays all
+  reach the jitted kernel as one type: sweeping K, λ, φ in a Python loop compiles once (it compiled six times)."""
+  p0, r = np.full(5, 0.2), np.linspace(0.0, 2.0, 5)
+  before = exact._run_jit._cache_size()
+  values = [(2, 1.0, 0.0), (3, 1, 0.5), (2.5, 0, 1), (np.inf, np.inf, 0.25), (np.int64(5), 2.0, np.float32(0.1)),
+            (np.float32(3.0), np.float64(0.5), 0), (jnp.asarray(3.0), jnp.asarray(1.0), jnp.asarray(0.2))]
+  for K, lam, phi in values:
+    exact.run(p0, r, K, lam, iterations=7, r_tilde=-r, phi=phi)
+  assert exact._run_jit._cache_size() - before <= 1
+  before = exact._curate._cache_size()
+  for K, _, phi in values:
+    exact.curate(p0, r, K, r_tilde=-r, phi=phi, num_nodes=64)
+  assert exact._curate._cache_size() - before <= 1
 
 
 def test_vmap_over_grid():

@@ -160,6 +160,33 @@ def test_num_nodes_warns_exactly_where_the_spread_is_clamped():
     exact.run(p, np.linspace(0.0, 6.0, 4), 4.0, 1.0, iterations=1, num_nodes=64)
 
 
+def test_clamped_low_atoms_with_mass_warn_in_either_precision():
+  """A top atom of negligible mass above two far, widely spread atoms that hold all the mass: K = 2 curation of
+  those two is ``p_mid = 1/4 + 2 (1/4) σ(100) = 3/4`` (closed form; σ(100) = 1 to float64). The default 256
+  nodes resolve a spread of 91 at K = 2, so the low atoms are clamped together (the engine gives 1/2, 1/2):
+  that must warn (it was silent: the check returned early whenever the nodes resolved more than float32's 75),
+  and with the node count the warning names the result is right. In float32 no node count helps (the range
+  caps the spread at 75): the warning says to use float64. Low atoms without mass do not warn."""
+  import warnings
+  expected = np.array([2e-30, 0.75, 0.25])
+  with jax.enable_x64():
+    p, r = np.array([1e-30, 0.5, 0.5 - 1e-30]), np.array([0.0, -100.0, -200.0])
+    with pytest.warns(RuntimeWarning, match=r"spreads 200 .* raise num_nodes \(to about (\d+)\)") as caught:
+      clamped = np.asarray(exact.curate(p, r, 2))
+    assert abs(clamped[1] - 0.5) < 1e-6                    # what the clamp gives: the warning was due
+    need = int(re.search(r"to about (\d+)", str(caught[0].message)).group(1))
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")
+      fine = np.asarray(exact.curate(p, r, 2, num_nodes=need))
+    np.testing.assert_allclose(fine, expected, rtol=1e-7)
+  p32, r32 = np.array([1e-20, 0.5, 0.5], np.float32), np.array([0.0, -80.0, -100.0], np.float32)
+  with pytest.warns(RuntimeWarning, match="in float32, .* use float64"):
+    exact.curate(p32, r32, 2, num_nodes=4096)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    exact.curate(np.array([0.5, 0.5 - 1e-8, 5e-9, 5e-9], np.float32), np.array([0.0, -1.0, -90.0, -100.0]), 2)
+
+
 # ----------------------------------------------------------------------------- validate, grids, valid inputs
 
 

@@ -144,6 +144,34 @@ def test_huge_rewards_add_no_nan_to_the_monitors():
         assert big["g_cov"] == 0.0 and big["g_cov_signed"] == 0.0
 
 
+def test_an_atom_off_the_support_does_not_set_the_monitors_scale():
+  """An atom where p_{t-1}, p_t and p_data are all 0 never enters an expectation. With a reward 100 above the
+  support's, the shift by the global maximum underflowed e^{r - r*} to 0 on the support, every monitor read 0
+  and every bound held vacuously. Now the monitors do not depend on that atom's reward, and match numpy's
+  closed forms over the support: Lemma 2.2's E[e^r] + (K-1)/K Var[e^r] / e^{r*} and Cov[e^r, e^{r~}]."""
+  p = np.array([0.5, 0.5, 0.0])
+  p_next = np.array([0.3, 0.7, 0.0])
+  out = {}
+  for far in (100.0, 5.0, -3.0):
+    r = np.array([0.0, 1.0, far])
+    out[far] = theory.monitors(jnp.asarray(p, jnp.float32), jnp.asarray(p_next, jnp.float32),
+                               jnp.asarray(r, jnp.float32), 2.0, 0.0, jnp.asarray(p, jnp.float32),
+                               jnp.asarray([1.0, 0.0, far], jnp.float32), 0.5)
+  e = np.exp([0.0, 1.0])
+  mean, var = (p[:2] * e).sum(), (p[:2] * e ** 2).sum() - (p[:2] * e).sum() ** 2
+  et = np.exp([1.0, 0.0])
+  cov = (p[:2] * e * et).sum() - mean * (p[:2] * et).sum()
+  for far, m in out.items():
+    np.testing.assert_allclose(m["exp_reward_prev"], mean, rtol=1e-6, err_msg=far)
+    np.testing.assert_allclose(m["g_var"], 0.5 * 0.5 * var / np.e, rtol=1e-5, err_msg=far)
+    np.testing.assert_allclose(m["cov_r_rtilde"], cov, rtol=1e-5, err_msg=far)
+    for k in out[100.0]:
+      np.testing.assert_allclose(m[k], out[100.0][k], rtol=1e-6, err_msg=f"{k} at r={far}")
+  _, metrics = exact.run(np.array([0.5, 0.5, 0.0]), np.array([0.0, 1.0, 100.0]), 2, np.inf, iterations=2)
+  np.testing.assert_allclose(metrics["exp_reward_prev"][1], mean, rtol=1e-6)
+  np.testing.assert_allclose(metrics["exp_reward_prev"][2], metrics["exp_reward"][1], rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- Wei & Zhang, mixed users
 
 
