@@ -4,7 +4,9 @@ A checkpoint (``<workdir>/checkpoint.msgpack``, written atomically) holds the mo
 chunk, the outputs so far and a **fingerprint** of the run: every config setting under its flat keyword, the
 seed and scl's source code (:func:`code_digest`), with arrays by a SHA-256 digest of their bytes and functions
 (``reward_fn``, ``r_tilde_fn``) by their module, name, byte code, constants, defaults, closure contents and the
-module-level values they read (modules and classes by name and the bytes of their module's source file).
+module-level values they read (modules and classes by name and the bytes of their module's source file; a user's helper module or class,
+outside Python's, the installed packages' and scl's, also by the attributes and members the code reads as
+they are at run time, which is all a notebook's class has).
 A checkpoint is only resumed by the same run of the same code; a run whose fingerprint cannot be trusted (a
 function closing over an object that cannot be digested) is refused, with a message, rather than resumed on a
 guess. A function may carry its own identity as a string attribute ``scl_fingerprint``.
@@ -20,8 +22,10 @@ import functools
 import hashlib
 import io
 import json
+import numbers
 import os
 import sys
+import sysconfig
 import time
 import types
 from typing import Any
@@ -34,6 +38,7 @@ from flax import serialization
 
 from scl import config as config_lib
 from scl import files
+from scl import hyper as hyper_lib
 from scl import loop
 from scl import registry
 
@@ -50,42 +55,115 @@ class Untrusted(Exception):
   """A value whose identity cannot be digested (its fingerprint would not change when it does)."""
 
 
-def _digest(value: Any, depth: int = 0) -> str:
-  """A string that changes when ``value`` does (content, not identity); raises :class:`Untrusted`."""
+def _digest(value: Any, depth: int = 0, active: frozenset = frozenset()) -> str:
+  """A string that changes when ``value`` does (content, not identity); raises :class:`Untrusted`.
+
+  ``active``: the ids of the functions and classes being digested further up (a method that names its own class,
+  or two functions that call each other, are digested once)."""
   if depth > 20:
     raise Untrusted("nested too deeply")
+  if isinstance(value, (types.FunctionType, type)) and id(value) in active:
+    return f"cycle:{getattr(value, '__qualname__', '')}"
+  inner = active | {id(value)} if isinstance(value, (types.FunctionType, type)) else active
+
+  def sub(v):
+    return _digest(v, depth + 1, inner)
+
   if value is None or isinstance(value, (bool, int, float, str, bytes)):
     return repr(value)
   if isinstance(value, (tuple, list)):
-    return "[" + ",".join(_digest(v, depth + 1) for v in value) + "]"
+    return "[" + ",".join(sub(v) for v in value) + "]"
   if isinstance(value, dict):
-    return "{" + ",".join(f"{k!r}:{_digest(v, depth + 1)}" for k, v in sorted(value.items(), key=str)) + "}"
+    return "{" + ",".join(f"{k!r}:{sub(v)}" for k, v in sorted(value.items(), key=str)) + "}"
   if isinstance(value, (np.ndarray, np.generic, jax.Array)):
     arr = np.asarray(value)
     return f"array{arr.shape}{arr.dtype}:{hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()}"
   if isinstance(getattr(value, "scl_fingerprint", None), str):
     return "named:" + value.scl_fingerprint
   if isinstance(value, functools.partial):
-    return (f"partial({_digest(value.func, depth + 1)},{_digest(value.args, depth + 1)},"
-            f"{_digest(value.keywords, depth + 1)})")
+    return f"partial({sub(value.func)},{sub(value.args)},{sub(value.keywords)})"
   if isinstance(value, types.FunctionType):
     closure = [c.cell_contents for c in value.__closure__ or ()]
     # The module-level names the code reads (``sign`` in ``lambda x: sign * x``) are part of what it does.
-    used = {name: value.__globals__[name] for name in sorted(_global_names(value.__code__))
+    names = _global_names(value.__code__)
+    used = {name: value.__globals__[name] for name in sorted(names)
             if name in value.__globals__ and value.__globals__[name] is not value}
+    # a user's helper module is read through its attributes (``helpers.SCALE``, ``helpers.reward``): digest those
+    # the code names, so that a value set at run time (``helpers.SCALE = -5``) counts, not only the file
+    # (a global or a closure cell)
+    def read(module):
+      if not isinstance(module, types.ModuleType) or _is_library(module):
+        return module
+      attrs = {a: getattr(module, a) for a in sorted(names)
+               if hasattr(module, a) and not isinstance(getattr(module, a), types.ModuleType)}
+      try:
+        return f"module:{module.__name__}:{_module_file_digest(module)}:{sub(attrs)}"
+      except Untrusted:  # with a source file, the file stands for what cannot be digested; without, refused
+        if not _module_file_digest(module):
+          raise
+        return module
+
+    used = {name: read(v) for name, v in used.items()}
+    closure = [read(v) for v in closure]
     code = _code_digest(value.__code__)
-    return (f"fn:{value.__module__}.{value.__qualname__}:{code}:{_digest(value.__defaults__, depth + 1)}:"
-            f"{_digest(value.__kwdefaults__, depth + 1)}:{_digest(closure, depth + 1)}:{_digest(used, depth + 1)}")
+    return (f"fn:{value.__module__}.{value.__qualname__}:{code}:{sub(value.__defaults__)}:"
+            f"{sub(value.__kwdefaults__)}:{sub(closure)}:{sub(used)}")
   if isinstance(value, type):  # by name and the source file of its module (a class's methods live there)
-    return f"class:{value.__module__}.{value.__qualname__}:{_module_file_digest(sys.modules.get(value.__module__))}"
+    module = sys.modules.get(value.__module__)
+    out = f"class:{value.__module__}.{value.__qualname__}:{_module_file_digest(module)}"
+    if _is_library(module):
+      return out
+    # a user's class: also its methods and attributes as they are now (edited in a notebook, which has no
+    # source file, or set at run time); where one cannot be digested the source file must stand for it
+    try:
+      return out + ":" + sub({k: _unwrap_member(v) for k, v in vars(value).items() if k not in _CLASS_SKIP})
+    except Untrusted:
+      if not _module_file_digest(module):
+        raise Untrusted(f"class {value.__qualname__} has no source file and a member that cannot be digested")
+      return out
   if isinstance(value, types.BuiltinFunctionType) or isinstance(value, np.ufunc):
     return f"builtin:{getattr(value, '__module__', '')}.{value.__name__}"
   if isinstance(value, types.ModuleType):  # a helper module's functions and constants live in its file
+    if not _is_library(value) and not _module_file_digest(value):
+      raise Untrusted(f"module {value.__name__} has no source file")
     return f"module:{value.__name__}:{_module_file_digest(value)}"
   wrapped = getattr(value, "__wrapped__", None)  # jax.jit and functools.wraps keep the function here
   if wrapped is not None:
-    return "wrapped:" + _digest(wrapped, depth + 1)
+    return "wrapped:" + sub(wrapped)
   raise Untrusted(f"cannot digest a {type(value).__name__}")
+
+
+_CLASS_SKIP = frozenset({"__dict__", "__weakref__", "__doc__", "__module__", "__qualname__", "__annotations__",
+                         "__firstlineno__", "__static_attributes__"})
+
+
+def _unwrap_member(member: Any) -> Any:
+  """A class member as the functions it holds (static and class methods, properties)."""
+  if isinstance(member, (staticmethod, classmethod)):
+    return member.__func__
+  if isinstance(member, property):
+    return (member.fget, member.fset, member.fdel)
+  return member
+
+
+@functools.lru_cache(maxsize=None)
+def _library_roots() -> tuple[str, ...]:
+  paths = sysconfig.get_paths()
+  roots = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+  roots.add(os.path.dirname(os.path.realpath(__file__)))  # scl itself: its code is in code_digest()
+  return tuple(sorted(roots))
+
+
+def _is_library(module: types.ModuleType | None) -> bool:
+  """Whether a module is Python's, an installed package's or scl's (digested by name and source file), not a
+  user's helper or notebook (whose state at run time is digested too)."""
+  if module is None or module.__name__ in sys.builtin_module_names:
+    return True
+  path = getattr(module, "__file__", None)
+  if not path:
+    return False
+  path = os.path.realpath(path)
+  return path.endswith((".so", ".pyd")) or any(path.startswith(root + os.sep) for root in _library_roots())
 
 
 def _module_file_digest(module: types.ModuleType | None) -> str:
@@ -126,7 +204,10 @@ def fingerprint(cfg: config_lib.Config, seed: int) -> dict[str, str]:
   component registered from outside scl (its code is not in :func:`code_digest`); raises :class:`Untrusted`
   naming the field."""
   flat = cfg.flat()
-  values = {**flat, "seed": seed}
+  # values as the compiled run takes them: seed=np.int64(5) and 5, K=2.0 and 2 are the same run
+  flat.update({name: np.asarray(flat[name], t.dtype).item() for name, t in hyper_lib.TRACED_BY_NAME.items()
+               if name in flat and isinstance(flat[name], (numbers.Number, np.generic))})
+  values = {**flat, "seed": int(seed) if isinstance(seed, (numbers.Integral, np.integer)) else seed}
   values.update({f"{field}:entry": entry for field, entry in registry.user_entries(flat).items()})
   out = {}
   for name, value in values.items():

@@ -61,6 +61,11 @@ class Traced:
            | (np.isinf(arr) & self.finite))
     if self.integer:
       bad |= np.isfinite(arr) & (arr != np.round(arr))
+    elif self.finite:  # traced as float32: 1e39 would run as inf
+      with np.errstate(over="ignore"):
+        if np.any(np.isfinite(arr) & np.isinf(arr.astype(np.float32))):
+          raise ValueError(f"invalid config: {self.name}={value!r}: {self.doc} is traced as float32, where values "
+                           f"beyond {float(np.finfo(np.float32).max):.4g} are inf; it must be finite")
     if np.any(bad):
       what = "an integer" if self.integer else "a number"
       raise ValueError(f"invalid config: {self.name}={value!r}: {self.doc} must be {what} in {domain}")

@@ -64,7 +64,9 @@ class SweepResult:
     config: the base :class:`~scl.config.Config` (None for the exact engine).
     info: how it ran: ``devices``, ``points`` (grid points), ``chunk`` (points per compiled call),
       ``chunks``, ``batch_size`` (points per ``vmap`` per device) and ``bytes_per_device`` (from the compiled
-      program's memory analysis).
+      program's memory analysis); the last three are None where nothing was computed. With a ``workdir`` also
+      ``run`` (points computed by this call), ``resumed`` (points loaded from the store) and ``store`` (its
+      directory).
   """
 
   axes: dict[str, np.ndarray]

@@ -65,18 +65,28 @@ def _axis_values(name: str, values) -> np.ndarray | None:
   if isinstance(values, numbers.Number) or np.ndim(values) == 0:
     return None
   try:
-    arr = np.asarray(list(values), dtype=np.float64)
+    entries = list(values)
+    raw = np.asarray(entries)
   except (TypeError, ValueError) as e:
     raise ValueError(f"invalid sweep: {name}={values!r}: give a number or a sequence of numbers") from e
+  # booleans and text are refused, not converted (as a scalar's are); numpy would make [True, 2] the ints [1, 2]
+  if any(isinstance(v, (bool, np.bool_)) for v in entries) or raw.dtype.kind == "b":
+    raise ValueError(f"invalid sweep: {name}={values!r}: give a number or a sequence of numbers, not booleans")
+  if raw.size and raw.dtype.kind not in "iuf":
+    raise ValueError(f"invalid sweep: {name}={values!r}: give a number or a sequence of numbers, not "
+                     f"{'text' if raw.dtype.kind in 'US' else 'objects'}")
+  arr = raw.astype(np.float64)
   if arr.ndim != 1 or arr.size == 0:
     raise ValueError(f"invalid sweep: {name}={values!r}: give a flat, non-empty sequence (it is empty or nested)")
   if np.any(np.isnan(arr)):
     raise ValueError(f"invalid sweep: {name}={arr.tolist()} contains NaN")
-  # duplicates at float32 resolution, where the sweep runs them (and where SweepResult.sel matches them)
-  s = np.sort(arr)
-  finite = np.isfinite(s[1:]) & np.isfinite(s[:-1])
-  close = np.where(finite, np.abs(s[1:] - s[:-1]) <= results_lib.FLOAT32_RTOL * np.abs(s[1:]),
-                   s[1:] == s[:-1])
+  # duplicates at float32 resolution, where the sweep runs them (and where SweepResult.sel matches them): 1e-50 is
+  # 0 there and 1e39 is inf
+  with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # inf - inf where both overflow
+    s = np.sort(arr.astype(np.float32).astype(np.float64))
+    finite = np.isfinite(s[1:]) & np.isfinite(s[:-1])
+    close = np.where(finite, np.abs(s[1:] - s[:-1]) <= results_lib.FLOAT32_RTOL * np.abs(s[1:]),
+                     s[1:] == s[:-1])
   if np.any(close):
     raise ValueError(f"invalid sweep: {name} has duplicate values (equal in float32, where the sweep runs them): "
                      f"{sorted(set(s[1:][close].tolist()))}")
@@ -84,6 +94,10 @@ def _axis_values(name: str, values) -> np.ndarray | None:
 
 
 def _seed_values(seeds) -> np.ndarray:
+  if isinstance(seeds, (bool, np.bool_, str, bytes)) or not (isinstance(seeds, numbers.Integral)
+                                                              or np.iterable(seeds)):
+    raise ValueError(f"invalid sweep: seeds={seeds!r}: give an integer n (the seeds range(n)) or a sequence of "
+                     "integer seeds")
   if isinstance(seeds, numbers.Integral):
     if seeds < 1:
       raise ValueError(f"invalid sweep: seeds={seeds!r}: an integer means range(seeds) and must be >= 1")
@@ -380,7 +394,7 @@ def sweep(cfg: config_lib.Config, *, seeds: int | Iterable[int] = (0,), keep_sam
       bar.update(len(rows))
 
   point, data = _loop_program(cfg.static(), keep_samples)
-  info = dict(devices=n_dev, points=0, chunks=0)
+  info = dict(devices=n_dev, points=0, chunk=None, chunks=0, batch_size=None, bytes_per_device=None)
   try:
     if len(todo):
       outputs, info = _execute(point, {k: v[todo] for k, v in inputs.items()}, data, devices, max_chunk,
@@ -390,7 +404,7 @@ def sweep(cfg: config_lib.Config, *, seeds: int | Iterable[int] = (0,), keep_sam
       bar.close()
   if store is not None:
     outputs = store.outputs()
-    info.update(resumed=n - len(todo), store=store.path)
+    info.update(run=info["points"], points=n, resumed=n - len(todo), store=store.path)
   result_axes = {**{k: v.astype(np.int64) if k == "K" else v for k, v in axes.items()},
                  "seed": seed_values, "iteration": np.arange(cfg.iterations + 1)}
   lead = tuple(len(v) for v in axes.values()) + (len(seed_values),)

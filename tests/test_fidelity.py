@@ -182,6 +182,39 @@ def test_a_checkpoint_of_other_scl_code_is_refused(tmp_path, monkeypatch):
     scl.run(cfg, workdir=workdir, progress=False)
 
 
+def test_fingerprint_follows_a_notebook_class_and_a_helper_module_state(tmp_path, monkeypatch):
+  """A class in a notebook (a module without a source file) was digested by its name alone, and a helper module by
+  its file alone: editing the class's method, or setting ``helpers.SCALE = -5`` at run time, left the fingerprint
+  unchanged, and a checkpoint of the old reward was resumed. The same run given ``seed=np.int64(5)`` or ``K=2.0``
+  (what the compiled run takes is the same) was refused."""
+  import importlib
+  import types
+  pts = np.array([[0.0, 0.0], [1.0, 0.0]])
+  digest = lambda fn: checkpoint.fingerprint(scl.configs.points(pts, reward="custom", reward_fn=fn), 0)["reward_fn"]
+  notebook = types.ModuleType("scl_test_notebook")
+  monkeypatch.setitem(sys.modules, "scl_test_notebook", notebook)
+  exec("import jax.numpy as jnp\nclass Reward:\n  @staticmethod\n  def apply(x):\n    return jnp.minimum(x[:, 0], 0.0)\n"
+       "reward = lambda x: Reward.apply(x)\n", notebook.__dict__)
+  before = digest(notebook.reward)
+  assert digest(notebook.reward) == before
+  exec("class Reward:\n  @staticmethod\n  def apply(x):\n    return -5.0 * jnp.minimum(x[:, 0], 0.0)\n", notebook.__dict__)
+  assert digest(notebook.reward) != before
+
+  (tmp_path / "scl_test_state.py").write_text("SCALE = 1.0\ndef r(x):\n  return SCALE * x[:, 0]\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  helpers = importlib.import_module("scl_test_state")
+  monkeypatch.setitem(sys.modules, "scl_test_state", helpers)
+  through = lambda x: helpers.r(x)
+  before = digest(through)
+  monkeypatch.setattr(helpers, "SCALE", -5.0)
+  assert digest(through) != before
+
+  cfg = scl.configs.points(pts)
+  assert checkpoint.fingerprint(cfg, np.int64(5)) == checkpoint.fingerprint(cfg, 5)
+  assert checkpoint.fingerprint(cfg.replace(K=2.0), 5) == checkpoint.fingerprint(cfg.replace(K=2), 5)
+  assert checkpoint.fingerprint(cfg.replace(K=3), 5) != checkpoint.fingerprint(cfg.replace(K=2), 5)
+
+
 def test_fingerprint_follows_keyword_defaults_helper_modules_and_classes(tmp_path, monkeypatch):
   import importlib
   pts = np.array([[0.0, 0.0], [1.0, 0.0]])

@@ -239,7 +239,7 @@ def test_stopped_sweep_resumes_and_a_grown_grid_runs_only_its_new_points(tmp_pat
       assert len(saved["rows"]) == 2
 
   resumed = sweeps.sweep(cfg, workdir=workdir, **grid)
-  assert resumed.info["resumed"] == 4 and resumed.info["points"] == 4, resumed.info
+  assert resumed.info["resumed"] == 4 and resumed.info["run"] == 4 and resumed.info["points"] == 8, resumed.info
   _assert_same_result(resumed, sweeps.sweep(cfg, **grid))
   np.testing.assert_allclose(resumed.metrics["expected_reward"],  # and a whole-grid chunk, to rounding
                              sweeps.sweep(cfg, **{**grid, "max_chunk": None}).metrics["expected_reward"],
@@ -247,10 +247,11 @@ def test_stopped_sweep_resumes_and_a_grown_grid_runs_only_its_new_points(tmp_pat
 
   grown = dict(grid, K=[1, 2, 4], seeds=[0, 1, 2])  # 18 points, 8 of them saved
   more = sweeps.sweep(cfg, workdir=workdir, **grown)
-  assert more.info["resumed"] == 8 and more.info["points"] == 10, more.info
+  assert more.info["resumed"] == 8 and more.info["run"] == 10 and more.info["points"] == 18, more.info
   _assert_same_result(more, sweeps.sweep(cfg, **grown))
   again = sweeps.sweep(cfg, workdir=workdir, **grown)
-  assert again.info["resumed"] == 18 and again.info["points"] == 0, again.info
+  assert again.info["resumed"] == 18 and again.info["run"] == 0 and again.info["points"] == 18, again.info
+  assert again.info["chunk"] is None and again.info["batch_size"] is None, again.info  # nothing computed
   _assert_same_result(again, more)
 
   # A truncated chunk file is not trusted: its points run again, and the file is replaced.
@@ -262,14 +263,14 @@ def test_stopped_sweep_resumes_and_a_grown_grid_runs_only_its_new_points(tmp_pat
   with caplog.at_level("WARNING"):
     mended = sweeps.sweep(cfg, workdir=workdir, **grown)
   assert f"1 file(s) in {store} ({os.path.basename(first)}) cannot be read" in caplog.text, caplog.text
-  assert mended.info["resumed"] == 16 and mended.info["points"] == 2, mended.info
+  assert mended.info["resumed"] == 16 and mended.info["run"] == 2, mended.info
   _assert_same_result(mended, more)
   assert not os.path.exists(first)
 
   # Another static setting: the saved points are not this sweep's, so every point runs, and its first saved
   # chunk replaces the other setting's files.
   other = sweeps.sweep(cfg.replace(pool_size=800), workdir=workdir, **grid)
-  assert other.info["resumed"] == 0 and other.info["points"] == 8, other.info
+  assert other.info["resumed"] == 0 and other.info["run"] == 8, other.info
   _assert_same_result(other, sweeps.sweep(cfg.replace(pool_size=800), **grid))
   assert len(os.listdir(store)) == 4  # its 4 chunks of 2 points
 
@@ -314,6 +315,16 @@ def test_sweep_workdir_it_cannot_write_to_fails_before_compute(tmp_path, monkeyp
     (dict(seeds=[1, 1]), "duplicate seeds"),
     (dict(seeds=[0.5]), "integers"),
     (dict(seeds=[0, 2**32]), r"\[0, 2\*\*32\)"),  # PRNGKey(2**32) is PRNGKey(0) without 64-bit mode
+    # a grid's entries are checked as a scalar's are: booleans and text are refused, not converted to 1.0, 2.0
+    (dict(K=["1", "2"]), "not text"),
+    (dict(K=[True, 2]), "not booleans"),
+    (dict(lam=[False, True]), "not booleans"),
+    (dict(seeds=True), "seeds=True"),
+    (dict(seeds=2.0), "seeds=2.0"),
+    # the points run in float32: 1e-50 is 0 there (one point twice) and 1e39 is inf
+    (dict(lam=[0.0, 1e-50]), "equal in float32"),
+    (dict(lam=[1e39, float("inf")]), "equal in float32"),
+    (dict(lr=[1e-3, 1e39]), "traced as float32"),
 ])
 def test_bad_grids_fail_before_compute(grid, message, monkeypatch):
   def no_compile(*args, **kwargs):
