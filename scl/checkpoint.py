@@ -4,9 +4,9 @@ A checkpoint (``<workdir>/checkpoint.msgpack``, written atomically) holds the mo
 chunk, the outputs so far and a **fingerprint** of the run: every config setting under its flat keyword, the
 seed and scl's source code (:func:`code_digest`), with arrays by a SHA-256 digest of their bytes and functions
 (``reward_fn``, ``r_tilde_fn``) by their module, name, byte code, constants, defaults, closure contents and the
-module-level values they read (modules and classes by name and the bytes of their module's source file; a user's helper module or class,
-outside Python's, the installed packages' and scl's, also by the attributes and members the code reads as
-they are at run time, which is all a notebook's class has).
+module-level values they read (modules and classes by name and the bytes of their module's source file; a
+user's helper module or class, outside Python's, the installed packages' and scl's, also by the attributes and
+members the code reads as they are at run time, which is all a notebook's class has).
 A checkpoint is only resumed by the same run of the same code; a run whose fingerprint cannot be trusted (a
 function closing over an object that cannot be digested) is refused, with a message, rather than resumed on a
 guess. A function may carry its own identity as a string attribute ``scl_fingerprint``.

@@ -193,11 +193,11 @@ def test_fingerprint_follows_a_notebook_class_and_a_helper_module_state(tmp_path
   digest = lambda fn: checkpoint.fingerprint(scl.configs.points(pts, reward="custom", reward_fn=fn), 0)["reward_fn"]
   notebook = types.ModuleType("scl_test_notebook")
   monkeypatch.setitem(sys.modules, "scl_test_notebook", notebook)
-  exec("import jax.numpy as jnp\nclass Reward:\n  @staticmethod\n  def apply(x):\n    return jnp.minimum(x[:, 0], 0.0)\n"
-       "reward = lambda x: Reward.apply(x)\n", notebook.__dict__)
+  cell = "class Reward:\n  @staticmethod\n  def apply(x):\n    return {} * jnp.minimum(x[:, 0], 0.0)\n"
+  exec("import jax.numpy as jnp\n" + cell.format(1.0) + "reward = lambda x: Reward.apply(x)\n", notebook.__dict__)
   before = digest(notebook.reward)
   assert digest(notebook.reward) == before
-  exec("class Reward:\n  @staticmethod\n  def apply(x):\n    return -5.0 * jnp.minimum(x[:, 0], 0.0)\n", notebook.__dict__)
+  exec(cell.format(-5.0), notebook.__dict__)  # the cell edited and run again
   assert digest(notebook.reward) != before
 
   (tmp_path / "scl_test_state.py").write_text("SCALE = 1.0\ndef r(x):\n  return SCALE * x[:, 0]\n")
