@@ -50,6 +50,7 @@ def build_configs(config) -> dict[str, scl.Config]:
   """One validated scl Config per variant (fails before any compute on a bad value)."""
   make = scl.configs.from_flags(config, _BINARY_FIELDS)  # keywords left None keep the builder's defaults
   variants = config.get("variants") or {"run": {}}
+  scl.loop.check_run_args(config.seed, config.checkpoint_every)
   cfgs = {}
   files.unique_slugs(variants)  # their checkpoints and sample plots would share a file name
   for name, overrides in variants.items():
@@ -86,8 +87,8 @@ def write_outputs(results: dict[str, scl.Result], workdir: str) -> None:
                      plotting.metric_curves(results, "expected_reward", "E_{p_t}[r]",
                                             "expected true reward of the model"))
   task_of = {name: task_lib.build(res.config) for name, res in results.items()}
-  first = next(iter(results.values()))
-  distance = "kl_to_data" if "kl_to_data" in first.metrics else "energy_distance"
+  # the exact KL where every variant has one (a finite-support model), else the energy distance all report
+  distance = "kl_to_data" if all("kl_to_data" in res.metrics for res in results.values()) else "energy_distance"
   files.save_figure(os.path.join(workdir, "distance.png"),
                      plotting.metric_curves(results, distance, distance.replace("_", " "),
                                             "distance of p_t to p_data"))

@@ -72,7 +72,7 @@ COLUMNS = ("setting", "attack", "defence")   # a cell's key
 def minority_label_mode(share: float, target: float) -> str:
   """Register (once) the label mode of :func:`scl.preferences.minority_labels` and return its name (the name
   carries the parameters, so a compiled program is never reused for other ones)."""
-  name = f"minority_{share:g}_{target:g}"
+  name = f"minority_{share!r}_{target!r}"  # repr, not :g (0.3 and 0.3000004 were one name, so one saved cell)
   if name not in scl.registry.LABELS:
     scl.register("labels", name, preferences.minority_labels(share, target))
   return name
@@ -81,6 +81,13 @@ def minority_label_mode(share: float, target: float) -> str:
 def cells(config) -> dict[tuple[str, str, str], scl.Config]:
   """(setting, attack, defence) -> validated Config; every combination is built before any compute."""
   make = scl.configs.from_flags(config, _BINARY_FIELDS)  # keywords left None keep the builder's defaults
+  for field in ("attacks", "defences", "settings"):
+    if not len(config[field]):
+      raise ValueError(f"invalid config: {field} is empty; the table and the figures need at least one")
+  share, target = float(config.minority.share), float(config.minority.target)
+  if not (0.0 <= share < 1.0) or not np.isfinite(target):
+    raise ValueError(f"invalid config: minority=(share={share!r}, target={target!r}): the share must lie in [0, 1) "
+                     "(0: no minority scenario) and the target be finite")
   eps = dict(config.eps)
   missing = [d for d in config.defences if d not in eps]
   if missing:
@@ -93,8 +100,8 @@ def cells(config) -> dict[tuple[str, str, str], scl.Config]:
     for attack in config.attacks:
       for defence in config.defences:
         out[(setting, attack, defence)] = make(attack=attack, defence=defence, eps=float(eps[defence]), lam=float(lam))
-  if float(config.minority.share) > 0:
-    labels = minority_label_mode(float(config.minority.share), float(config.minority.target))
+  if share > 0:
+    labels = minority_label_mode(share, target)
     for defence in config.defences:
       out[(MINORITY, "none", defence)] = make(attack="none", defence=defence, labels=labels, eps=float(eps[defence]),
                                                  lam=float("inf"))

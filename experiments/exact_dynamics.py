@@ -90,12 +90,14 @@ def build_supports(config) -> dict[str, Support]:
   return supports
 
 
-def _values(x) -> list[float]:
-  return [float(v) for v in (x if isinstance(x, (list, tuple)) else [x])]
+def _values(name: str, x) -> list[float]:
+  return scl.configs.flag_values(name, x)
 
 
 def _nearest(values, target: float) -> float:
   values = np.asarray(values, np.float64)
+  if np.isinf(target):  # the largest value is the nearest to inf (|v - inf| is inf for every finite v)
+    return float(np.max(values))
   return float(values[np.argmin(np.abs(np.where(np.isinf(values), 1e30, values) - target))])
 
 
@@ -105,7 +107,7 @@ def _fmt(v: float) -> str:
 
 def run_sweeps(sup: Support, config) -> dict[str, scl.SweepResult]:
   """The K × λ grid (benign users) and the φ sweep (the support's ``r~``: ``-r``)."""
-  T, Ks, lams = config.iterations, _values(config.K), _values(config.lam)
+  T, Ks, lams = config.iterations, _values("K", config.K), _values("lam", config.lam)
   results = {
       "grid": scl.exact_sweep(sup.p0, sup.r, iterations=T, K=Ks, lam=lams, keep_trajectory=True),
       "phi": scl.exact_sweep(sup.p0, sup.r, iterations=T, K=config.phi_K, lam=INF,
@@ -247,7 +249,7 @@ def _check(config) -> None:
   """Checks of the binary's own fields and of every sweep value (the library's, before any compute)."""
   if isinstance(config.n_phi, bool) or not isinstance(config.n_phi, int) or config.n_phi < 1:
     raise ValueError(f"invalid config: n_phi={config.n_phi!r}: must be an integer >= 1")
-  scl.exact.validate(iterations=config.iterations, K=_values(config.K), lam=_values(config.lam))
+  scl.exact.validate(iterations=config.iterations, K=_values("K", config.K), lam=_values("lam", config.lam))
   if config.iterations < 1:  # the summary compares the first step with p_0
     raise ValueError(f"invalid config: iterations={config.iterations!r}: must be >= 1")
   try:
@@ -269,7 +271,8 @@ def run(config, workdir: str) -> dict:
   for name, sup in supports.items():
     figures(name, sup, results[name], workdir)
   summary = {name: summarise(sup, results[name]) for name, sup in supports.items()}
-  summary.update(config=config.to_dict(), seconds=time.time() - start)
+  recorded = {**config.to_dict(), "K": _values("K", config.K), "lam": _values("lam", config.lam)}  # parsed
+  summary.update(config=recorded, seconds=time.time() - start)
   files.write_json(os.path.join(workdir, "summary.json"), summary)
   logging.info("summary: %s", files.to_jsonable(summary))
   print(f"wrote metrics.csv, metrics.json, summary.json and figures to {os.path.abspath(workdir)} "

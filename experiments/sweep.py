@@ -11,6 +11,8 @@ Writes into ``--workdir``:
   sweep.csv        long table: one row per (grid point, seed, iteration), every metric a column
   summary.csv      mean and confidence interval over seeds of expected_reward per (grid point, iteration)
   sweep.json       axes, fixed values, how it ran (devices, chunks), final expected reward mean / CI
+  samples.npz      with ``keep_samples`` (Monte Carlo engine): ``samples`` (the result's axes, then each snapshot's
+                   points and coordinates) and one ``axis_<name>`` array per axis
   heatmap_K_lam.png, heatmap_kappa_phi.png   final expected reward over K × λ and κ × φ (mean over seeds
                    and over any other swept axis), when both axes of a pair are swept
   curves.png       expected reward against iteration, one line per grid point, seed confidence bands
@@ -66,7 +68,7 @@ _LABELS = {"K": "K", "lam": "λ", "phi": "φ", "kappa": "κ", "alpha": "α", "be
 def _grid(config) -> dict:
   grid = {}
   for name, values in config.grid.to_dict().items():
-    values = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+    values = scl.configs.flag_values(f"grid.{name}", values)
     grid[name] = [int(v) if name == "K" and math.isfinite(v) and v == int(v) else v for v in values]
   return grid
 
@@ -83,6 +85,17 @@ def run_sweep(config, workdir: str | None = None, progress: bool = False) -> swe
     unknown = sorted(set(grid) - set(sweeps.EXACT_FIELDS))
     if unknown:
       raise ValueError(f"the exact engine sweeps only {sweeps.EXACT_FIELDS}, not {unknown}")
+    # scl.exact is K-choice curation by the users' own reward (r~ for the φ share), retrained exactly: a setting
+    # that would change the loop it models must not be dropped silently
+    ignored = [f"curation={cfg.curation.name!r}"] if cfg.curation.name != "choice" else []
+    p = cfg.platform
+    ignored += [f"{k}={v!r}" for k, v, default in (("attack", p.attack, "none"), ("defence", p.defence, "none"),
+                                                    ("labels", p.labels, "deterministic")) if v != default]
+    ignored += ["learned_reward=True"] if p.learned_reward else []
+    if ignored or config.keep_samples:
+      raise ValueError(f"invalid config: {', '.join(ignored or ['keep_samples=True'])}: the exact engine models "
+                       "K-choice curation by the users' reward with an exact refit, and keeps no samples; use "
+                       "--config.engine=mc for this setting")
     p_data, r, r_tilde = task_lib.support_arrays(cfg)   # a continuous data set is discretised
     fixed = {f: getattr(cfg.hyper, f) for f in sweeps.EXACT_FIELDS}
     return sweeps.exact_sweep(p_data, r, iterations=cfg.iterations, r_tilde=r_tilde, **{**fixed, **grid},
@@ -169,6 +182,10 @@ def write_outputs(result: sweeps.SweepResult, workdir: str, level: float = 0.95)
     summary.update(final_expected_reward_low=ci.low.tolist(), final_expected_reward_high=ci.high.tolist(),
                    level=level)
   files.write_json(os.path.join(workdir, "sweep.json"), summary)
+  if result.samples is not None:  # keep_samples: every point's snapshot of p_t, as the result holds them
+    with files.atomic_open(os.path.join(workdir, "samples.npz"), "wb") as f:
+      np.savez_compressed(f, samples=np.asarray(result.samples, np.float32),
+                          **{f"axis_{k}": np.asarray(v) for k, v in result.axes.items()})
   for rows, cols in (("K", "lam"), ("kappa", "phi")):
     if rows in result.grid_dims and cols in result.grid_dims:
       files.save_figure(os.path.join(workdir, f"heatmap_{rows}_{cols}.png"), heatmap(result, rows, cols))

@@ -15,7 +15,7 @@ iteration and 25,000 kept, ``κ = 0.2``-ready attacks with ``α = 0.8``, the cli
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import ml_collections
 
@@ -138,7 +138,50 @@ def builder(dataset: str) -> Callable[..., Config]:
 def from_flags(config: ml_collections.ConfigDict, binary_fields=()) -> Callable[..., Config]:
   """``make(**overrides)``: the builder of ``config.dataset`` (:func:`builder`) called with ``config``'s set
   keywords (:func:`set_keywords`, less ``binary_fields``), ``overrides`` on top. What an experiment binary
-  builds each of its runs from."""
+  builds each of its runs from.
+
+  A binary's ``overrides`` are the settings it controls per run (``lam`` from its ``settings``, ``attack`` from
+  its ``attacks``, a variant's fields): where ``config`` sets one of them to another value (a
+  ``--config.lam=0.5`` that every run would silently replace), ``make`` raises ``ValueError`` naming it."""
   base = set_keywords(config, binary_fields)
   make = builder(base.pop("dataset"))
-  return lambda **overrides: make(**{**base, **overrides})
+
+  def make_run(**overrides):
+    clash = sorted(k for k, v in overrides.items() if k in base and not _same_value(base[k], v))
+    if clash:
+      raise ValueError("invalid config: " + ", ".join(f"{k}={base[k]!r}" for k in clash) + ": this binary sets "
+                       + ", ".join(f"{k} per run (here {overrides[k]!r})" for k in clash) + "; set it through "
+                       "the binary's own fields (its settings, attacks, defences or variants), not at the top level")
+    return make(**{**base, **overrides})
+
+  return make_run
+
+
+def flag_values(name: str, value: Any) -> list[float]:
+  """A binary's grid field as floats: a number, a sequence, or the text of a tuple (``"(0.5, 1.0, inf)"``:
+  ml_collections' flag parser cannot read ``inf`` in a tuple and passes the text through, as a one-entry
+  tuple). Raises
+  ``ValueError`` naming the field for anything else (text that is not numbers, booleans)."""
+  if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], str):
+    value = value[0]  # what the flag parser passes for a tuple field: ("(0.5, 1.0, inf)",)
+  if isinstance(value, str):
+    text = value.strip()
+    if text[:1] in "([" and text[-1:] in ")]":
+      text = text[1:-1]
+    entries = [t.strip() for t in text.split(",") if t.strip()]
+  else:
+    entries = list(value) if isinstance(value, (list, tuple)) else [value]
+  try:
+    if any(isinstance(v, bool) for v in entries):
+      raise TypeError("a boolean")
+    return [float(v) for v in entries]
+  except (TypeError, ValueError):
+    raise ValueError(f"invalid config: {name}={value!r}: give a number or a tuple of numbers, such as "
+                     "(0.5, 1.0, inf)") from None
+
+
+def _same_value(a: Any, b: Any) -> bool:
+  try:
+    return bool(a == b) or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+  except Exception:  # arrays and the like: the same object only
+    return a is b

@@ -244,6 +244,16 @@ def to_result(cfg, seed, params, outs) -> Result:
   return Result(config=cfg, seed=seed, metrics=metrics, samples=samples, params=params)
 
 
+def check_run_args(seed: Any, checkpoint_every: Any = 1) -> None:
+  """Raise ``ValueError`` naming the value unless ``seed`` is an integer in ``[0, 2**32)`` and ``checkpoint_every``
+  an integer ``>= 1`` (what :func:`run` checks; binaries call it before their first run's work)."""
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < config_lib.SEED_LIMIT:
+    raise ValueError(f"invalid seed={seed!r}: must be an integer in [0, 2**32)")
+  if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
+      or checkpoint_every < 1:
+    raise ValueError(f"invalid checkpoint_every={checkpoint_every!r}: must be an integer >= 1")
+
+
 def run(cfg: config_lib.Config, seed: int = 0, *, workdir: str | None = None, checkpoint_every: int = 1,
         progress: bool | None = None) -> Result:
   """Run the curated loop of ``cfg`` for ``cfg.iterations`` iterations from ``jax.random.PRNGKey(seed)``.
@@ -261,11 +271,7 @@ def run(cfg: config_lib.Config, seed: int = 0, *, workdir: str | None = None, ch
       seed that is not an integer in ``[0, 2**32)``.
   """
   cfg.validate()
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < config_lib.SEED_LIMIT:
-    raise ValueError(f"invalid seed={seed!r}: must be an integer in [0, 2**32)")
-  if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
-      or checkpoint_every < 1:
-    raise ValueError(f"invalid checkpoint_every={checkpoint_every!r}: must be an integer >= 1")
+  check_run_args(seed, checkpoint_every)
   key = jax.random.PRNGKey(seed)
   if workdir is None:
     fn, data = _jitted_run(cfg.static())

@@ -2,6 +2,7 @@
 
 import os
 
+import ml_collections
 import pytest
 
 import _binaries
@@ -75,3 +76,95 @@ def test_the_adaptive_gradient_attack_has_a_cell_per_recipe():
   assert set(cells) == {("synthetic", "random", "any"), ("synthetic", "gradient_adaptive", "paper"),
                         ("synthetic", "gradient_adaptive", "robust")}
   assert cells[("synthetic", "gradient_adaptive", "robust")].platform.attack_recipe == "robust"
+
+
+def test_a_setting_the_binary_controls_per_run_is_refused_at_the_top_level():
+  """``--config.lam=0.5`` was accepted and every cell, variant or setting replaced it silently (adversarial and
+  defences by their settings, curated_loop and images by their variants; images' κ landed only on the benign
+  variants). A top-level value equal to every run's is no clash."""
+  cases = (("adversarial", "adversarial", "quick", "cells"), ("defences", "defences", "quick", "cells"),
+           ("curated_loop", "gaussian8", "", "build_configs"), ("images", "images", "quick", "build_configs"))
+  for binary_name, config_name, level, build in cases:
+    configs = _binaries.load(f"{config_name}_config_clash", "experiments", "configs", f"{config_name}.py")
+    binary = _binaries.load(f"{binary_name}_binary_clash", "experiments", f"{binary_name}.py")
+    config = configs.get_config(level) if level else configs.get_config()
+    getattr(binary, build)(config)  # the presets themselves are consistent
+    config.lam = 0.5
+    with pytest.raises(ValueError, match=r"lam=0.5: this binary sets lam per run"):
+      getattr(binary, build)(config)
+  config = configs.get_config("quick")
+  config.kappa = 0.4
+  with pytest.raises(ValueError, match=r"kappa=0.4: this binary sets kappa per run \(here 0.2\)"):
+    binary.build_configs(config)
+  config.kappa = 0.2  # what the attacked variants set anyway
+  binary.build_configs(config)
+
+
+def test_empty_lists_and_bad_minority_fail_before_compute():
+  """``recipes=()`` dropped the gradient attack's cells silently and the run crashed after computing the others
+  (a division by zero in the band panels); empty attacks, settings or defences crashed after compute too."""
+  configs = _binaries.load("adversarial_config_empty", "experiments", "configs", "adversarial.py")
+  binary = _binaries.load("adversarial_binary_empty", "experiments", "adversarial.py")
+  for field, value, message in (("recipes", (), r"recipes is empty, so the attacks \['gradient'\]"),
+                                ("attacks", (), "attacks is empty"), ("settings", {}, "settings is empty")):
+    config = _binaries.tiny(configs.get_config("quick"))
+    setattr(config, field, value)
+    with pytest.raises(ValueError, match=message):
+      binary.cells(config)
+  configs = _binaries.load("defences_config_empty", "experiments", "configs", "defences.py")
+  binary = _binaries.load("defences_binary_empty", "experiments", "defences.py")
+  for field, value, message in (("attacks", (), "attacks is empty"), ("defences", (), "defences is empty"),
+                                ("settings", {}, "settings is empty")):
+    config = _binaries.tiny(configs.get_config("quick"))
+    setattr(config, field, value)
+    with pytest.raises(ValueError, match=message):
+      binary.cells(config)
+  for share, target in ((-0.1, -7.0), (float("nan"), -7.0), (1.0, -7.0), (0.3, float("nan"))):
+    config = _binaries.tiny(configs.get_config("quick"))
+    config.minority.share, config.minority.target = share, target
+    with pytest.raises(ValueError, match="minority="):
+      binary.cells(config)
+  # the label mode's name holds the parameters exactly: 0.3 and 0.3000004 are two modes (and two saved cells)
+  assert binary.minority_label_mode(0.3, -7.0) != binary.minority_label_mode(0.3000004, -7.0)
+
+
+def test_seed_and_checkpoint_every_fail_before_any_data_set_is_built(monkeypatch):
+  configs = _binaries.load("images_config_seed", "experiments", "configs", "images.py")
+  images = _binaries.load("images_binary_seed", "experiments", "images.py")
+  monkeypatch.setattr(images.task_lib, "build", _no_compute)
+  for field, value in (("seed", -1), ("checkpoint_every", 0)):
+    config = configs.get_config("quick")
+    setattr(config, field, value)
+    with pytest.raises(ValueError, match=rf"invalid {field}={value!r}"):
+      images.train_and_evaluate(config, "/nonexistent/never_written")
+
+
+def test_grid_text_with_inf_the_exact_engine_and_the_nearest_lambda(monkeypatch):
+  """``--config.grid.lam="(0.5, 1.0, inf)"`` reaches the binary as text (ml_collections cannot read inf in a
+  tuple) and crashed with a message naming no field; the exact engine silently ran K-choice curation for a
+  config with an attack or another curation; exact_dynamics drew λ = 0.5 as the "λ = ∞" panel of a grid
+  without ∞ (|v - inf| is inf for every v, so the first value won)."""
+  import scl
+  assert scl.configs.flag_values("lam", "(0.5, 1.0, inf)") == [0.5, 1.0, float("inf")]
+  assert scl.configs.flag_values("K", "[1, 2]") == [1.0, 2.0] and scl.configs.flag_values("K", 3) == [3.0]
+  for bad in ("(0.5, x)", True, (1, True)):
+    with pytest.raises(ValueError, match="invalid config: lam="):
+      scl.configs.flag_values("lam", bad)
+  configs = _binaries.load("sweep_config_checks", "experiments", "configs", "sweep.py")
+  sweep = _binaries.load("sweep_binary_checks", "experiments", "sweep.py")
+  config = configs.get_config("exact")
+  config.grid = ml_collections.ConfigDict({"K": ("(1, 2)",), "lam": ("(1.0, inf)",)})  # as the flag parser passes
+  config.iterations, config.n_atoms = 2, 64
+  result = sweep.run_sweep(config)
+  assert result.axes["lam"].tolist() == [1.0, float("inf")] and result.axes["K"].tolist() == [1, 2]
+  monkeypatch.setattr(sweep.sweeps, "exact_sweep", _no_compute)
+  for field, value in (("attack", "random"), ("curation", "luce_pool"), ("learned_reward", True),
+                       ("keep_samples", True)):
+    bad = configs.get_config("exact")
+    setattr(bad, field, value)
+    with pytest.raises(ValueError, match="the exact engine models K-choice curation"):
+      sweep.run_sweep(bad)
+  exact_dynamics = _binaries.load("exact_dynamics_binary_checks", "experiments", "exact_dynamics.py")
+  assert exact_dynamics._nearest([0.5, 1.0, 4.0], float("inf")) == 4.0
+  assert exact_dynamics._nearest([0.5, float("inf")], float("inf")) == float("inf")
+  assert exact_dynamics._nearest([0.5, 1.0, 4.0], 0.9) == 1.0
