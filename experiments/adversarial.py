@@ -86,6 +86,7 @@ def cells(config) -> dict[tuple[str, str, str], scl.Config]:
       for recipe in recipes:
         extra = {} if recipe == ANY else {"attack_recipe": recipe}
         out[(setting, attack, recipe)] = make(attack=attack, lam=float(lam), **extra)
+  scl.configs.check_runs(make)  # a top-level lam or attack every cell replaces
   return out
 
 

@@ -56,6 +56,7 @@ def build_configs(config) -> dict[str, scl.Config]:
   for name, overrides in variants.items():
     cfg = make(**dict(overrides))
     cfgs[f"{name} (K={cfg.hyper.K}, λ={cfg.hyper.lam:g}, φ={cfg.hyper.phi:g})"] = cfg
+  scl.configs.check_runs(make)  # a top-level setting every variant replaces (lam)
   return cfgs
 
 

@@ -105,6 +105,7 @@ def cells(config) -> dict[tuple[str, str, str], scl.Config]:
     for defence in config.defences:
       out[(MINORITY, "none", defence)] = make(attack="none", defence=defence, labels=labels, eps=float(eps[defence]),
                                                  lam=float("inf"))
+  scl.configs.check_runs(make)  # a top-level lam, attack, defence or eps every cell replaces
   if any(cfg.iterations < 1 for cfg in out.values()):
     raise ValueError("invalid config: iterations must be >= 1 (the table reads the last attacked step)")
   if out and task_lib.build(next(iter(out.values())))[1].modes is None:

@@ -25,8 +25,8 @@ attacks at κ = 0.2 on the platform's learned ``10 − class`` reward; each full
 
 CIFAR-10/100 must be prepared once (see BUILD.md); without them the binary stops at once with the command to
 run. Any field of the config can be set as a flag: ``--config.iterations=4``, ``--config.width=128``; a field
-that the variants set (``lam``, ``attack``, ``kappa``, ``reward``) is set through ``--config.variants``, and
-setting it at the top level to another value is an error (every variant would replace it).
+that every variant sets (``lam``) is set through ``--config.variants``: at the top level it is an error (every
+variant would replace it).
 """
 
 from __future__ import annotations
@@ -94,7 +94,9 @@ def build_configs(config) -> dict[str, scl.Config]:
       raise ValueError(f"invalid config: {field}={value!r}: must be an integer >= 1")
   scl.loop.check_run_args(config.seed, config.checkpoint_every)  # before any data set or classifier is built
   files.unique_slugs(config.variants)  # their checkpoints and sample files would share a name
-  return {name: make(**dict(overrides)) for name, overrides in config.variants.items()}
+  cfgs = {name: make(**dict(overrides)) for name, overrides in config.variants.items()}
+  scl.configs.check_runs(make)  # a top-level setting every variant replaces (lam)
+  return cfgs
 
 
 def reward_of(cfg: scl.Config, name: str):

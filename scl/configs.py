@@ -140,21 +140,32 @@ def from_flags(config: ml_collections.ConfigDict, binary_fields=()) -> Callable[
   keywords (:func:`set_keywords`, less ``binary_fields``), ``overrides`` on top. What an experiment binary
   builds each of its runs from.
 
-  A binary's ``overrides`` are the settings it controls per run (``lam`` from its ``settings``, ``attack`` from
-  its ``attacks``, a variant's fields): where ``config`` sets one of them to another value (a
-  ``--config.lam=0.5`` that every run would silently replace), ``make`` raises ``ValueError`` naming it."""
+  The returned ``make`` records each run's ``overrides``; :func:`check_runs` then finds a top-level setting that
+  every run replaced (a ``--config.lam=0.5`` where every cell sets its own ``lam``), which binaries refuse.
+  """
   base = set_keywords(config, binary_fields)
   make = builder(base.pop("dataset"))
 
   def make_run(**overrides):
-    clash = sorted(k for k, v in overrides.items() if k in base and not _same_value(base[k], v))
-    if clash:
-      raise ValueError("invalid config: " + ", ".join(f"{k}={base[k]!r}" for k in clash) + ": this binary sets "
-                       + ", ".join(f"{k} per run (here {overrides[k]!r})" for k in clash) + "; set it through "
-                       "the binary's own fields (its settings, attacks, defences or variants), not at the top level")
+    make_run.runs.append(dict(overrides))
     return make(**{**base, **overrides})
 
+  make_run.base, make_run.runs = base, []
   return make_run
+
+
+def check_runs(make: Callable[..., Config]) -> None:
+  """Raise ``ValueError`` naming the field where every run ``make`` (from :func:`from_flags`) built replaced a
+  top-level setting by another value: that setting reached no run, so it was ignored silently. A setting that
+  some run keeps is a base the other runs vary (a variant's ``model``), not an error."""
+  runs = make.runs
+  clash = sorted(k for k, v in make.base.items()
+                 if runs and all(k in r and not _same_value(v, r[k]) for r in runs))
+  if clash:
+    raise ValueError("invalid config: " + ", ".join(f"{k}={make.base[k]!r}" for k in clash) + ": every run of this "
+                     "binary sets " + ", ".join(f"{k} itself (e.g. {runs[0][k]!r})" for k in clash) + ", so the "
+                     "top-level value would be ignored; set it through the binary's own fields (its settings, "
+                     "attacks, defences or variants)")
 
 
 def flag_values(name: str, value: Any) -> list[float]:

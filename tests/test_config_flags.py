@@ -52,10 +52,12 @@ def test_unset_keywords_are_the_builders_defaults(monkeypatch, spec):
   cfg = make()
   default = scl.configs.builder(config.dataset)()
   assert cfg.model.depth == 2
-  assert make(depth=2).model.depth == 2
-  # a run's own setting that differs from the command line's is an error, not a silent override
-  with pytest.raises(ValueError, match=r"depth=2: this binary sets depth per run \(here 3\)"):
-    make(depth=3)
+  assert make(depth=3).model.depth == 3   # a run's own override wins over the command line's
+  scl.configs.check_runs(make)            # one run (make()) kept depth=2: a base the other run varies
+  only_overrides = scl.configs.from_flags(config, fields)
+  only_overrides(depth=3), only_overrides(depth=4)
+  with pytest.raises(ValueError, match=r"depth=2: every run of this binary sets depth itself \(e.g. 3\)"):
+    scl.configs.check_runs(only_overrides)  # no run used the command line's depth
   # keywords no file sets keep the builder's values
   assert cfg.model.em_steps == default.model.em_steps
   assert cfg.platform.knn_k == default.platform.knn_k

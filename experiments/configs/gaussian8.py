@@ -2,8 +2,8 @@
 
 Every flat keyword of ``scl.Config`` (``scl.Config.keywords()``) may be set here or overridden on the command line, e.g.
 ``--config.K=4 --config.model=flow --config.iterations=20``. ``variants`` maps a run name to the overrides
-that distinguish it; all variants are run and drawn together (a field a variant sets, such as ``lam``, is an
-error at the top level with another value: the variant would replace it).
+that distinguish it; all variants are run and drawn together (a field every variant sets, such as ``lam``, is
+an error at the top level: every variant would replace it).
 
 Presets after a colon (big_vision style): ``--config=experiments/configs/gaussian8.py:demo`` is the README's
 main job: the neural flow-matching model at the papers' sample scale (50,000 generated and 25,000 kept per
