@@ -6,7 +6,8 @@ outside it with a far larger reward would make ``ā`` underflow to 0 on the supp
 there and, for the adversarial reward, ``b̄ = e^{r~ - r~max}``, ``r~max``/``r~min`` the largest/smallest ``r~``
 over the support (Wei & Zhang's Assumption 3.2 bounds). Every bound is compared in this scaled space
 (``E[e^r] = e^{r*} E[ā]``), so nothing overflows for large rewards; ``*_rhs`` is reported in natural units
-(comparable to ``exp_reward`` / ``kl_to_data``), ``*_slack`` = lhs - rhs in scaled units and ``*_holds`` is 1.0 / 0.0 (NaN where the bound does not apply).
+(comparable to ``exp_reward`` / ``kl_to_data``), ``*_slack`` = lhs - rhs in scaled units and ``*_holds`` is
+1.0 / 0.0 (NaN where the bound does not apply).
 ``c_K = (K-1)/K`` (1 for ``K = inf``), ``s = 1/(1+λ)`` the real-data share.
 
 * **Ferbach Lemma 2.2** (fully synthetic, benign: ``s = 0``, ``φ = 0``):
