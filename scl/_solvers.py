@@ -29,6 +29,7 @@ import chex
 import jax
 from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
+import numpy as np
 
 with warnings.catch_warnings():
   # jaxopt 0.8.5 (pinned) warns at import that it is no longer maintained; its solvers still work.
@@ -252,6 +253,9 @@ def minimize(fun: Callable[..., chex.Array],
   Returns:
     ``(params, info)``: the minimiser (same pytree structure as ``init_params``) and :class:`SolveInfo`.
   """
+  if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
+    # with no iteration the loop never evaluates the gradient: SolveInfo.grad_norm would read 0, "converged"
+    raise ValueError(f"invalid maxiter={maxiter!r}: the solver needs at least 1 iteration")
   if linesearch != "armijo":
     linear_solve = functools.partial(
         jaxopt.linear_solve.solve_cg, ridge=ridge or None, maxiter=cg_maxiter, tol=cg_tol)

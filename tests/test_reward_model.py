@@ -409,3 +409,14 @@ def test_jaxopt_line_search_fit_with_chunked_gradient_matches_armijo():
   (w_zoom, g_zoom), (w_armijo, g_armijo) = solutions_and_vjps(o, jnp.asarray([1.0, -2.0, 0.5]))
   np.testing.assert_allclose(w_zoom, w_armijo, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(g_zoom, g_armijo, rtol=1e-3, atol=1e-6)
+
+
+def test_a_fit_without_iterations_is_refused():
+  """With maxiter=0 the solver's loop never ran, so SolveInfo.grad_norm stayed at its initial 0 (a caller testing
+  grad_norm <= tol read "converged" where the true gradient norm was 0.47)."""
+  net = rm.mlp_reward((8,))
+  x = jnp.linspace(-1.0, 1.0, 8).reshape(4, 2)
+  params = net.init(jax.random.key(0), x[:1])
+  for bad in (0, -1, True):
+    with pytest.raises(ValueError, match=rf"maxiter={bad!r}"):
+      rm.fit_reward(params, net.apply, x, x[::-1], jnp.ones(4), 1e-3, maxiter=bad)
