@@ -38,6 +38,14 @@ def check_level(level: float) -> None:
     raise ValueError(f"invalid flag: level={level!r}: the confidence level must lie in (0, 1)")
 
 
+def check_nonempty(config, *fields: str) -> None:
+  """Raise ``ValueError`` naming the first of ``config``'s list fields that is empty (a cell grid without it has
+  no cells to tabulate or draw)."""
+  for field in fields:
+    if not len(config[field]):
+      raise ValueError(f"invalid config: {field} is empty; the table and the figures need at least one")
+
+
 def fingerprint(cfg: scl.Config, seeds: int) -> str | None:
   """A digest of what a cell's result depends on: its configuration and seeds (:func:`scl.checkpoint.fingerprint`,
   arrays by their bytes, functions by their code) and scl's source code; None if the configuration holds a value whose

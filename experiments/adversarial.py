@@ -71,9 +71,7 @@ COLUMNS = ("setting", "attack", "recipe")   # a cell's key
 def cells(config) -> dict[tuple[str, str, str], scl.Config]:
   """(setting, attack, recipe) -> validated Config; every combination is built before any compute."""
   make = scl.configs.from_flags(config, _BINARY_FIELDS)  # keywords left None keep the builder's defaults
-  for field in ("attacks", "settings"):
-    if not len(config[field]):
-      raise ValueError(f"invalid config: {field} is empty; the table and the figures need at least one")
+  _cells.check_nonempty(config, "attacks", "settings")
   if not len(config.recipes) and any(a in RECIPE_ATTACKS for a in config.attacks):
     dropped = [a for a in config.attacks if a in RECIPE_ATTACKS]
     raise ValueError(f"invalid config: recipes is empty, so the attacks {dropped} would not run; give at least one "

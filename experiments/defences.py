@@ -81,9 +81,7 @@ def minority_label_mode(share: float, target: float) -> str:
 def cells(config) -> dict[tuple[str, str, str], scl.Config]:
   """(setting, attack, defence) -> validated Config; every combination is built before any compute."""
   make = scl.configs.from_flags(config, _BINARY_FIELDS)  # keywords left None keep the builder's defaults
-  for field in ("attacks", "defences", "settings"):
-    if not len(config[field]):
-      raise ValueError(f"invalid config: {field} is empty; the table and the figures need at least one")
+  _cells.check_nonempty(config, "attacks", "defences", "settings")
   share, target = float(config.minority.share), float(config.minority.target)
   if not (0.0 <= share < 1.0) or not np.isfinite(target):
     raise ValueError(f"invalid config: minority=(share={share!r}, target={target!r}): the share must lie in [0, 1) "

@@ -70,7 +70,7 @@ def _axis_values(name: str, values) -> np.ndarray | None:
   except (TypeError, ValueError) as e:
     raise ValueError(f"invalid sweep: {name}={values!r}: give a number or a sequence of numbers") from e
   # booleans and text are refused, not converted (as a scalar's are); numpy would make [True, 2] the ints [1, 2]
-  if any(isinstance(v, (bool, np.bool_)) for v in entries) or raw.dtype.kind == "b":
+  if any(isinstance(v, (bool, np.bool_)) for v in entries):
     raise ValueError(f"invalid sweep: {name}={values!r}: give a number or a sequence of numbers, not booleans")
   if raw.size and raw.dtype.kind not in "iuf":
     raise ValueError(f"invalid sweep: {name}={values!r}: give a number or a sequence of numbers, not "
