@@ -90,7 +90,8 @@ def run_sweep(config, workdir: str | None = None, progress: bool = False) -> swe
     ignored = [f"curation={cfg.curation.name!r}"] if cfg.curation.name != "choice" else []
     p = cfg.platform
     ignored += [f"{k}={v!r}" for k, v, default in (("attack", p.attack, "none"), ("defence", p.defence, "none"),
-                                                    ("labels", p.labels, "deterministic")) if v != default]
+                                                    ("labels", p.labels, "deterministic"),
+                                                    ("learned_for", p.learned_for, "all")) if v != default]
     ignored += ["learned_reward=True"] if p.learned_reward else []
     if ignored or config.keep_samples:
       raise ValueError(f"invalid config: {', '.join(ignored or ['keep_samples=True'])}: the exact engine models "

@@ -218,8 +218,9 @@ class PlatformConfig(_Group):
     n_pairs: preference pairs drawn from ``p_t`` per iteration.
     labels: ``"deterministic"`` or ``"bradley_terry"`` (:data:`scl.registry.LABELS`).
     learned_reward: curate with the learned reward even without an attack. The platform also runs (and the
-      users curate with its learned reward) whenever an attack, a defence or a label mode other than
-      ``"deterministic"`` is set: each acts only on the platform's preference pairs (:attr:`active`).
+      users curate with its learned reward) whenever an attack, a defence, a label mode other than
+      ``"deterministic"`` or ``learned_for="malicious"`` is set: each acts only on the platform
+      (:attr:`active`).
     reward_hidden: hidden widths of the learned reward MLP (``(64,)``: the papers' 2→64→1 network).
     attack_steps: outer steps of the gradient attack.
     attack_recipe: the gradient attack's recipe (:data:`scl.attacks.RECIPES`): ``"robust"`` (scl's: start
@@ -235,6 +236,13 @@ class PlatformConfig(_Group):
       ``"outlier"``, ``"ensemble_filter"``, ``"knn_relabel"``; its strength is the traced ``eps`` (ε).
     ensemble_size: reward models of the ``"ensemble_filter"`` defence (bootstrap resamples, vmapped).
     knn_k: neighbours of the ``"knn_relabel"`` defence.
+    learned_for: who curates with the learned reward ``R~``. ``"all"``: the platform curates for its users
+      with ``R~`` in place of ``r`` (the public code's experiments, where the platform keeps what its learned
+      reward ranks highest), and a ``φ`` share of malicious users keeps the fixed ``r~``. ``"malicious"``: the
+      design's mixed users, ``p_{t+1} = p_t ((1 - φ) H_K^r + φ H_K^{R~})``: honest users curate with ``r``
+      and the ``φ`` share with ``R~`` in place of ``r~`` (at ``φ = 0`` the platform then changes nothing, at
+      ``φ = 1`` it is ``"all"`` at ``φ = 0``). With ``"malicious"``, K-choice curation on a finite support
+      is the step Wei & Zhang's Lemma 3.3 describes, with ``r~ = R~``, and the theorem monitors apply.
   """
 
   attack: str = "none"
@@ -249,6 +257,7 @@ class PlatformConfig(_Group):
   defence: str = "none"
   ensemble_size: int = 5
   knn_k: int = 10
+  learned_for: str = "all"
 
   @property
   def active(self) -> bool:
@@ -256,11 +265,13 @@ class PlatformConfig(_Group):
     implied by a setting that only the platform reads (an attack, a defence, a label mode): without it such
     a setting would be ignored silently."""
     return (self.attack != "none" or self.learned_reward or self.defence != "none"
-            or self.labels != "deterministic")
+            or self.labels != "deterministic" or self.learned_for != "all")
 
   def validate(self) -> None:
     """Raise ``ValueError`` naming the field and value of an invalid setting of this group."""
     _positive_ints(self, ("n_pairs", "attack_steps", "ensemble_size", "knn_k"))
+    if self.learned_for not in ("all", "malicious"):
+      raise ValueError(f"invalid config: learned_for={self.learned_for!r}: choose 'all' or 'malicious'")
     if self.reward_input not in ("points", "logits", "features"):
       raise ValueError(f"invalid config: reward_input={self.reward_input!r}: choose 'points', 'logits' or "
                        "'features'")

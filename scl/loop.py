@@ -61,12 +61,19 @@ def step(params, hyper: hyper_lib.Hyper, data: task_lib.TaskData, key: chex.PRNG
   pool = task.model.sample(params, k_pool, cfg.curation.pool_size)            # sample p_t
   points = task.to_points(data, pool)
   r = task.reward(data.reward, points)                                       # the users' rewards
-  r_tilde = task.r_tilde(data.r_tilde, points)
+  r_tilde = task.r_tilde(data.r_tilde, points)                               # the malicious users'
+  r_tilde_support = task.r_tilde(data.r_tilde, data.support) if task.finite else None
   out = observe(params, pool, data, task)
   curator = r
   if cfg.platform.active:                                                    # the platform's learned R~
-    curator, stats = platform.learned_reward(k_prefs, points, r, hyper, data, task)
-    out.update(stats)
+    learned = platform.learned_reward(k_prefs, points, r, hyper, data, task,
+                                      support=data.support if task.finite else None)
+    out.update(learned.stats)
+    if cfg.platform.learned_for == "malicious":                              # R~ is the φ share's r~
+      r_tilde, r_tilde_support = learned.pool, learned.support
+    else:                                                                    # R~ curates for every user
+      curator = learned.pool
+  out.update(reward_covariance(r, r_tilde))
   curate = registry.CURATIONS[cfg.curation.name]                             # curate
   w_pool = curate(k_curate, curator, r_tilde, hyper, cfg.curation)
   share = hyper_lib.real_share(hyper.lam)                                   # mix with real data
@@ -75,8 +82,22 @@ def step(params, hyper: hyper_lib.Hyper, data: task_lib.TaskData, key: chex.PRNG
   params_next = task.model.fit(params, k_fit, x_train, w_train, hyper)       # refit
   if task.finite:                                                            # theorem monitors
     se = sampling_se(r, w_pool, task.reward(data.reward, data.support), share)
-    out["monitors"] = {**step_monitors(task, data, hyper, params, params_next, se), "monitor_se": se}
+    out["monitors"] = {**step_monitors(task, data, hyper, params, params_next, se, r_tilde_support),
+                       "monitor_se": se}
   return params_next, out
+
+
+def reward_covariance(r: chex.Array, r_tilde: chex.Array) -> dict[str, chex.Array]:
+  """``cov_r_rtilde_pool``: ``Cov[e^{r - max r}, e^{r~ - max r~}]`` over the pool, between the users' reward
+  and the malicious users' (the fixed ``r~``, or ``R~`` with ``learned_for="malicious"``): the sign of Wei &
+  Zhang's ``g_cov``, on any task (on a finite support the monitors add the exact ``cov_r_rtilde``).
+  ``corr_r_rtilde_pool``: its correlation (0 where either reward is constant on the pool)."""
+  a = jnp.exp(r - jnp.max(r))
+  b = jnp.exp(r_tilde - jnp.max(r_tilde))
+  cov = jnp.mean((a - a.mean()) * (b - b.mean()))
+  scale = a.std() * b.std()
+  corr = jnp.where(scale > 0, cov / jnp.where(scale > 0, scale, 1.0), 0.0)
+  return {"cov_r_rtilde_pool": cov, "corr_r_rtilde_pool": corr}
 
 
 def sampling_se(r_pool: chex.Array, w_pool: chex.Array, r_support: chex.Array, share: chex.Array) -> chex.Array:
@@ -95,12 +116,13 @@ def sampling_se(r_pool: chex.Array, w_pool: chex.Array, r_support: chex.Array, s
 
 
 def step_monitors(task: task_lib.Task, data: task_lib.TaskData, hyper, params, params_next,
-                  se: chex.Array | float = 0.0) -> dict:
+                  se: chex.Array | float = 0.0, r_tilde: chex.Array | None = None) -> dict:
   """Ferbach Lemma 2.2 / Thm 2.3 / Thm 2.4 and Wei Lemma 3.3 for ``p_t -> p_{t+1}`` on a finite support.
 
-  They describe K-choice curation by the true reward (``r~`` for the ``φ`` share) with an exact refit, from
+  They describe K-choice curation by the true reward (``r~`` for the ``φ`` share: ``r_tilde`` on the support,
+  default the task's; the platform's ``R~`` with ``learned_for="malicious"``) with an exact refit, from
   ``p_0 = p_data`` (the categorical model's ``init`` is exact maximum likelihood on ``p_data``). For any other
-  step — a pool filter (``topk``, ``luce_pool``), or curation through the platform's learned reward — every
+  step — a pool filter (``topk``, ``luce_pool``), or honest users curating through the learned reward — every
   bound (``*_rhs``, ``*_slack``, ``*_holds``, ``g_*``) is NaN; the measured quantities (covariances,
   ``exp_reward_prev``) are still reported. Lemma 3.4 (``lemma34_*``, an asymptotic bound on the running
   minimum covariance) is monitored by :func:`scl.exact.run` only, and is NaN here.
@@ -113,10 +135,14 @@ def step_monitors(task: task_lib.Task, data: task_lib.TaskData, hyper, params, p
   """
   cfg = task.cfg
   p, p_next = task.model.probs(params), task.model.probs(params_next)
+  if r_tilde is None:
+    r_tilde = task.r_tilde(data.r_tilde, data.support)
   out = theory.monitors(p, p_next, task.reward(data.reward, data.support), hyper.K.astype(jnp.float32),
-                        hyper_lib.real_share(hyper.lam), data.p_data,
-                        task.r_tilde(data.r_tilde, data.support), hyper.phi, rtol=1e-5, atol=4.0 * se)
-  applies = registry.CURATIONS.meta(cfg.curation.name, "k_choice", False) and not cfg.platform.active
+                        hyper_lib.real_share(hyper.lam), data.p_data, r_tilde, hyper.phi, rtol=1e-5,
+                        atol=4.0 * se)
+  # With the platform, the step is the theorems' only when R~ is the malicious users' r~ (honest users keep r).
+  honest_r = not cfg.platform.active or cfg.platform.learned_for == "malicious"
+  applies = registry.CURATIONS.meta(cfg.curation.name, "k_choice", False) and honest_r
   bound = lambda name: name.endswith(("_rhs", "_slack", "_holds")) or name.startswith("g_")
   # Lemma 3.4 needs the running minimum covariance over the iterations: scl.exact.run carries it.
   skip = lambda name: (not applies and bound(name)) or name.startswith("lemma34")

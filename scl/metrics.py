@@ -14,6 +14,10 @@ Names (each a scalar per iteration, or ``[m]`` for ``mode_props``):
   ``energy_distance``  energy distance between model samples and a fixed sample of ``p_data`` (1,000 points,
                        ``N_ENERGY``).
   ``kl_to_data``       KL(p_t || p_data), exact, for the categorical model only.
+  ``cov_r_rtilde_pool``  Cov[e^{r - max r}, e^{r~ - max r~}] over the step's pool (:func:`scl.loop.step`),
+                       ``r~`` the malicious users' reward (the platform's ``R~`` with
+                       ``learned_for="malicious"``): the sign of Wei & Zhang's ``g_cov``, on any task;
+                       ``corr_r_rtilde_pool`` its correlation. NaN at ``p_T``.
 
 On image data sets (a classifier is part of the task), measured in the classifier's space:
   ``class_props``      ``[C]`` share of samples the classifier assigns to each class (argmax).

@@ -12,6 +12,8 @@ hyper-parameters; the label mode, the attack and the defence are looked up in th
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -23,9 +25,16 @@ from scl import registry
 from scl import reward_model
 
 
-def learned_reward(key: chex.PRNGKey, points: chex.Array, r_pool: chex.Array, hyper, data, task
-                   ) -> tuple[chex.Array, dict[str, chex.Array]]:
-  """The platform's learned reward ``R~`` on the pool and the step's preference statistics.
+class Learned(NamedTuple):
+  """The platform's learned reward ``R~`` of one step (:func:`learned_reward`)."""
+  pool: chex.Array                  # [P] R~ on the pool
+  stats: dict[str, chex.Array]      # the step's preference statistics
+  support: chex.Array | None        # [n_atoms] R~ on a finite support's atoms, if asked for
+
+
+def learned_reward(key: chex.PRNGKey, points: chex.Array, r_pool: chex.Array, hyper, data, task, *,
+                   support: chex.Array | None = None) -> Learned:
+  """The platform's learned reward ``R~`` on the pool (and the ``support``) and the step's statistics.
 
   Args:
     key: PRNG key of this iteration's preferences.
@@ -33,9 +42,11 @@ def learned_reward(key: chex.PRNGKey, points: chex.Array, r_pool: chex.Array, hy
     r_pool: ``[P]`` the users' reward ``r`` on them.
     hyper: the traced :class:`~scl.config.Hyper` (``κ``, ``α``, ``l2``).
     data, task: the run's :class:`~scl.task.TaskData` and :class:`~scl.task.Task`.
+    support: optional ``[n_atoms, *event]`` points (a finite support's atoms) to evaluate ``R~`` on as well.
 
   Returns:
-    ``(R~ [P], stats)``; ``stats``: ``n_flips`` (labels the attacker flipped, exactly ``floor(κ n)``),
+    :class:`Learned` ``(pool, stats, support)``: ``R~`` on the pool ``[P]``, the statistics, and ``R~`` on
+    ``support`` (None without it). ``stats``: ``n_flips`` (labels the attacker flipped, exactly ``floor(κ n)``),
     ``cov_r_learned`` (``Cov[e^{r - max r}, e^{R~ - max R~}]`` over the pool: only its sign and the
     correlation compare across attacks, the scale of ``R~`` being arbitrary), ``corr_r_learned`` and
     ``reward_accuracy`` (pairwise accuracy of ``R~`` on fresh clean pairs, ties excluded), and any statistics
@@ -95,7 +106,8 @@ def learned_reward(key: chex.PRNGKey, points: chex.Array, r_pool: chex.Array, hy
   if flagged is not None:
     stats.update(detection_stats(flagged, flipped & (o_flipped != o)))
   stats.update(defence_stats[0] if defence_stats else {})
-  return r_learned, stats
+  on_support = None if support is None else net.apply(theta_platform, task.platform_inputs(data, support))
+  return Learned(r_learned, stats, on_support)
 
 
 def detection_stats(flagged: chex.Array, changed: chex.Array) -> dict[str, chex.Array]:

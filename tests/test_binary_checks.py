@@ -156,7 +156,7 @@ def test_grid_text_with_inf_the_exact_engine_and_the_nearest_lambda(monkeypatch)
   assert result.axes["lam"].tolist() == [1.0, float("inf")] and result.axes["K"].tolist() == [1, 2]
   monkeypatch.setattr(sweep.sweeps, "exact_sweep", _no_compute)
   for field, value in (("attack", "random"), ("curation", "luce_pool"), ("learned_reward", True),
-                       ("keep_samples", True)):
+                       ("learned_for", "malicious"), ("keep_samples", True)):
     bad = configs.get_config("exact")
     setattr(bad, field, value)
     with pytest.raises(ValueError, match="the exact engine models K-choice curation"):

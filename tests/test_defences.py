@@ -361,7 +361,7 @@ def test_defence_none_is_the_undefended_platform(n_pairs):
     o_flipped, _ = attacks.dist_attack(o, r[:x.shape[0]], r[x.shape[0]:], hyper.kappa)
     return net.apply(rm.fit_reward(theta, net.apply, o=o_flipped, l2=hyper.l2, **indexed), points)
 
-  ours, stats = jax.jit(lambda k, p: platform.learned_reward(k, p, r_pool, hyper, data, task))(key, points)
+  ours, stats, _ = jax.jit(lambda k, p: platform.learned_reward(k, p, r_pool, hyper, data, task))(key, points)
   np.testing.assert_array_equal(np.asarray(ours), np.asarray(jax.jit(reference)(key, points)))
   assert "flag_precision" not in stats  # the plain fit flags nothing
 
