@@ -237,10 +237,11 @@ def predict(classifier: Classifier, params: Any, images: np.ndarray, *, batch_si
 def accuracy(classifier: Classifier, params: Any, images: np.ndarray, labels: np.ndarray, *,
              batch_size: int = EVAL_BATCH) -> float:
   """Fraction of ``images`` whose predicted class is ``labels`` (at least one image, as many labels)."""
-  if len(images) == 0 or len(images) != len(labels):
-    raise ValueError(f"accuracy: needs at least one image and a label for each; got {len(images)} images and "
-                     f"{len(labels)} labels")
-  return float(np.mean(predict(classifier, params, images, batch_size=batch_size) == np.asarray(labels)))
+  labels = np.asarray(labels)
+  if len(images) == 0 or labels.shape != (len(images),):
+    raise ValueError(f"accuracy: needs at least one image and a label for each, labels of shape [n]; got "
+                     f"{len(images)} images and labels of shape {labels.shape}")
+  return float(np.mean(predict(classifier, params, images, batch_size=batch_size) == labels))
 
 
 def _settings(train_kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -121,5 +121,8 @@ def test_predict_in_batches_matches_one_call_and_handles_edge_sizes():
   assert classifier.accuracy(clf, params, x, whole) == 1.0
   with pytest.raises(ValueError, match="batch_size=0"):
     classifier.predict(clf, params, x, batch_size=0)
-  with pytest.raises(ValueError, match="0 images and 0 labels"):
+  with pytest.raises(ValueError, match=r"0 images and labels of shape \(0,\)"):
     classifier.accuracy(clf, params, x[:0], whole[:0])
+  # labels [n, 1] broadcast against the predictions [n] to an [n, n] comparison: a meaningless accuracy
+  with pytest.raises(ValueError, match=r"7 images and labels of shape \(7, 1\)"):
+    classifier.accuracy(clf, params, x, whole[:, None])

@@ -14,8 +14,21 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Optional
 
 import chex
+import jax
+import jax.numpy as jnp
 
 Params = Any
+
+
+def inverse_cdf_table(w: chex.Array) -> chex.Array:
+  """The running totals ``[N]`` of weights ``w [N] >= 0`` for inverse-CDF draws (``searchsorted(table, u,
+  side="right")`` with ``u`` uniform in ``[0, table[-1])``) that never pick an entry of weight 0.
+
+  A plain ``cumsum`` does not guarantee it: XLA adds in a tree order, so in float32 an entry of weight 0 can
+  still raise the total by an ulp (about 6e-8) and be drawn now and then. Here an entry of weight 0 repeats its
+  predecessor's total exactly (and the table never decreases), so no ``u`` selects it.
+  """
+  return jax.lax.cummax(jnp.where(w > 0, jnp.cumsum(w), jnp.zeros((), w.dtype)))
 
 
 class Model(NamedTuple):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from scl import registry
 from scl.models.base import Model
+from scl.models.base import inverse_cdf_table
 
 
 def _histogram_logits(x: chex.Array, w: chex.Array, n_atoms: int, fallback: chex.Array) -> chex.Array:
@@ -39,7 +40,7 @@ def make_categorical(n_atoms: int) -> Model:
 
   def sample(params, key, n):
     # Inverse CDF (O(n log n_atoms)); Gumbel-max would build an [n, n_atoms] matrix.
-    cdf = jnp.cumsum(jax.nn.softmax(params["logits"]))
+    cdf = inverse_cdf_table(jax.nn.softmax(params["logits"]))  # an atom of mass 0 is never drawn
     u = jax.random.uniform(key, (n,), maxval=cdf[-1])
     return jnp.minimum(jnp.searchsorted(cdf, u, side="right"), n_atoms - 1).astype(jnp.int32)
 

@@ -35,6 +35,7 @@ import optax
 from scl import _native
 from scl import registry
 from scl.models.base import Model
+from scl.models.base import inverse_cdf_table
 
 Array = chex.Array
 
@@ -256,7 +257,7 @@ def make_flow(
     n = x.shape[0]
     chex.assert_shape(w, (n,))
     z1_all = flatten((x - loc) / scale)                      # [N, d]
-    cdf = jnp.cumsum(w.astype(jnp.float32))                  # [N], inverse-CDF minibatch sampling
+    cdf = inverse_cdf_table(w.astype(jnp.float32))          # [N], inverse-CDF minibatches: no weight-0 point
     total = cdf[-1]
 
     def loss_fn(p, z1, z0, t):
