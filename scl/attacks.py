@@ -364,7 +364,10 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
       (L-BFGS iterations and loss-and-gradient evaluations of each outer step's re-fit; -1 for a defended
       re-fit, which reports none) and ``select_fit_iters``, ``select_fit_evals`` (the selection's re-fit on
       the gradient's flips; 0 without ``select``), and ``coarse_fit_iters``, ``coarse_fit_evals`` (the
-      subsample fit that starts the first re-fit, on about ``coarse_pairs`` pairs; 0 without one).
+      subsample fit that starts the first re-fit, on about ``coarse_pairs`` pairs; 0 without one), and
+      ``nonfinite_steps``: outer steps whose ``J`` or ``dJ/dδ`` was not finite (``e^{R~ - c}`` beyond
+      float32's range, where ``R~`` rises far above ``R_θ``'s maximum): they leave ``δ`` where it was, the
+      flips come from the last finite gradient, and with none from the ``dist`` heuristic (``kept_dist = 1``).
     refit: the platform's fit the attack differentiates through (see :func:`relaxed_objective`); None is
       plain Bradley–Terry, :func:`scl.defences.refit_for` a defended fit (the adaptive attacker).
     points: ``[P', *event]`` samples that ``x`` and ``z`` index, or None. Every fit and Hessian-vector
@@ -412,9 +415,13 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
   def outer(carry, _):
     delta, theta, u = carry
     j, theta, u, g, work = value_grad_j(delta, theta, u)
+    # e^{R~ - c} beyond float32's range (an R~ far above R_θ's max) makes J and dJ/dδ inf or NaN: such a step
+    # gives no direction, so δ stays, and the next adjoint solve starts at 0 instead of at a non-finite u.
+    ok = jnp.isfinite(j) & jnp.all(jnp.isfinite(g))
+    u = jnp.where(jnp.all(jnp.isfinite(u)), u, jnp.zeros_like(u))
     step = g / (jnp.max(jnp.abs(g)) + jnp.finfo(g.dtype).tiny)
-    new_delta = project_flips(delta - step_size * step, o, budget)
-    return (new_delta, theta, u), (g, delta, j, work)
+    new_delta = jnp.where(ok, project_flips(delta - step_size * step, o, budget), delta)
+    return (new_delta, theta, u), (g, delta, j, work, ok)
 
   u0 = jnp.zeros_like(ravel_pytree(params)[0])
   theta0, coarse_work = params, (jnp.int32(0), jnp.int32(0))
@@ -423,11 +430,15 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
         params, apply_fn, x, z, o_dist, l2, pairs=coarse_pairs, points=points, return_info=True,
         **{**fit_kwargs, "maxiter": coarse_maxiter})
     coarse_work = (info.num_iters, info.num_evals)
-  _, (gs, deltas, js, (fit_iters, fit_evals)) = jax.lax.scan(outer, (delta0, theta0, u0), None, length=steps)
-  g, delta = gs[-1], deltas[-1]  # the last gradient, taken at the last relaxed point
+  _, (gs, deltas, js, (fit_iters, fit_evals), oks) = jax.lax.scan(outer, (delta0, theta0, u0), None,
+                                                                   length=steps)
+  # The last finite gradient (all are, but where e^{R~ - c} overflowed) and the relaxed point it was taken at;
+  # with none, the attack falls back on the dist heuristic's flips.
+  last = jnp.max(jnp.where(oks, jnp.arange(steps), -1))
+  g, delta = gs[jnp.maximum(last, 0)], deltas[jnp.maximum(last, 0)]
   scores = -g * (1.0 - 2.0 * o)
   o_flipped, mask = flip_top(o, scores, kappa)
-  use_grad = jnp.asarray(True)
+  use_grad = last >= 0
   select_work = (jnp.int32(0), jnp.int32(0))
   if select:  # the discrete J of both flip sets, each with θ~ re-fitted (from θ, or dist's coarse start)
     if refit is None:
@@ -437,13 +448,15 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
       j_grad, select_work = relaxed_objective(o_flipped - o, params, **kw)[0], unknown
     # from δ = dist's flips the first outer step re-fitted θ~ from θ already: the same solve, not repeated
     j_dist = js[0] if init == "dist" else relaxed_objective(o_dist - o, params, **kw)[0]
-    use_grad = j_grad <= j_dist
-    o_flipped = jnp.where(use_grad, o_flipped, o_dist)
-    mask = jnp.where(use_grad, mask, mask_dist)
+    # J is minimised; an overflowed J compares as ±inf, and a NaN one never wins
+    use_grad &= ~jnp.isnan(j_grad) & ((j_grad <= j_dist) | jnp.isnan(j_dist))
+  o_flipped = jnp.where(use_grad, o_flipped, o_dist)
+  mask = jnp.where(use_grad, mask, mask_dist)
   out = (o_flipped, mask) + ((scores, delta) if return_scores else ())
   info = {"kept_dist": jnp.logical_not(use_grad).astype(jnp.float32), "fit_iters": fit_iters,
           "fit_evals": fit_evals, "select_fit_iters": select_work[0], "select_fit_evals": select_work[1],
-          "coarse_fit_iters": coarse_work[0], "coarse_fit_evals": coarse_work[1]}
+          "coarse_fit_iters": coarse_work[0], "coarse_fit_evals": coarse_work[1],
+          "nonfinite_steps": jnp.sum(~oks).astype(jnp.float32)}
   return out + (info,) if return_info else out
 
 
@@ -518,13 +531,15 @@ def _run_gradient(x, z, o, view, hyper, cfg, refit=None):
       x, z, o, view.x_pool, view.params, view.apply_fn, hyper.kappa, hyper.alpha, hyper.l2,
       steps=p.attack_steps, weighting=p.attack_weighting, return_info=True, refit=refit, points=points,
       **RECIPES[p.attack_recipe])
-  return o_flipped, flipped, {"attack_kept_dist": info["kept_dist"]}
+  return o_flipped, flipped, {"attack_kept_dist": info["kept_dist"],
+                              "attack_nonfinite_steps": info["nonfinite_steps"]}
 
 
 @registry.ATTACKS.register("gradient", validate=_check_gradient)
 def _gradient(key, x, z, o, view, hyper, cfg):
   """The bi-level attack with ``cfg.platform``'s recipe and weighting; its third output reports
-  ``attack_kept_dist`` (1.0 when the robust recipe kept the ``dist`` heuristic's flips)."""
+  ``attack_kept_dist`` (1.0 when the ``dist`` heuristic's flips were kept) and ``attack_nonfinite_steps``
+  (outer steps whose objective overflowed float32, :func:`gradient_attack`)."""
   del key
   return _run_gradient(x, z, o, view, hyper, cfg)
 

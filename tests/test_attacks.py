@@ -414,3 +414,33 @@ def test_coarse_start_of_the_first_refit_is_no_weaker_and_shortens_it():
   assert np.all(coarse_iters > 0) and np.all(none_iters == 0)
   assert np.mean(first_c) < np.mean(first_p), (first_c, first_p)
   _assert_no_weaker(j_c, j_p, differ)
+
+
+def test_gradient_attack_survives_an_overflowing_objective():
+  """A 2→8→1 reward on 120 pairs of a Gaussian pool: the standardised R~ at dist's flips rises about 50 above
+  R_θ's maximum, e^{R~ - c} overflows float32 (J = 3e20, then inf), the warm-started adjoint solve went inf,
+  then NaN, and every later step with it: all scores were NaN and the attack flipped pairs 0 .. 23 by index.
+  Now a non-finite step leaves δ in place, and the flips come from the last finite gradient (or dist's)."""
+  net = rm.mlp_reward((8,))
+  n = 120
+  k = jax.random.split(jax.random.key(0), 5)
+  pool = jax.random.normal(k[0], (2 * n, 2))
+  ix, iz = jax.random.randint(k[1], (n,), 0, 2 * n), jax.random.randint(k[2], (n,), 0, 2 * n)
+  x, z = pool[ix], pool[iz]
+  o = jnp.where(z[:, 0] > x[:, 0], 1.0, 0.0)
+  theta = rm.fit_reward(net.init(k[3], x[:1]), net.apply, x, z, o, 1e-3)
+  kappa, alpha, l2 = jnp.float32(0.2), jnp.float32(0.8), jnp.float32(1e-3)
+  budget = int(attacks.flip_budget(kappa, n))
+  o_dist, _ = attacks.dist_attack(o, *rm.pair_rewards(theta, net.apply, x, z), kappa)
+  kw = dict(o=o, x=x, z=z, x_pool=pool, r_pool=net.apply(theta, pool), apply_fn=net.apply, alpha=alpha, l2=l2,
+            shift=jnp.max(net.apply(theta, pool)), standardise=True, **attacks.GRADIENT_ATTACK_FIT)
+  refitted_j = lambda flips: float(attacks.relaxed_objective(flips - o, theta, **kw)[0])
+  for recipe in ("robust", "paper"):
+    o_flipped, mask, scores, _, info = jax.jit(lambda: attacks.gradient_attack(
+        x, z, o, pool, theta, net.apply, kappa, alpha, l2, return_scores=True, return_info=True,
+        **attacks.RECIPES[recipe]))()
+    assert int(mask.sum()) == budget and np.all(np.isfinite(scores)), recipe
+    assert not np.array_equal(np.flatnonzero(mask), np.arange(budget)), recipe
+    if recipe == "robust":
+      assert info["nonfinite_steps"] >= 1  # the instance does overflow (J at dist's flips: 3e20)
+      assert refitted_j(o_dist) > 1e10 and refitted_j(o_flipped) < 1e10, (refitted_j(o_dist), refitted_j(o_flipped))
