@@ -71,6 +71,7 @@ from scl import config
 from scl import curation
 from scl import defences
 from scl import hyper as hyper_lib
+from scl import preferences
 from scl import registry
 from scl import reward_model
 
@@ -571,6 +572,7 @@ def attack(name: str, key: chex.PRNGKey, x: chex.Array, z: chex.Array, o: chex.A
     steps: outer steps of the gradient attack (static).
   """
   chex.assert_rank(o, 1)
+  preferences.check_labels(o)
   cfg = config.Config().replace(attack=name, attack_steps=steps).validate()
   hyper_lib.validate_concrete(cfg, kappa=kappa, alpha=alpha, l2=l2)  # κ in [0, 1], ... (as scl.run checks)
   hyper = hyper_lib.Hyper.defaults(kappa=kappa, alpha=alpha, l2=l2)

@@ -66,6 +66,7 @@ import jax.numpy as jnp
 
 from scl import _solvers
 from scl import hyper as hyper_lib
+from scl import preferences
 from scl import registry
 from scl import reward_model
 
@@ -377,6 +378,7 @@ def defend(name: str, key: chex.PRNGKey, x: chex.Array, z: chex.Array, o: chex.A
   """
   from scl import config  # pylint: disable=import-outside-toplevel  (config imports the registries)
   chex.assert_rank(o, 1)
+  preferences.check_labels(o)
   cfg = config.Config().replace(defence=name, ensemble_size=ensemble_size, knn_k=knn_k,
                                 n_pairs=max(int(o.shape[0]), 1)).validate()  # the name, knn_k against n
   hyper_lib.validate_concrete(cfg, eps=eps, l2=l2)  # ε in the defence's domain (as scl.run checks it)

@@ -11,8 +11,22 @@ from typing import Callable
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from scl import registry
+
+
+def check_labels(o: chex.Array, name: str = "o") -> None:
+  """Raise ``ValueError`` naming the first bad entry unless concrete labels ``o [n]`` are finite and in
+  ``[0, 1]`` (a traced ``o``, under ``jit``, is its caller's to check). A NaN label made the reward fit stop
+  at its start without a word, and labels outside ``[0, 1]`` are not Bradley–Terry probabilities."""
+  if isinstance(o, jax.core.Tracer):
+    return
+  values = np.asarray(o, np.float64)
+  bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0.0) & (values <= 1.0)))
+  if bad.size:
+    raise ValueError(f"invalid labels: {name}[{bad[0]}]={float(values.flat[bad[0]])!r}: preference labels must be finite "
+                     f"and in [0, 1] ({bad.size} of {values.size} are not)")
 
 
 @registry.LABELS.register("deterministic")

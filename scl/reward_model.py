@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from scl import _native, _solvers
+from scl import preferences
 
 Params = Any
 ApplyFn = Callable[[Params, chex.Array], chex.Array]
@@ -532,6 +533,7 @@ def fit_reward(params0: Params, apply_fn: ApplyFn, x: chex.Array, z: chex.Array,
   chex.assert_rank(o, 1)
   chex.assert_equal_shape_prefix([x, z, o], 1)
   chex.assert_equal_shape([x, z])
+  preferences.check_labels(o)
   if points is not None:
     chex.assert_rank([x, z], 1)
     chex.assert_type([x, z], int)

@@ -420,3 +420,22 @@ def test_a_fit_without_iterations_is_refused():
   for bad in (0, -1, True):
     with pytest.raises(ValueError, match=rf"maxiter={bad!r}"):
       rm.fit_reward(params, net.apply, x, x[::-1], jnp.ones(4), 1e-3, maxiter=bad)
+
+
+@pytest.mark.parametrize("index, value", [(3, float("nan")), (7, 2.0), (0, -0.5)])
+def test_labels_outside_the_unit_interval_are_refused_at_every_entry_point(index, value):
+  """A NaN label stopped the fit at its start (0 iterations, the initial θ returned, no NaN anywhere), and
+  labels outside [0, 1] went through attacks and defences; each entry point now names the bad label."""
+  from scl import attacks, defences
+  net = rm.mlp_reward((8,))
+  x, z = jax.random.normal(jax.random.key(0), (50, 2)), jax.random.normal(jax.random.key(1), (50, 2))
+  o = jnp.where(z[:, 0] > x[:, 0], 1.0, 0.0).at[index].set(value)
+  theta = net.init(jax.random.key(2), x[:1])
+  match = rf"o\[{index}\]={value!r}"
+  with pytest.raises(ValueError, match=match):
+    rm.fit_reward(theta, net.apply, x, z, o, 1e-3)
+  with pytest.raises(ValueError, match=match):
+    attacks.attack("random", jax.random.key(0), x, z, o, kappa=0.2)
+  with pytest.raises(ValueError, match=match):
+    defences.defend("label_smoothing", jax.random.key(0), x, z, o, theta0=theta, net=net, eps=0.1)
+  rm.fit_reward(theta, net.apply, x, z, o.at[index].set(0.5), 1e-3)  # a tie (1/2) is a valid label
