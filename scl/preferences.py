@@ -25,8 +25,8 @@ def check_labels(o: chex.Array, name: str = "o") -> None:
   values = np.asarray(o, np.float64)
   bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0.0) & (values <= 1.0)))
   if bad.size:
-    raise ValueError(f"invalid labels: {name}[{bad[0]}]={float(values.flat[bad[0]])!r}: preference labels must be finite "
-                     f"and in [0, 1] ({bad.size} of {values.size} are not)")
+    raise ValueError(f"invalid labels: {name}[{bad[0]}]={float(values.flat[bad[0]])!r}: preference labels must be "
+                     f"finite and in [0, 1] ({bad.size} of {values.size} are not)")
 
 
 @registry.LABELS.register("deterministic")
