@@ -6,7 +6,7 @@ another interpreter (e.g. the PyTorch environment of ``benchmarks/reference.py``
 * :func:`machine` — CPU model, logical CPUs / physical cores / CPUs this process may run on, the vector
   extensions the kernel reports in ``/proc/cpuinfo`` (avx2, avx512f, fma, ...), memory, OS, Python.
 * :func:`load_average` and :func:`peak_rss_mb` — the 1/5/15-minute load averages and the peak resident set
-  size (``ru_maxrss``) of this process or of its finished children.
+  size of this process (``VmHWM``; each worker process reports its own).
 * :func:`pin_threads` — restrict this process to ``n`` CPUs and tell OpenMP/MKL/XLA to use ``n`` threads;
   call it before jax or torch is imported.
 * :func:`time_calls` — wall and CPU seconds of a call: a warm-up, then the median (and all) of repeats.
@@ -62,10 +62,19 @@ def load_average() -> list[float] | None:
     return None
 
 
-def peak_rss_mb(children: bool = False) -> float:
-  """Peak resident set size in MiB of this process (or the largest of its waited-for children)."""
-  who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-  kb = resource.getrusage(who).ru_maxrss  # KiB on Linux (bytes on macOS)
+def peak_rss_mb() -> float:
+  """Peak resident set size of this process in MiB: ``VmHWM`` of ``/proc/self/status`` on Linux, else
+  ``ru_maxrss``. Not ``ru_maxrss`` on Linux: a process started by another keeps, through ``exec``, its parent's
+  peak at the fork (a benchmark's worker would report its harness's memory), and the children's figure
+  (``RUSAGE_CHILDREN``) includes the parent's size at each fork; a worker reports its own peak instead."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return round(int(line.split()[1]) / 1024, 1)  # kB
+  except OSError:
+    pass
+  kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux (bytes on macOS)
   return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 

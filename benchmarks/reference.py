@@ -502,7 +502,12 @@ def run_worker(python, side, spec, timeout, env=None):
     return dict(error=f"exit {proc.returncode}", stderr_tail=tail)
   out = json.loads(lines[-1][len(RESULT_TAG):])
   out["worker_wall_seconds"] = time.perf_counter() - t0
+  if out.get("peak_rss_mb") is not None:
+    _WORKER_PEAKS.append(out["peak_rss_mb"])
   return out
+
+
+_WORKER_PEAKS: list[float] = []  # each finished worker's own peak_rss_mb (what workers_peak_rss_mb_max reports)
 
 
 def _bracket(before: dict, after: dict) -> dict:
@@ -698,7 +703,7 @@ def harness(args):
                          "and a 2-thread PyTorch process slows down far more than XLA under contention")
   result["load_average_after"] = _machine.load_average()
   result["harness_peak_rss_mb"] = _machine.peak_rss_mb()
-  result["workers_peak_rss_mb_max"] = _machine.peak_rss_mb(children=True)
+  result["workers_peak_rss_mb_max"] = max(_WORKER_PEAKS, default=None)
   print(json.dumps(result, indent=1))
 
 

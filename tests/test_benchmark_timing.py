@@ -114,3 +114,17 @@ def test_the_flows_flops_count_its_products_whatever_path_runs_them():
   draw = loop.jnp_path_flops(one_midpoint.sample, params, key, n, static_argnums=2)
   products = 2 * 2 * n * (d * width + depth * width * width + width * d)
   assert products <= draw <= 1.5 * products
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and the fork's inherited peak are Linux's")
+def test_a_workers_peak_memory_is_its_own_not_its_parents():
+  """ru_maxrss of a process started by another keeps its parent's peak at the fork through exec: a worker
+  started by a harness holding 400 MiB reported 400 MiB. peak_rss_mb reads the worker's own high-water mark."""
+  import json
+  import subprocess
+  import numpy as np
+  ballast = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
+  here = os.path.dirname(_machine.__file__)
+  code = f"import sys, json; sys.path.insert(0, {here!r}); import _machine; print(json.dumps(_machine.peak_rss_mb()))"
+  child = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+  assert _machine.peak_rss_mb() >= 400 and child < 100, (child, float(ballast[0]))
