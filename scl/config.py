@@ -391,6 +391,10 @@ class Config(_Group):
     if self.platform.reward_input != "points" and not images:
       raise ValueError(f"invalid config: reward_input={self.platform.reward_input!r}: needs an image data set "
                        f"with a classifier; dataset={self.data.name!r} has none")
+    if self.platform.learned_for == "malicious" and self.reward.r_tilde_fn is not None:
+      raise ValueError(f"invalid config: r_tilde_fn={self.reward.r_tilde_fn!r}: with learned_for='malicious' the "
+                       "malicious users curate with the platform's learned reward R~, so r_tilde_fn would be "
+                       "ignored; leave it unset, or use learned_for='all'")
     if self.model.velocity == "unet" and not images:
       raise ValueError(f"invalid config: velocity='unet': the U-Net needs [H, W, C] images; "
                        f"dataset={self.data.name!r} is not an image data set")

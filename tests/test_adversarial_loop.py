@@ -87,17 +87,26 @@ def test_learned_for_malicious_spans_no_platform_to_platform_for_all(malicious_p
   # φ = 1: every user curates with the attacked R~, which is learned_for="all" without malicious users.
   np.testing.assert_array_equal(malicious_program(0, phi=1.0)["expected_reward"],
                                 dist_program[1](0, phi=0.0)["expected_reward"])
-  # In between, the step is Wei & Zhang's mixed-user step with r~ = R~: Lemma 3.3 is monitored and holds;
+  # In between, the step is Wei & Zhang's mixed-user step with r~ = R~: Lemma 3.3 is monitored and holds in
+  # its signed form (the e^{r~max} form is no bound when Cov < 0, as a learned R~'s often is: scl.theory);
   # with learned_for="all" (honest users curate through R~) no theorem describes the step.
   half = malicious_program(0, phi=0.5)
-  assert np.all(half["lemma33_holds"][1:] == 1.0), half["lemma33_slack"]
-  assert np.all(np.isnan(dist_program[1](0, phi=0.5)["lemma33_holds"]))
+  assert np.all(half["lemma33_signed_holds"][1:] == 1.0), half["lemma33_signed_slack"]
+  assert np.all(np.isnan(dist_program[1](0, phi=0.5)["lemma33_signed_holds"]))
   # The pool covariance is that of the malicious users' reward: R~ here (cov_r_learned); without the platform
   # the task's fixed r~ = -r, whose exact covariance under p_0 the monitors report (row 1 describes p_0 -> p_1;
   # 700 pool samples: observed errors 0.004-0.006 over seeds 0-2, against the exact -0.058).
   np.testing.assert_allclose(half["cov_r_rtilde_pool"][:-1], half["cov_r_learned"][:-1], rtol=1e-6)
   exact_cov = plain.metrics["cov_r_rtilde_scaled"][1]
   assert exact_cov < -0.05 and abs(plain.metrics["cov_r_rtilde_pool"][0] - exact_cov) < 0.015
+
+
+def test_learned_for_is_checked_and_refuses_an_r_tilde_it_would_ignore():
+  with pytest.raises(ValueError, match="learned_for='bad'"):
+    scl.configs.gaussian8(learned_for="bad")
+  with pytest.raises(ValueError, match="r_tilde_fn=.*would be ignored"):
+    scl.configs.gaussian8(learned_for="malicious", r_tilde_fn=lambda x: x[:, 0])
+  assert scl.configs.gaussian8(learned_for="malicious").platform.active  # it turns the platform on
 
 
 def test_learned_for_malicious_step_is_the_exact_mixed_step_with_learned_r_tilde():
