@@ -35,7 +35,8 @@ the pairs the defence suspects of being flipped (None if it does not flag). Its 
     (:func:`outlier_terms`), so the joint minimum over ``(θ, δ)`` is the minimum over ``θ`` of the profile
     loss :func:`outlier_loss` — Bradley–Terry with each pair's influence on ``θ`` (the derivative of its loss
     w.r.t. its margin) capped at ``λ_o`` instead of 1. ``δ_i`` is exactly 0 unless the fit gives pair ``i``'s
-    label a probability below ``ε`` (hard labels; ties never), and those pairs are flagged (``|δ_i| > 0``).
+    label a probability below ``ε`` (hard labels; a tie ``o = 1/2`` only for ``ε > 1/2``, where
+    :func:`outlier_terms` caps its margin at ``±logit(3/2 − ε)``), and those pairs are flagged (``|δ_i| > 0``).
     ``ε = 0`` is plain Bradley–Terry.
   * ``"ensemble_filter"``: ``cfg.platform.ensemble_size`` reward models (vmapped), each from its own random
     initialisation and fitted on a bootstrap resample of the pairs; a pair whose label gets probability below
