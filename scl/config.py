@@ -376,8 +376,12 @@ class Config(_Group):
     """This config with the traced values at their defaults: the part that keys the compilation cache."""
     return dataclasses.replace(self, hyper=Hyper.defaults())
 
-  def validate(self) -> "Config":
-    """Raise ``ValueError`` naming the field and value of the first invalid setting; return ``self``."""
+  def validate(self, traced: bool = True) -> "Config":
+    """Raise ``ValueError`` naming the field and value of the first invalid setting; return ``self``.
+
+    ``traced=False`` checks the static settings only (what :func:`scl.task.build` builds from
+    :meth:`static`, whose traced values are placeholders: their checks against ``K_max`` or ``pool_size`` would
+    refuse a valid config, e.g. ``K_max=1``)."""
     for keyword, reg in _SELECTORS:
       group, field = FLAT[keyword]
       name = getattr(getattr(self, group), field)
@@ -401,7 +405,12 @@ class Config(_Group):
     if isinstance(self.iterations, bool) or not isinstance(self.iterations, (int, np.integer)) \
         or self.iterations < 0:
       raise ValueError(f"invalid config: iterations={self.iterations!r}: must be an integer >= 0")
-    validate_traced(self, **self.hyper.as_dict())
+    if traced:
+      for name, value in self.hyper.as_dict().items():
+        if np.ndim(value) != 0:  # it would broadcast inside the program: per atom, or across a sweep's grid
+          raise ValueError(f"invalid config: {name}={value!r}: must be a single number; sweep several values "
+                           f"with scl.sweep(cfg, {name}=[...])")
+      validate_traced(self, **self.hyper.as_dict())
     return self
 
 

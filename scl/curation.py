@@ -16,7 +16,8 @@ the signature ``(key, r [P], r_tilde [P], hyper, cfg: CurationConfig) -> weights
 
 Mixed users: a fraction ``φ`` of users curates with the adversarial reward ``r~``. For K-choice each kept
 sample's user is malicious with probability ``φ``; for the pool filters each pool sample is judged by a
-malicious user with probability ``φ``, and each group keeps the ``β`` fraction of what it judged.
+malicious user with probability ``φ``, and each group keeps the ``β`` fraction of what it judged (rounded so
+that together they keep exactly ``floor(β P)``).
 """
 
 from __future__ import annotations
@@ -98,12 +99,20 @@ def choice_weights(key: chex.PRNGKey, r_pool: chex.Array, K: chex.Numeric, *, n_
 
 
 def _keep_top_fraction(scores: chex.Array, beta: chex.Numeric, group: chex.Array) -> chex.Array:
-  """Keep, within each group (0 or 1), the ``floor(β · group size)`` highest scores; weights ``[P]``."""
+  """Keep ``floor(β P)`` of the ``P`` scores, within each group (0 or 1) its highest ones: the malicious
+  group (1) about ``β`` of its size (rounded to the nearest count), the honest group the rest; weights ``[P]``.
+
+  Rounding each group's count down on its own kept up to one sample fewer per group than ``floor(β P)``, and
+  none at all where both groups' ``β`` shares were below 1.
+  """
   order = jnp.argsort(-scores, stable=True)
   sorted_group = group[order]
   rank_in_group = jnp.where(sorted_group, jnp.cumsum(sorted_group), jnp.cumsum(~sorted_group)) - 1
-  n_mal = jnp.sum(group)
-  budget = jnp.where(sorted_group, keep_count(beta, n_mal), keep_count(beta, group.shape[0] - n_mal))
+  n_mal = jnp.sum(group).astype(jnp.int32)
+  total = keep_count(beta, group.shape[0])
+  m_mal = jnp.minimum(jnp.round(jnp.asarray(beta, jnp.float32) * n_mal).astype(jnp.int32), jnp.minimum(n_mal, total))
+  m_honest = jnp.minimum(total - m_mal, group.shape[0] - n_mal)
+  budget = jnp.where(sorted_group, total - m_honest, m_honest)
   keep = jnp.zeros(scores.shape, jnp.float32).at[order].set((rank_in_group < budget).astype(jnp.float32))
   return keep / jnp.maximum(jnp.sum(keep), 1.0)
 

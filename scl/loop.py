@@ -192,7 +192,7 @@ def make_run_fn(cfg: config_lib.Config) -> tuple[Callable, task_lib.TaskData]:
 
   ``run_fn(hyper, key, data) -> (params_T, outputs)`` (not jitted; ``hyper`` from ``cfg.hyper.arrays()``):
   ``outputs`` maps each metric name to ``[T + 1, ...]`` (row ``t`` describes ``p_t``) and ``samples`` to
-  ``[T + 1, N_SNAPSHOT, d]``. Validates ``cfg`` first.
+  ``[T + 1, N_SNAPSHOT, d]``. Validates ``cfg``'s static settings first (the traced values come with each call).
   """
   task, data = task_lib.build(cfg)
   T = task.cfg.iterations

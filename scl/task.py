@@ -172,7 +172,7 @@ def support_arrays(cfg: config_lib.Config) -> tuple[np.ndarray, np.ndarray, np.n
 @functools.lru_cache(maxsize=32)
 def build(cfg: config_lib.Config) -> tuple[Task, TaskData]:
   """Validate ``cfg`` and build its :class:`Task` and :class:`TaskData` (cached on the static config)."""
-  cfg = cfg.static().validate()
+  cfg = cfg.static().validate(traced=False)  # the caller checked the traced values (scl.run, scl.sweep)
   dataset = registry.DATASETS[cfg.data.name](cfg)
   reward = registry.REWARDS[cfg.reward.name](cfg, dataset)
   r_tilde = (rewards_lib.Reward(None, lambda _, x: cfg.reward.r_tilde_fn(x))

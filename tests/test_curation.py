@@ -153,3 +153,22 @@ def test_keep_count_is_robust_to_float32():
   for frac, n, want in [(0.7, 10, 7), (0.2, 50, 10), (0.29, 100, 29), (0.0, 100, 0), (1.0, 77, 77),
                         (0.5, 50_000, 25_000), (0.1, 3, 0)]:
     assert int(curation.keep_count(frac, n)) == want, (frac, n)
+
+
+@pytest.mark.parametrize("name", ["topk", "luce_pool"])
+@pytest.mark.parametrize("beta, pool, phi", [(0.01, 100, 0.5), (0.7, 10, 0.3), (0.5, 1001, 0.37)])
+def test_pool_filters_with_malicious_users_keep_exactly_floor_beta_pool(name, beta, pool, phi):
+  """Each user group rounded its own β share down: β = 0.01 of 100 samples split between two groups kept none
+  (weights summing to 0), β = 0.7 of 10 kept 6. Now together they keep floor(β P), the malicious group the
+  nearest count to β times its size."""
+  fn = curation.topk_weights if name == "topk" else curation.luce_pool_weights
+  keep = int(curation.keep_count(beta, pool))
+  for seed in range(30):
+    k_r, k_t, k_c = jax.random.split(jax.random.PRNGKey(seed), 3)
+    r, r_tilde = jax.random.normal(k_r, (pool,)), jax.random.normal(k_t, (pool,))
+    w = np.asarray(fn(k_c, r, beta, r_tilde_pool=r_tilde, phi=phi))
+    assert int(np.sum(w > 0)) == keep and np.isclose(w.sum(), 1.0), (seed, int(np.sum(w > 0)), keep)
+    # the malicious group (the same Bernoulli draw the filter makes) keeps round(β n_mal), or what is left
+    k_group = k_c if name == "topk" else jax.random.split(k_c)[0]
+    malicious = np.asarray(jax.random.bernoulli(k_group, phi, (pool,)))
+    assert int(np.sum((w > 0) & malicious)) == min(round(beta * malicious.sum()), keep), seed

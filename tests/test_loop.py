@@ -301,3 +301,20 @@ def test_a_ring_of_one_mode_counts_its_samples_on_the_mode():
   cfg = scl.configs.gaussian8(n_modes=1, iterations=0, pool_size=1000, n_keep=500, n_eval=1000)
   props = scl.run(cfg).metrics["mode_props"]
   assert float(np.asarray(props)[0, 0]) > 0.99, props   # 10 std around the one mode: all but ~0 samples
+
+
+def test_k_max_one_runs_and_vector_hyper_parameters_are_refused():
+  """scl.run built its program from the config's static part validated with placeholder traced values (K = 2),
+  so a K = 1 baseline with K_max = 1 was refused ("K=2 exceeds K_max=1"). And a vector λ ran, broadcast per
+  pool sample (or across a sweep's grid points), instead of being refused."""
+  cfg = small("categorical", K=1, K_max=1, iterations=1, n_atoms=64)
+  res = scl.run(cfg, seed=0)
+  # K = 1 keeps p_t: with λ = ∞ the model is refitted to a sample of itself, E[r] moves by sampling noise only
+  assert abs(res.metrics["expected_reward"][1] - res.metrics["expected_reward"][0]) < 0.4  # about 4 s.e.
+  scl.sweep(cfg, seeds=[0], lam=[1.0, INF])
+  for bad in (dict(lam=np.array([0.0, 1.0])), dict(K=(2, 3)), dict(beta=(0.5, 0.5))):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=f"invalid config: {name}=.*must be a single number"):
+      scl.run(small("categorical", n_atoms=64).replace(**bad), seed=0)
+  with pytest.raises(ValueError, match="invalid config: lam=.*must be a single number"):
+    scl.sweep(small("categorical", n_atoms=64).replace(lam=(0.0, INF)), K=[2, 4])
