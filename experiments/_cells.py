@@ -94,6 +94,13 @@ def run_cells(todo: dict[tuple[str, ...], scl.Config], seeds: int, desc: str,
   run with the same configuration and seeds is loaded instead of run (its seconds are the earlier run's).
   """
   from tqdm.auto import tqdm
+  if workdir:  # two cells whose names map to one file would overwrite each other's saved result
+    paths: dict[str, tuple[str, ...]] = {}
+    for cell in todo:
+      other = paths.setdefault(cell_path(workdir, cell), cell)
+      if other != cell:
+        raise ValueError(f"invalid config: cells {other} and {cell} would share the file {cell_path(workdir, cell)}; "
+                         "rename one (names differing only in characters other than letters, digits, '.-_')")
   results, seconds = {}, {}
   bar = tqdm(todo.items(), desc=desc, unit="cell")
   for cell, cfg in bar:

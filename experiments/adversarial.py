@@ -72,10 +72,11 @@ def cells(config) -> dict[tuple[str, str, str], scl.Config]:
   """(setting, attack, recipe) -> validated Config; every combination is built before any compute."""
   make = scl.configs.from_flags(config, _BINARY_FIELDS)  # keywords left None keep the builder's defaults
   _cells.check_nonempty(config, "attacks", "settings")
-  if not len(config.recipes) and any(a in RECIPE_ATTACKS for a in config.attacks):
+  if not len(config.recipes):  # the tables and plots have a column or panel per recipe, even without a gradient
     dropped = [a for a in config.attacks if a in RECIPE_ATTACKS]
-    raise ValueError(f"invalid config: recipes is empty, so the attacks {dropped} would not run; give at least one "
-                     f"of {tuple(scl.attacks.RECIPES)}")
+    raise ValueError("invalid config: recipes is empty" + (f", so the attacks {dropped} would not run" if dropped
+                     else ": the tables and plots have one panel per recipe") + "; give at least one of "
+                     f"{tuple(scl.attacks.RECIPES)}")
   out = {}
   settings = sorted(config.settings.items(), key=lambda kv: -float(kv[1]))   # fully synthetic first
   for setting, lam in settings:

@@ -201,7 +201,7 @@ def figures(name: str, sup: Support, results: dict[str, scl.SweepResult], workdi
   er = phi.metrics["expected_reward"]                         # [nφ, T + 1]
   fig, axes = plt.subplots(1, 4, figsize=(17, 3.2))
   for i, f in enumerate(phis):
-    axes[0].plot(er[i], color=plt.cm.viridis(f), label=f"φ={f:.2f}")
+    axes[0].plot(er[i], color=plt.cm.viridis(f), label=f"φ={f:g}")
   axes[0].set(title=f"{name}: K={_fmt(phi.fixed['K'])}, λ=inf, r~=-r", xlabel="iteration t", ylabel="E_p[r]")
   axes[0].legend(fontsize=6, ncol=2)
   axes[1].plot(phis, er[:, -1], "o-")
@@ -240,7 +240,7 @@ def summarise(sup: Support, results: dict[str, scl.SweepResult]) -> dict:
       initial_expected_reward=float(grid.metrics["expected_reward"][0, 0, 0]),
       final_expected_reward={f"K={_fmt(k)},lam={_fmt(l)}": float(final[i, j])
                              for i, k in enumerate(grid.axes["K"]) for j, l in enumerate(grid.axes["lam"])},
-      phi_sweep_final_expected_reward={f"{f:.2f}": float(v) for f, v in zip(phi.axes["phi"], er[:, -1])},
+      phi_sweep_final_expected_reward={f"{f:g}": float(v) for f, v in zip(phi.axes["phi"], er[:, -1])},
       phi_first_step_rising_up_to=float(rising.max()) if rising.size else None,
       monitors=monitors)
 

@@ -68,6 +68,8 @@ _LABELS = {"K": "K", "lam": "λ", "phi": "φ", "kappa": "κ", "alpha": "α", "be
 def _grid(config) -> dict:
   grid = {}
   for name, values in config.grid.to_dict().items():
+    if values is None:  # a traced field the preset does not sweep and no flag set
+      continue
     values = scl.configs.flag_values(f"grid.{name}", values)
     grid[name] = [int(v) if name == "K" and math.isfinite(v) and v == int(v) else v for v in values]
   return grid
@@ -165,7 +167,7 @@ def curves(result: sweeps.SweepResult, metric: str = "expected_reward", level: f
       ax.fill_between(t, low.reshape(flat.shape)[i], high.reshape(flat.shape)[i], alpha=0.15)
   ax.set_xlabel("iteration t")
   ax.set_ylabel(metric)
-  band = f", {int(level * 100)}% bands over seeds" if low is not None else ""
+  band = f", {int(round(level * 100))}% bands over seeds" if low is not None else ""
   ax.set_title(f"{metric.replace('_', ' ')}{band}", fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))

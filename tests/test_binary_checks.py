@@ -2,6 +2,8 @@
 
 import os
 
+import numpy as np
+
 import ml_collections
 import pytest
 
@@ -108,6 +110,11 @@ def test_empty_lists_and_bad_minority_fail_before_compute():
     setattr(config, field, value)
     with pytest.raises(ValueError, match=message):
       binary.cells(config)
+  # without a gradient attack too: every table and plot has a panel per recipe (none: a division by zero)
+  config = _binaries.tiny(configs.get_config("quick"))
+  config.attacks, config.recipes = ("none", "random"), ()
+  with pytest.raises(ValueError, match="recipes is empty: the tables and plots have one panel per recipe"):
+    binary.cells(config)
   configs = _binaries.load("defences_config_empty", "experiments", "configs", "defences.py")
   binary = _binaries.load("defences_binary_empty", "experiments", "defences.py")
   for field, value, message in (("attacks", (), "attacks is empty"), ("defences", (), "defences is empty"),
@@ -177,3 +184,34 @@ def test_curated_loop_draws_variants_of_a_finite_and_a_continuous_model(tmp_path
   binary.train_and_evaluate(config, str(tmp_path))
   assert {"distance.png", "modes.png", "reward.png", "samples_cat.png", "samples_gmm.png", "metrics.csv"} <= set(
       os.listdir(tmp_path))
+
+
+def test_cells_whose_names_share_a_file_grid_axes_and_labels(tmp_path, monkeypatch):
+  """Settings "real 1:1" and "real 1/1" were saved to one file (each run recomputed the other); a grid axis the
+  preset does not declare failed in the flag parser with AttributeError; a band level of 0.58 was titled
+  "57%"; exact_dynamics keyed its φ sweep by 2 decimals (201 values of φ left 101 keys, values under another φ)."""
+  import scl
+  cells = _binaries.load("cells_collisions", "experiments", "_cells.py")
+  cfg = scl.configs.gaussian8()
+  monkeypatch.setattr(cells.scl, "sweep", _no_compute)
+  with pytest.raises(ValueError, match="would share the file"):
+    cells.run_cells({("real 1:1", "none"): cfg, ("real 1/1", "none"): cfg}, 1, "x", workdir=str(tmp_path))
+  configs = _binaries.load("sweep_config_axes", "experiments", "configs", "sweep.py")
+  sweep = _binaries.load("sweep_binary_axes", "experiments", "sweep.py")
+  config = configs.get_config("tiny")
+  assert set(config.grid) == {"K", "lam", "phi", "kappa", "alpha", "beta", "lr", "l2", "eps"}
+  config.grid.alpha = ("(0.1, inf)",)  # what the flag parser passes for --config.grid.alpha="(0.1, inf)"
+  assert sweep._grid(config) == {"K": [1, 2, 4], "lam": [1.0, float("inf")], "alpha": [0.1, float("inf")]}
+  rng = np.random.default_rng(0)
+  res = scl.SweepResult(axes={"K": np.array([1, 2]), "seed": np.arange(3), "iteration": np.arange(2)},
+                        metrics={"expected_reward": rng.normal(size=(2, 3, 2))})
+  assert "58% bands" in sweep.curves(res, level=0.58).axes[0].get_title()
+  exact_dynamics = _binaries.load("exact_dynamics_phi_keys", "experiments", "exact_dynamics.py")
+  config = _binaries.load("exact_dynamics_config_keys", "experiments", "configs", "exact_dynamics.py").get_config(
+      "quick")
+  config.n_phi, config.iterations = 201, 2
+  sup = next(iter(exact_dynamics.build_supports(config).values()))
+  results = exact_dynamics.run_sweeps(sup, config)
+  final = exact_dynamics.summarise(sup, results)["phi_sweep_final_expected_reward"]
+  phis, er = results["phi"].axes["phi"], results["phi"].metrics["expected_reward"][:, -1]
+  assert len(final) == 201 and all(final[f"{f:g}"] == float(v) for f, v in zip(phis, er))

@@ -2,8 +2,9 @@
 
 Fields other than ``grid``, ``seeds``, ``engine``, ``keep_samples``, ``max_chunk`` and ``memory_budget`` are
 :class:`scl.Config` keywords of the base config (override any of them: ``--config.iterations=10``).
-``grid`` maps a traced hyper-parameter (``K``, ``lam``, ``phi``, ``kappa``, ``alpha``, ``beta``, ``lr``, ``l2``)
-to its values, e.g. ``--config.grid.K="(1, 2, 4)"``; ``seeds`` is an int ``n`` (``range(n)``).
+``grid`` maps a traced hyper-parameter (``K``, ``lam``, ``phi``, ``kappa``, ``alpha``, ``beta``, ``lr``, ``l2``,
+``eps``) to its values, e.g. ``--config.grid.K="(1, 2, 4)"`` (any of them, whether the preset sweeps it or
+not); ``seeds`` is an int ``n`` (``range(n)``).
 
 Presets after a colon: ``:default`` the K × λ grid of the first paper (GMM; 16 points × 4 seeds);
 ``:attack`` a κ × φ grid with the random label-flip attack (second paper); ``:exact`` the K × λ grid with
@@ -13,6 +14,7 @@ the exact engine on the discretised ring (no seeds); ``:tiny`` a seconds-long sm
 import ml_collections
 
 from scl.configs import declare_keywords
+from scl.hyper import TRACED_BY_NAME
 
 INF = float("inf")
 
@@ -57,4 +59,7 @@ def get_config(preset: str | None = None):
     config.grid = ml_collections.ConfigDict({"K": (1, 2, 4), "lam": (1.0, INF)})
   elif preset != "default":
     raise ValueError(f"unknown preset {preset!r}; choose default, attack, exact or tiny")
+  for name in TRACED_BY_NAME:  # every traced field can be a grid axis: --config.grid.alpha="(0.1, 0.5)"
+    if name not in config.grid:
+      config.grid[name] = ml_collections.config_dict.placeholder(tuple)
   return declare_keywords(config)  # every other scl keyword settable as --config.<keyword>
