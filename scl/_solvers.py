@@ -267,7 +267,15 @@ def minimize(fun: Callable[..., chex.Array],
     return params, SolveInfo(num_iters=state.iter_num, grad_norm=state.error,
                              num_evals=jnp.asarray(state.num_grad_eval, jnp.int32))
 
-  value_and_grad = jax.value_and_grad(fun) if value_and_grad is None else value_and_grad
+  given = jax.value_and_grad(fun) if value_and_grad is None else value_and_grad
+  dtype = jnp.result_type(*jax.tree.leaves(init_params))
+
+  def value_and_grad(params, *args):
+    # The value and gradient in the params' dtypes: with jax_enable_x64, float64 data or labels (a Python float
+    # l2) promote them to float64 around float32 params (flax's init), and the L-BFGS carry (and the native
+    # step's buffers) must keep one dtype.
+    value, grad = given(params, *args)
+    return value.astype(dtype), jax.tree.map(lambda g, p: g.astype(p.dtype), grad, params)
 
   def optimality(params, *args):
     return value_and_grad(params, *args)[1]

@@ -439,3 +439,29 @@ def test_labels_outside_the_unit_interval_are_refused_at_every_entry_point(index
   with pytest.raises(ValueError, match=match):
     defences.defend("label_smoothing", jax.random.key(0), x, z, o, theta0=theta, net=net, eps=0.1)
   rm.fit_reward(theta, net.apply, x, z, o.at[index].set(0.5), 1e-3)  # a tie (1/2) is a valid label
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_fit_under_x64_with_float32_params_converges_and_differentiates(native, monkeypatch):
+  """Under jax_enable_x64, flax's init gives float32 params while the labels and L2 weight became float64: the
+  loss and gradient came back float64 and the fit crashed (the native step: "expected F32 but got F64"; the jnp
+  loop: a carry changing dtype). The solver now keeps the params' dtypes; the fit matches the float64 one."""
+  from scl import _native
+  if not native:
+    monkeypatch.setattr(_native, "available", lambda: False)
+  with jax.enable_x64(True):
+    net = rm.mlp_reward((16,))
+    k = jax.random.split(jax.random.key(0), 4)
+    x, z = jax.random.normal(k[0], (300, 2), jnp.float32), jax.random.normal(k[1], (300, 2), jnp.float32)
+    o = (z[:, 0] > x[:, 0]).astype(jnp.float32)
+    p0 = net.init(k[3], x[:1])
+    theta, info = rm.fit_reward(p0, net.apply, x, z, o, 1e-3, return_info=True)
+    assert jax.tree.leaves(theta)[0].dtype == jnp.float32 and float(info.grad_norm) <= 1e-5
+    as64 = lambda t: jax.tree.map(lambda a: a.astype(jnp.float64), t)
+    theta64 = rm.fit_reward(as64(p0), net.apply, x.astype(jnp.float64), z.astype(jnp.float64), o, 1e-3)
+    r32, r64 = net.apply(theta, x), net.apply(theta64, x.astype(jnp.float64))
+    # Bradley–Terry sees margins only: the common offset is set by the L2 term's weak curvature alone
+    centred = lambda r: np.asarray(r - jnp.mean(r), np.float64)
+    np.testing.assert_allclose(centred(r32), centred(r64), atol=1e-2 * float(jnp.std(r64)))
+    grad = jax.grad(lambda o: jnp.sum(net.apply(rm.fit_reward(p0, net.apply, x, z, o, 1e-3), x)))(o)
+    assert np.all(np.isfinite(np.asarray(grad)))
