@@ -10,7 +10,9 @@ devices of all of them, and process 0 alone writes the results.
 Writes into ``--workdir``:
   sweep.csv        long table: one row per (grid point, seed, iteration), every metric a column
   summary.csv      mean and confidence interval over seeds of expected_reward per (grid point, iteration)
-  sweep.json       axes, fixed values, how it ran (devices, chunks), final expected reward mean / CI
+                   (Monte Carlo engine: the exact engine has no seeds)
+  sweep.json       axes, fixed values, how it ran (devices, chunks), final expected reward mean / CI (over seeds,
+                   Monte Carlo engine)
   samples.npz      with ``keep_samples`` (Monte Carlo engine): ``samples`` (the result's axes, then each snapshot's
                    points and coordinates) and one ``axis_<name>`` array per axis
   heatmap_K_lam.png, heatmap_kappa_phi.png   final expected reward over K × λ and κ × φ (mean over seeds
