@@ -80,7 +80,8 @@ TRACED: tuple[Traced, ...] = (
     Traced("alpha", 0.8, "α, the attacker's stealth weight"),
     Traced("beta", 0.5, "β, the fraction of the pool kept by the pool filters", hi=1.0, lo_open=True),
     Traced("lr", 1e-3, "the learning rate of neural models", lo_open=True),
-    Traced("l2", 1e-3, "the L2 weight of the learned reward model"),
+    Traced("l2", 1e-3, "the L2 weight of the learned reward model (> 0: without it the reward's output bias has "
+           "no curvature, and the fit's implicit derivative solves a singular system)", lo_open=True),
     Traced("eps", 0.0, "ε, the defence's strength (flip rate / smoothing / outlier penalty, per defence)"),
 )
 TRACED_BY_NAME: dict[str, Traced] = {t.name: t for t in TRACED}

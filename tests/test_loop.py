@@ -143,6 +143,7 @@ def test_two_moons_and_points_datasets():
     (dict(beta=0.0), "beta"), (dict(model="vae"), "model"), (dict(dataset="mnist"), "dataset"),
     (dict(attack="poison"), "attack"), (dict(iterations=-1), "iterations"), (dict(pool_size=0), "pool_size"),
     (dict(K="3"), "K"), (dict(K=True), "K"), (dict(alpha=1.5, attack_weighting="code"), "alpha"),
+    (dict(l2=0.0), "l2"),  # the reward fit's implicit derivative solved a singular system (|dJ/do| 1,000x)
 ])
 def test_invalid_config_names_field_and_value(overrides, field):
   with pytest.raises(ValueError, match=f"{field}="):
