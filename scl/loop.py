@@ -62,18 +62,19 @@ def step(params, hyper: hyper_lib.Hyper, data: task_lib.TaskData, key: chex.PRNG
   points = task.to_points(data, pool)
   r = task.reward(data.reward, points)                                       # the users' rewards
   r_tilde = task.r_tilde(data.r_tilde, points)                               # the malicious users'
-  r_tilde_support = task.r_tilde(data.r_tilde, data.support) if task.finite else None
+  r_tilde_support = None                                                     # the monitors' default: the task's
   out = observe(params, pool, data, task)
   curator = r
   if cfg.platform.active:                                                    # the platform's learned R~
+    malicious = cfg.platform.learned_for == "malicious"
     learned = platform.learned_reward(k_prefs, points, r, hyper, data, task,
-                                      support=data.support if task.finite else None)
+                                      support=data.support if task.finite and malicious else None)
     out.update(learned.stats)
-    if cfg.platform.learned_for == "malicious":                              # R~ is the φ share's r~
-      r_tilde, r_tilde_support = learned.pool, learned.support
+    if malicious:                                                            # R~ is the φ share's r~ (on the
+      r_tilde, r_tilde_support = learned.pool, learned.support               # atoms too, for the monitors)
     else:                                                                    # R~ curates for every user
       curator = learned.pool
-  out.update(reward_covariance(r, r_tilde))
+  out["cov_r_rtilde_pool"], out["corr_r_rtilde_pool"] = metrics_lib.shifted_exp_covariance(r, r_tilde)
   curate = registry.CURATIONS[cfg.curation.name]                             # curate
   w_pool = curate(k_curate, curator, r_tilde, hyper, cfg.curation)
   share = hyper_lib.real_share(hyper.lam)                                   # mix with real data
@@ -85,19 +86,6 @@ def step(params, hyper: hyper_lib.Hyper, data: task_lib.TaskData, key: chex.PRNG
     out["monitors"] = {**step_monitors(task, data, hyper, params, params_next, se, r_tilde_support),
                        "monitor_se": se}
   return params_next, out
-
-
-def reward_covariance(r: chex.Array, r_tilde: chex.Array) -> dict[str, chex.Array]:
-  """``cov_r_rtilde_pool``: ``Cov[e^{r - max r}, e^{r~ - max r~}]`` over the pool, between the users' reward
-  and the malicious users' (the fixed ``r~``, or ``R~`` with ``learned_for="malicious"``): the sign of Wei &
-  Zhang's ``g_cov``, on any task (on a finite support the monitors add the exact ``cov_r_rtilde``).
-  ``corr_r_rtilde_pool``: its correlation (0 where either reward is constant on the pool)."""
-  a = jnp.exp(r - jnp.max(r))
-  b = jnp.exp(r_tilde - jnp.max(r_tilde))
-  cov = jnp.mean((a - a.mean()) * (b - b.mean()))
-  scale = a.std() * b.std()
-  corr = jnp.where(scale > 0, cov / jnp.where(scale > 0, scale, 1.0), 0.0)
-  return {"cov_r_rtilde_pool": cov, "corr_r_rtilde_pool": corr}
 
 
 def sampling_se(r_pool: chex.Array, w_pool: chex.Array, r_support: chex.Array, share: chex.Array) -> chex.Array:

@@ -78,6 +78,15 @@ def reward_moments(r: chex.Array, weights: chex.Array | None = None) -> dict[str
           "log_exp_reward": log_exp}
 
 
+def shifted_exp_covariance(r: chex.Array, r_tilde: chex.Array) -> tuple[chex.Array, chex.Array]:
+  """``Cov[e^{r - max r}, e^{r~ - max r~}]`` over samples (``[n]`` each; each reward shifted by its own max, so
+  neither overflows) and the correlation (``0`` where either reward is constant)."""
+  a = jnp.exp(r - jnp.max(r))
+  b = jnp.exp(r_tilde - jnp.max(r_tilde))
+  cov = jnp.mean((a - a.mean()) * (b - b.mean()))
+  return cov, cov / jnp.maximum(a.std() * b.std(), 1e-30)
+
+
 def mode_proportions(points: chex.Array, modes: chex.Array, radius: chex.Numeric,
                      weights: chex.Array | None = None) -> dict[str, chex.Array]:
   """Share of ``points [n, d]`` (``weights [n]``, default uniform) within ``radius`` of each mode ``[m, d]``.

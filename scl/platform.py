@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from scl import attacks
 from scl import defences  # noqa: F401  (registers the defences)
+from scl import metrics
 from scl import preferences
 from scl import registry
 from scl import reward_model
@@ -93,13 +94,11 @@ def learned_reward(key: chex.PRNGKey, points: chex.Array, r_pool: chex.Array, hy
   ih, jh = preferences.draw_pairs(k_held, index, platform.n_pairs)
   xh, zh = inputs[ih], inputs[jh]
   oh = preferences.deterministic_labels(k_held, reward(points[ih]), reward(points[jh]))
-  a = jnp.exp(r_pool - jnp.max(r_pool))
-  b = jnp.exp(r_learned - jnp.max(r_learned))
-  cov = jnp.mean((a - a.mean()) * (b - b.mean()))
+  cov, corr = metrics.shifted_exp_covariance(r_pool, r_learned)
   stats = {
       "n_flips": jnp.sum(flipped).astype(jnp.float32),
       "cov_r_learned": cov,
-      "corr_r_learned": cov / jnp.maximum(a.std() * b.std(), 1e-30),
+      "corr_r_learned": corr,
       "reward_accuracy": reward_model.pairwise_accuracy(theta_platform, net.apply, xh, zh, oh),
       **(attack_stats[0] if attack_stats else {}),
   }
