@@ -89,8 +89,16 @@ ApplyFn = Callable[[Params, chex.Array], chex.Array]
 #     rings), and 1.3x faster at 50,000 pairs, where the solves stop at the cap;
 #   * 60 or 80 L-BFGS iterations (with 10 CG steps) against 100: weaker (worse on 17 of 27 and 17 of 28;
 #     median J -76 and -84 against -89), and not faster at 50,000 pairs (less converged re-fits slow the
-#     next ones).
-GRADIENT_ATTACK_FIT = dict(maxiter=100, tol=1e-4, cg_maxiter=10, cg_tol=1e-4)
+#     next ones);
+#   * 6 or 4 CG steps against 10 (with the two changes below): weaker (worse on 16 of 27 and 17 of 25
+#     differing 1,000-pair rings of benchmarks/reference.py's kind, 2 -> 64 -> 1);
+#   * an L-BFGS memory of 30 curvature pairs against 10, with the selection's re-fit started from the last
+#     outer step's θ~ (``select_from="last"``) instead of from θ: no weaker (better on 17 of 30 differing
+#     1,000-pair rings and on 6 of 12 4,000-pair ones), and 30% fewer loss-and-gradient evaluations (346
+#     against 495 on average at 1,000 pairs, 352 against 479 at 4,000): most re-fits stopped at the cap of
+#     100 iterations with 10 pairs of memory. 20 pairs: as few at 1,000 pairs (364), more at 4,000 (396);
+#     45 or 60: no fewer than 30.
+GRADIENT_ATTACK_FIT = dict(maxiter=100, tol=1e-4, cg_maxiter=10, cg_tol=1e-4, history_size=30)
 
 # The first outer step's re-fit (on the ``dist`` heuristic's flips, far from θ's optimum) starts from a fit on
 # about COARSE_PAIRS of the pairs when there are at least twice as many (:func:`scl.reward_model.fit_on_subsample`),
@@ -339,7 +347,7 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
                     init: str = "dist", standardise: bool = True, select: bool = True,
                     weighting: str = "paper", return_info: bool = False, refit: Callable | None = None,
                     points: chex.Array | None = None, coarse_pairs: int | None = COARSE_PAIRS,
-                    coarse_maxiter: int = COARSE_MAXITER, **fit_kwargs):
+                    coarse_maxiter: int = COARSE_MAXITER, select_from: str = "last", **fit_kwargs):
   """The bi-level gradient attack (module docstring): flip the ``floor(κ n)`` pairs that lower ``J`` most.
 
   Args:
@@ -356,9 +364,9 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
     standardise (static): the covariance term on ``R~`` standardised to ``R``'s mean and scale
       (:func:`attack_objective`); ``False`` is the raw ``Cov[e^R, e^{R~}] / Var[e^R]``.
     select (static): re-fit ``θ~`` on the gradient's discrete flips and on the ``dist`` heuristic's, and
-      keep the flips with the lower ``J`` (one more fit from ``θ``, no CG solve: with ``init="dist"`` the
-      first outer step's re-fit is the ``dist`` flips' own, from θ or from the subsample fit of
-      ``coarse_pairs``; with ``init="zero"`` two more).
+      keep the flips with the lower ``J`` (one more fit, no CG solve: with ``init="dist"`` the first outer
+      step's re-fit is the ``dist`` flips' own, from θ or from the subsample fit of ``coarse_pairs``; with
+      ``init="zero"`` two more, the ``dist`` flips' from θ).
     weighting (static): ``"paper"`` (``Cov + α dist``) or ``"code"`` (``α Cov + (1 - α) dist``).
     return_info: also return a dict: ``kept_dist`` (1.0 if the ``dist`` heuristic's flips were kept, else
       0.0) and the work of the plain Bradley–Terry re-fits: ``fit_iters`` and ``fit_evals`` ``[steps]``
@@ -378,6 +386,10 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
       ``2 coarse_pairs`` pairs, the first outer step's re-fit starts from a fit of at most ``coarse_maxiter``
       iterations on about ``coarse_pairs`` of the pairs (:func:`scl.reward_model.fit_on_subsample`) instead
       of from ``θ``; None: always from ``θ``.
+    select_from (static): where the selection's re-fit on the gradient's flips starts: ``"last"`` (the
+      last outer step's ``θ~``, fitted on the relaxed labels those flips round; ``θ`` where that is not
+      finite) or ``"theta"`` (the attacker's ``θ``, as the ``dist`` flips' re-fit). From ``"last"`` it
+      stops sooner (:data:`GRADIENT_ATTACK_FIT`'s comment).
     **fit_kwargs: solver settings for :func:`scl.reward_model.fit_reward` (``maxiter``, ``tol``, ...);
       unset ones take :data:`GRADIENT_ATTACK_FIT`.
 
@@ -388,6 +400,8 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
   fit_kwargs = {**GRADIENT_ATTACK_FIT, **fit_kwargs}
   if init not in ("dist", "zero"):
     raise ValueError(f"unknown init {init!r}; expected 'dist' or 'zero'")
+  if select_from not in ("last", "theta"):
+    raise ValueError(f"unknown select_from {select_from!r}; expected 'last' or 'theta'")
   chex.assert_rank(o, 1)
   chex.assert_equal_shape([x, z])
   chex.assert_equal_shape_prefix([x, o], 1)
@@ -431,8 +445,8 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
         params, apply_fn, x, z, o_dist, l2, pairs=coarse_pairs, points=points, return_info=True,
         **{**fit_kwargs, "maxiter": coarse_maxiter})
     coarse_work = (info.num_iters, info.num_evals)
-  _, (gs, deltas, js, (fit_iters, fit_evals), oks) = jax.lax.scan(outer, (delta0, theta0, u0), None,
-                                                                   length=steps)
+  (_, theta_last, _), (gs, deltas, js, (fit_iters, fit_evals), oks) = jax.lax.scan(
+      outer, (delta0, theta0, u0), None, length=steps)
   # The last finite gradient (all are, but where e^{R~ - c} overflowed) and the relaxed point it was taken at;
   # with none, the attack falls back on the dist heuristic's flips.
   last = jnp.max(jnp.where(oks, jnp.arange(steps), -1))
@@ -441,12 +455,16 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
   o_flipped, mask = flip_top(o, scores, kappa)
   use_grad = last >= 0
   select_work = (jnp.int32(0), jnp.int32(0))
-  if select:  # the discrete J of both flip sets, each with θ~ re-fitted (from θ, or dist's coarse start)
+  if select:  # the discrete J of both flip sets, each with θ~ re-fitted
+    start = params
+    if select_from == "last":  # the fit of the relaxed labels that o_flipped rounds: nearer its optimum
+      finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(theta_last)]))
+      start = jax.tree.map(lambda a, b: jnp.where(finite, a, b), theta_last, params)
     if refit is None:
-      j_grad, _, info = relaxed_objective(o_flipped - o, params, return_info=True, **kw)
+      j_grad, _, info = relaxed_objective(o_flipped - o, start, return_info=True, **kw)
       select_work = (info.num_iters, info.num_evals)
     else:
-      j_grad, select_work = relaxed_objective(o_flipped - o, params, **kw)[0], unknown
+      j_grad, select_work = relaxed_objective(o_flipped - o, start, **kw)[0], unknown
     # from δ = dist's flips the first outer step re-fitted θ~ from θ already: the same solve, not repeated
     j_dist = js[0] if init == "dist" else relaxed_objective(o_dist - o, params, **kw)[0]
     # J is minimised; an overflowed J compares as ±inf, and a NaN one never wins
