@@ -722,9 +722,10 @@ CAVEATS = [
     "the reference, SiLU in scl (twice-differentiable, for the implicit function theorem).",
     "The attacks are equal in settings, not in algorithm: the reference re-trains a fresh reward net with "
     "10 n single-pair Adam steps per outer step and forms a dense Hessian; scl warm-starts an L-BFGS fit "
-    "(at most 100 iterations) and solves with matrix-free CG (at most 30 steps) per outer "
-    "step, then re-fits once more (from the attacker's theta, on the gradient's discrete flips) to choose "
-    "between them and the dist heuristic's flips, whose re-fit is the first outer step's.",
+    "(at most 100 iterations, 30 curvature pairs) and solves with matrix-free CG (at most 10 steps, "
+    "warm-started) per outer step, then re-fits once more (from the last outer step's fit, on the gradient's "
+    "discrete flips) to choose between them and the dist heuristic's flips, whose re-fit is the first outer "
+    "step's.",
     "train_toy.py (as retrain_ddpm.py calls it) trains a fresh network from scratch every iteration (no "
     "--resume/--chkpt-path), and ends with an evaluation that samples 2 x min(n_data, 30000) points; scl's "
     "flow warm-starts from the previous params.",
