@@ -105,9 +105,10 @@ GRADIENT_ATTACK_FIT = dict(maxiter=100, tol=1e-4, cg_maxiter=10, cg_tol=1e-4, hi
 # capped at COARSE_MAXITER iterations. In benchmarks/attack.py's 50,000-pair instance that re-fit from θ stopped
 # at the cap of 100 iterations with ||∇L|| = 2.4e-2 (about 200 reach the tolerance); after 294 iterations on
 # 10,000 pairs it converges in 40, and the attack takes 1.8 s instead of 2.3 s (2.0 s with 5,000 pairs). The
-# selection's re-fit from θ is left as it is: on the gradient's flips it converges in 17-47 iterations there, and
-# took 100 (the cap) after a subsample start. At 400 pairs with 100 in the subsample the flips are no weaker by a
-# sign test over 24 instances (tests/test_attacks.py).
+# selection's re-fit does not start from the subsample fit: from θ on the gradient's flips it converged in 17-47
+# iterations there (with a memory of 10; 20-24 evaluations from θ and 24-42 from the last outer step's θ~, the
+# default, with 30), and took 100 (the cap) after a subsample start. At 400 pairs with 100 in the subsample the
+# flips are no weaker by a sign test over 24 instances (tests/test_attacks.py).
 COARSE_PAIRS = 10000
 COARSE_MAXITER = 300
 
