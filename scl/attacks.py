@@ -90,11 +90,14 @@ ApplyFn = Callable[[Params, chex.Array], chex.Array]
 #   * 60 or 80 L-BFGS iterations (with 10 CG steps) against 100: weaker (worse on 17 of 27 and 17 of 28;
 #     median J -76 and -84 against -89), and not faster at 50,000 pairs (less converged re-fits slow the
 #     next ones);
-#   * 6 or 4 CG steps against 10 (with the two changes below): weaker (worse on 16 of 27 and 17 of 25
-#     differing 1,000-pair rings of benchmarks/reference.py's kind, 2 -> 64 -> 1);
+#   * 6 or 4 CG steps against 10 (with a memory of 20 and the selection's start below): worse on 16 of 27 and
+#     17 of 25 differing 1,000-pair rings of benchmarks/reference.py's kind (2 -> 64 -> 1), not significant
+#     at 1% (p = 0.22 and 0.054) but no sign of a gain in quality for a 5-10% saving; kept at 10;
 #   * an L-BFGS memory of 30 curvature pairs against 10, with the selection's re-fit started from the last
 #     outer step's θ~ (``select_from="last"``) instead of from θ: no weaker (better on 17 of 30 differing
-#     1,000-pair rings and on 6 of 12 4,000-pair ones), and 30% fewer loss-and-gradient evaluations (346
+#     1,000-pair rings and on 6 of 12 4,000-pair ones; on the 24 rings of seeds 100-123 where a memory of 20
+#     alone had looked worse, 4 better / 7 worse, a review found 8 better / 6 worse for the pair of
+#     changes), and 30% fewer loss-and-gradient evaluations (346
 #     against 495 on average at 1,000 pairs, 352 against 479 at 4,000): most re-fits stopped at the cap of
 #     100 iterations with 10 pairs of memory. 20 pairs: as few at 1,000 pairs (364), more at 4,000 (396);
 #     45 or 60: no fewer than 30.
@@ -388,9 +391,9 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
       iterations on about ``coarse_pairs`` of the pairs (:func:`scl.reward_model.fit_on_subsample`) instead
       of from ``θ``; None: always from ``θ``.
     select_from (static): where the selection's re-fit on the gradient's flips starts: ``"last"`` (the
-      last outer step's ``θ~``, fitted on the relaxed labels those flips round; ``θ`` where that is not
-      finite) or ``"theta"`` (the attacker's ``θ``, as the ``dist`` flips' re-fit). From ``"last"`` it
-      stops sooner (:data:`GRADIENT_ATTACK_FIT`'s comment).
+      ``θ~`` of the last outer step whose ``J`` and ``dJ/dδ`` were finite, fitted on the relaxed labels
+      those flips round; ``θ`` if none was) or ``"theta"`` (the attacker's ``θ``, as the ``dist`` flips'
+      re-fit). From ``"last"`` it stops sooner (:data:`GRADIENT_ATTACK_FIT`'s comment).
     **fit_kwargs: solver settings for :func:`scl.reward_model.fit_reward` (``maxiter``, ``tol``, ...);
       unset ones take :data:`GRADIENT_ATTACK_FIT`.
 
@@ -429,7 +432,7 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
     return j, jax.lax.stop_gradient(theta), u, g, unknown
 
   def outer(carry, _):
-    delta, theta, u = carry
+    delta, theta, u, theta_ok = carry
     j, theta, u, g, work = value_grad_j(delta, theta, u)
     # e^{R~ - c} beyond float32's range (an R~ far above R_θ's max) makes J and dJ/dδ inf or NaN: such a step
     # gives no direction, so δ stays, and the next adjoint solve starts at 0 instead of at a non-finite u.
@@ -437,7 +440,9 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
     u = jnp.where(jnp.all(jnp.isfinite(u)), u, jnp.zeros_like(u))
     step = g / (jnp.max(jnp.abs(g)) + jnp.finfo(g.dtype).tiny)
     new_delta = jnp.where(ok, project_flips(delta - step_size * step, o, budget), delta)
-    return (new_delta, theta, u), (g, delta, j, work, ok)
+    # θ~ of the last finite step: fitted at the δ whose gradient the flips come from (the selection's start)
+    theta_ok = jax.tree.map(lambda a, b: jnp.where(ok, a, b), theta, theta_ok)
+    return (new_delta, theta, u, theta_ok), (g, delta, j, work, ok)
 
   u0 = jnp.zeros_like(ravel_pytree(params)[0])
   theta0, coarse_work = params, (jnp.int32(0), jnp.int32(0))
@@ -446,8 +451,8 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
         params, apply_fn, x, z, o_dist, l2, pairs=coarse_pairs, points=points, return_info=True,
         **{**fit_kwargs, "maxiter": coarse_maxiter})
     coarse_work = (info.num_iters, info.num_evals)
-  (_, theta_last, _), (gs, deltas, js, (fit_iters, fit_evals), oks) = jax.lax.scan(
-      outer, (delta0, theta0, u0), None, length=steps)
+  (_, _, _, theta_last), (gs, deltas, js, (fit_iters, fit_evals), oks) = jax.lax.scan(
+      outer, (delta0, theta0, u0, params), None, length=steps)
   # The last finite gradient (all are, but where e^{R~ - c} overflowed) and the relaxed point it was taken at;
   # with none, the attack falls back on the dist heuristic's flips.
   last = jnp.max(jnp.where(oks, jnp.arange(steps), -1))
@@ -457,10 +462,8 @@ def gradient_attack(x: chex.Array, z: chex.Array, o: chex.Array, x_pool: chex.Ar
   use_grad = last >= 0
   select_work = (jnp.int32(0), jnp.int32(0))
   if select:  # the discrete J of both flip sets, each with θ~ re-fitted
-    start = params
-    if select_from == "last":  # the fit of the relaxed labels that o_flipped rounds: nearer its optimum
-      finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(theta_last)]))
-      start = jax.tree.map(lambda a, b: jnp.where(finite, a, b), theta_last, params)
+    # "last": the fit of the relaxed labels that o_flipped rounds (θ if no step was finite), nearer its optimum
+    start = theta_last if select_from == "last" else params
     if refit is None:
       j_grad, _, info = relaxed_objective(o_flipped - o, start, return_info=True, **kw)
       select_work = (info.num_iters, info.num_evals)

@@ -196,6 +196,15 @@ def test_attack_on_indexed_pairs_equals_the_gathered_pairs():
     np.testing.assert_allclose(s1, s0, rtol=1e-5, atol=1e-8 * np.abs(s0).max())
     np.testing.assert_array_equal(m1, m0)
     np.testing.assert_array_equal(o1, o0)
+    # with the default selection (from the last outer step's θ~) the choice between the gradient's flips and
+    # dist's turns on rounding on this instance (above); the gradient's own flips agree
+    default = jax.jit(lambda x, z, points: attacks.gradient_attack(
+        x, z, o, d.pool, theta, d.net.apply, 0.25, d.alpha, d.l2, points=points, return_scores=True,
+        select=False, **d.tight))
+    o1, m1, s1, _ = default(ix, iz, d.pool)
+    o0, m0, s0, _ = default(x, z, None)
+    np.testing.assert_allclose(s1, s0, rtol=1e-5, atol=1e-8 * np.abs(s0).max())
+    np.testing.assert_array_equal(m1, m0)
 
 
 def test_attack_reports_the_work_of_its_refits():
@@ -302,17 +311,33 @@ def test_gradient_attack_keeps_the_better_of_its_flips_and_dists(ring_instance):
     attacks.gradient_attack(x, z, o, pool, theta, net.apply, kappa, 0.0, d["l2"], select_from="first")
 
 
+def _outer_fits(x, z, o, pool, theta, apply_fn, kappa, alpha, l2, k, fit):
+  """θ~ after ``k`` outer steps of the robust recipe (δ from dist's flips, standardised J), made step by step
+  from the documented parts: the adjoint J and dJ/dδ warm-started at the last step's θ~ and solve, then the
+  projected step of one label unit."""
+  r_pool = apply_fn(theta, pool)
+  o_dist, _ = attacks.dist_attack(o, *rm.pair_rewards(theta, apply_fn, x, z), kappa)
+  delta, u = o_dist - o, jnp.zeros_like(jax.flatten_util.ravel_pytree(theta)[0])
+  budget = attacks.flip_budget(kappa, o.shape[0]).astype(o.dtype)
+  for _ in range(k):
+    _, theta, u, g = attacks.bt_adjoint_objective(delta, theta, u, o=o, x=x, z=z, x_pool=pool, r_pool=r_pool,
+                                                  apply_fn=apply_fn, alpha=alpha, l2=l2, shift=jnp.max(r_pool),
+                                                  standardise=True, **fit)
+    delta = attacks.project_flips(delta - g / (jnp.max(jnp.abs(g)) + jnp.finfo(g.dtype).tiny), o, budget)
+  return theta
+
+
 @pytest.mark.parametrize("select_from", ["theta", "last"])
 def test_gradient_attack_selection_matches_separate_refits(ring_instance, select_from):
   """The robust recipe re-uses its first outer step's re-fit (δ = dist's flips, θ~ from θ) as dist's discrete
   J: the choice equals one made from two separate re-fits with the same solver settings, the gradient's flips'
-  from θ (select_from="theta") or from the last outer step's θ~ ("last"; with one outer step, that is the fit
-  on dist's flips from θ, made here separately)."""
+  from θ (select_from="theta") or from the last outer step's θ~ ("last"; two outer steps, the second's θ~
+  made here step by step), and it is that re-fit (the same L-BFGS path: the same iterations and evaluations)."""
   d = ring_instance
   o, theta, net, pool, x, z, l2 = d["o"], d["theta"], d["net"], d["pool"], d["x"], d["z"], d["l2"]
   kappa, alpha = jnp.float32(0.2), jnp.float32(0.8)
   r_pool = net.apply(theta, pool)
-  steps = 5 if select_from == "theta" else 1
+  steps = 5 if select_from == "theta" else 2
 
   @jax.jit
   def both(kappa, alpha):
@@ -324,13 +349,14 @@ def test_gradient_attack_selection_matches_separate_refits(ring_instance, select
     j = lambda o_new, start: attacks.relaxed_objective(
         o_new - o, start, o=o, x=x, z=z, x_pool=pool, r_pool=r_pool, apply_fn=net.apply, alpha=alpha, l2=l2,
         shift=jnp.max(r_pool), standardise=True, return_info=True, **attacks.GRADIENT_ATTACK_FIT)
-    j_dist, theta_dist, _ = j(dist, theta)
-    j_own, _, own_fit = j(own, theta if select_from == "theta" else theta_dist)
+    j_dist, _, _ = j(dist, theta)
+    start = theta if select_from == "theta" else _outer_fits(x, z, o, pool, theta, net.apply, kappa, alpha, l2,
+                                                             steps, attacks.GRADIENT_ATTACK_FIT)
+    j_own, _, own_fit = j(own, start)
     return chosen, own, dist, j_own, j_dist, info, own_fit
 
   chosen, own, dist, j_own, j_dist, info, own_fit = both(kappa, alpha)
   np.testing.assert_array_equal(chosen, own if j_own <= j_dist else dist)
-  # the selection's re-fit is this one (the same start: the same L-BFGS path)
   assert (int(info["select_fit_iters"]), int(info["select_fit_evals"])) == (int(own_fit.num_iters),
                                                                             int(own_fit.num_evals))
   assert np.any(np.asarray(own) != np.asarray(dist))  # else both re-fits would start alike
@@ -351,10 +377,11 @@ def _ring_instance(seed, n, net, l2, alpha):
 
 
 def _assert_no_weaker(j_new, j_old, differ):
-  """One-sided sign test: over the instances where the flips differ, ``j_new`` higher on at most the
-  binomial(m, 1/2) 1% critical count."""
-  m = int(differ.sum())
+  """One-sided sign test: over the m instances where the flips differ and J does not tie, ``j_new`` higher on at
+  most the binomial(m, 1/2) 1% critical count. With m near 12 that allows 10 of 12: it catches a clear
+  weakening only (benchmarks/attack_settings.py runs the larger comparisons the defaults were chosen by)."""
   worse = int(np.sum(differ & (j_new > j_old + 1e-6 * np.abs(j_old))))
+  m = worse + int(np.sum(differ & (j_new < j_old - 1e-6 * np.abs(j_old))))
   critical = next(c for c in range(m + 1) if scipy.stats.binom.sf(c, m, 0.5) <= 0.01) if m else 0
   assert worse <= critical, (worse, m, j_new, j_old)
 
@@ -491,3 +518,18 @@ def test_gradient_attack_survives_an_overflowing_objective():
     if recipe == "robust":
       assert info["nonfinite_steps"] >= 1  # the instance does overflow (J at dist's flips: 3e20)
       assert refitted_j(o_dist) > 1e10 and refitted_j(o_flipped) < 1e10, (refitted_j(o_dist), refitted_j(o_flipped))
+  # with 3 outer steps the third overflows: the selection's re-fit starts from the second step's θ~ (the fit at
+  # the δ whose gradient gave the flips), not from the third's (fitted at the δ the second step moved to)
+  @jax.jit
+  def three_steps():
+    *_, info = attacks.gradient_attack(x, z, o, pool, theta, net.apply, kappa, alpha, l2, steps=3,
+                                       return_info=True, **fit)
+    own_plain, *_ = attacks.gradient_attack(x, z, o, pool, theta, net.apply, kappa, alpha, l2, steps=3,
+                                            select=False, **fit)
+    start = _outer_fits(x, z, o, pool, theta, net.apply, kappa, alpha, l2, 2, fit)
+    return own_plain, info, attacks.relaxed_objective(own_plain - o, start, return_info=True, **kw)[2]
+
+  own_plain, info, own_fit = three_steps()
+  assert int(info["nonfinite_steps"]) == 1 and int(info["kept_dist"]) == 0, info
+  assert (int(info["select_fit_iters"]), int(info["select_fit_evals"])) == (int(own_fit.num_iters),
+                                                                            int(own_fit.num_evals))
