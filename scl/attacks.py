@@ -96,11 +96,11 @@ ApplyFn = Callable[[Params, chex.Array], chex.Array]
 #   * an L-BFGS memory of 30 curvature pairs against 10, with the selection's re-fit started from the last
 #     outer step's θ~ (``select_from="last"``) instead of from θ: no weaker (better on 17 of 30 differing
 #     1,000-pair rings and on 6 of 12 4,000-pair ones; on the 24 rings of seeds 100-123 where a memory of 20
-#     alone had looked worse, 4 better / 7 worse, a review found 8 better / 6 worse for the pair of
-#     changes), and 30% fewer loss-and-gradient evaluations (346
-#     against 495 on average at 1,000 pairs, 352 against 479 at 4,000): most re-fits stopped at the cap of
-#     100 iterations with 10 pairs of memory. 20 pairs: as few at 1,000 pairs (364), more at 4,000 (396);
-#     45 or 60: no fewer than 30.
+#     alone had looked worse, 4 better / 7 worse, a review found 8 better / 6 worse for the pair of changes),
+#     and 30% fewer loss-and-gradient evaluations (346 against 495 on average at 1,000 pairs, 352 against
+#     479 at 4,000): most re-fits stopped at the cap of 100 iterations with 10 pairs of memory. 20 pairs: as
+#     few at 1,000 pairs (364), more at 4,000 (396); 45 or 60: no fewer than 30
+#     (benchmarks/attack_settings.py makes these comparisons).
 GRADIENT_ATTACK_FIT = dict(maxiter=100, tol=1e-4, cg_maxiter=10, cg_tol=1e-4, history_size=30)
 
 # The first outer step's re-fit (on the ``dist`` heuristic's flips, far from θ's optimum) starts from a fit on
