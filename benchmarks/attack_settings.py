@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
-import reference  # noqa: E402  (its data: ring, true_reward; stdlib-only at import)
+import reference  # noqa: E402  (its data: ring, attack_pairs; stdlib-only at import)
 
 
 def main():
@@ -71,11 +71,7 @@ def main():
     if seed == 0 and n in sizes:  # the harness draws its sizes' pools from one generator, in order
       for m in sizes[:sizes.index(n)]:  # (reference.write_data)
         reference.ring(rng, 2 * m)
-    pool = reference.ring(rng, 2 * n)
-    x, z = pool[:n], pool[n:]
-    rx, rz = reference.true_reward(x), reference.true_reward(z)
-    o = np.where(rz > rx, 1.0, np.where(rz < rx, 0.0, 0.5)).astype(np.float32)
-    return tuple(jnp.asarray(a) for a in (x, z, o, pool))
+    return tuple(jnp.asarray(a) for a in reference.attack_pairs(rng, n))
 
   @jax.jit
   def tight_j(o_new, o, x, z, pool, theta):

@@ -134,16 +134,24 @@ def true_reward(x):
   return -10.0 * np.maximum(np.linalg.norm(x - np.array([2.0, 0.0]), axis=-1) - 3.0, 0.0)
 
 
+def attack_pairs(rng, n):
+  """The attack's instance: a pool of ``2 n`` ring samples, its halves as the pairs ``(x, z)``, and labels by the
+  true reward (``o = 1`` where ``z`` is better, 1/2 on ties); ``(x, z, o, pool)``."""
+  import numpy as np
+  pool = ring(rng, 2 * n)
+  x, z = pool[:n], pool[n:]
+  rx, rz = true_reward(x), true_reward(z)
+  o = np.where(rz > rx, 1.0, np.where(rz < rx, 0.0, 0.5)).astype(np.float32)
+  return x, z, o, pool
+
+
 def write_data(tmp, settings):
   """Pairs for each n and the ring the generative models are fitted on, as files both sides read."""
   import numpy as np
   rng = np.random.default_rng(0)
   files = {}
   for n in settings["attack_pairs"]:
-    pool = ring(rng, 2 * n)
-    x, z = pool[:n], pool[n:]
-    rx, rz = true_reward(x), true_reward(z)
-    o = np.where(rz > rx, 1.0, np.where(rz < rx, 0.0, 0.5)).astype(np.float32)
+    x, z, o, pool = attack_pairs(rng, n)
     files[f"pairs_{n}"] = os.path.join(tmp, f"pairs_{n}.npz")
     np.savez(files[f"pairs_{n}"], x=x, z=z, o=o, pool=pool)
   os.makedirs(os.path.join(tmp, "ring"), exist_ok=True)

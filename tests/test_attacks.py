@@ -198,11 +198,11 @@ def test_attack_on_indexed_pairs_equals_the_gathered_pairs():
     np.testing.assert_array_equal(o1, o0)
     # with the default selection (from the last outer step's θ~) the choice between the gradient's flips and
     # dist's turns on rounding on this instance (above); the gradient's own flips agree
-    default = jax.jit(lambda x, z, points: attacks.gradient_attack(
+    own_flips = jax.jit(lambda x, z, points: attacks.gradient_attack(
         x, z, o, d.pool, theta, d.net.apply, 0.25, d.alpha, d.l2, points=points, return_scores=True,
         select=False, **d.tight))
-    o1, m1, s1, _ = default(ix, iz, d.pool)
-    o0, m0, s0, _ = default(x, z, None)
+    o1, m1, s1, _ = own_flips(ix, iz, d.pool)
+    o0, m0, s0, _ = own_flips(x, z, None)
     np.testing.assert_allclose(s1, s0, rtol=1e-5, atol=1e-8 * np.abs(s0).max())
     np.testing.assert_array_equal(m1, m0)
 
